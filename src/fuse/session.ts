@@ -75,6 +75,14 @@ export class Session {
     this.log = options.log ?? silent;
   }
 
+  private readonly runningWaiters: Array<() => void> = [];
+
+  /** Resolves once INIT has been answered (or the session broke). */
+  whenRunning(): Promise<void> {
+    if (this.state !== 'awaiting-init') return Promise.resolve();
+    return new Promise((r) => this.runningWaiters.push(r));
+  }
+
   /** Resolves once DESTROY arrived (or the session broke). */
   whenDestroyed(): Promise<void> {
     if (this.state === 'destroyed' || this.state === 'broken') return Promise.resolve();
@@ -293,6 +301,7 @@ export class Session {
     const finishInit = () => {
       this.state = 'running';
       reply.ok([w.finish()]);
+      for (const r of this.runningWaiters.splice(0)) r();
     };
     if (this.fs.init) {
       Promise.resolve()
@@ -354,6 +363,7 @@ export class Session {
     for (const w of this.retrieves.values()) w.reject(new FsError(Errno.ENOTCONN, 'session ended'));
     this.retrieves.clear();
     for (const r of this.destroyWaiters.splice(0)) r();
+    for (const r of this.runningWaiters.splice(0)) r();
   }
 
   // ---- notifications (kernel cache control) -------------------------------------------

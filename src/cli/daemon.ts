@@ -1,0 +1,64 @@
+/** Runs a set of devices until SIGINT/SIGTERM (or until every mount is gone), then stops them cleanly. */
+import { createBackend } from '../backends/registry.js';
+import type { DeviceConfig } from '../config/schema.js';
+import { DevFuseDevice } from '../devices/devfuse/device.js';
+import type { Logger } from '../util/log.js';
+
+export interface RunningDevice {
+  name: string;
+  stop(): Promise<void>;
+  ended: Promise<void>;
+}
+
+export async function startDevice(cfg: DeviceConfig, log: Logger): Promise<RunningDevice> {
+  const fs = createBackend(cfg.backend);
+  switch (cfg.transport) {
+    case 'fuse': {
+      const dev = new DevFuseDevice({
+        mountPoint: cfg.mount_point,
+        fs,
+        readers: cfg.readers,
+        maxWrite: cfg.max_write,
+        allowOther: cfg.allow_other,
+        defaultPermissions: cfg.default_permissions,
+        readOnly: cfg.read_only,
+        fsName: `dpfs-${cfg.backend.type}`,
+        log: log.child({ name: cfg.name }),
+        trace: cfg.trace,
+      });
+      await dev.start();
+      return { name: cfg.name, stop: () => dev.stop(), ended: dev.ended };
+    }
+  }
+}
+
+export async function runDevices(configs: DeviceConfig[], log: Logger): Promise<void> {
+  const running: RunningDevice[] = [];
+  let stopping = false;
+  const stopAll = async () => {
+    if (stopping) return;
+    stopping = true;
+    await Promise.allSettled(running.map((d) => d.stop()));
+  };
+  try {
+    for (const cfg of configs) running.push(await startDevice(cfg, log));
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+  log.info({ devices: running.map((d) => d.name) }, 'serving');
+  await new Promise<void>((resolve) => {
+    const onSignal = (sig: string) => {
+      log.info({ signal: sig }, 'stopping');
+      void stopAll().then(resolve);
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    process.once('SIGHUP', onSignal);
+    // Every device ended by itself (e.g. unmounted with umount): nothing left to serve.
+    void Promise.all(running.map((d) => d.ended)).then(() => {
+      if (!stopping) log.info({}, 'all devices ended');
+      resolve();
+    });
+  });
+}

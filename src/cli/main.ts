@@ -1,0 +1,156 @@
+#!/usr/bin/env node
+/** The `dpfs` command line. */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { BACKEND_TYPES } from '../backends/registry.js';
+import { ConfigError, ConfigSchema, parseConfig, type DeviceConfig } from '../config/schema.js';
+import { parseSize } from '../config/size.js';
+import { createLogger } from '../util/log.js';
+import { runDevices, startDevice } from './daemon.js';
+import { reportDevices } from './devices-report.js';
+
+function intArg(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
+  return n;
+}
+
+function sizeArg(v: string): number {
+  try {
+    return parseSize(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+interface MountOpts {
+  backend: 'memory';
+  readers: number;
+  maxWrite: number;
+  capacity: number;
+  defaultPermissions: boolean;
+  allowOther: boolean;
+  readOnly: boolean;
+  debug: boolean;
+}
+
+function mountDevice(mountPoint: string, o: MountOpts): DeviceConfig {
+  const raw = {
+    device: [
+      {
+        name: 'cli',
+        transport: 'fuse',
+        mount_point: resolve(mountPoint),
+        readers: o.readers,
+        max_write: o.maxWrite,
+        allow_other: o.allowOther,
+        default_permissions: o.defaultPermissions,
+        read_only: o.readOnly,
+        trace: o.debug,
+        backend: { type: o.backend, capacity: o.capacity },
+      },
+    ],
+  };
+  return ConfigSchema.parse(raw).device[0]!;
+}
+
+const program = new Command();
+program.name('dpfs').description('File-system virtualization: serve FUSE and virtio-fs devices from TypeScript backends').version('0.1.0');
+
+program
+  .command('mount')
+  .description('mount one backend at a directory through /dev/fuse and serve it until interrupted')
+  .argument('<mountpoint>', 'directory to mount on')
+  .addOption(new Option('-b, --backend <type>', 'backend').choices([...BACKEND_TYPES]).default('memory'))
+  .option('-r, --readers <n>', 'reader threads on /dev/fuse', intArg, 4)
+  .option('--max-write <size>', 'largest write request', sizeArg, 1024 * 1024)
+  .option('--capacity <size>', 'memory backend capacity', sizeArg, 16 * 1024 ** 3)
+  .option('--no-default-permissions', 'let the backend alone check permissions')
+  .option('--no-allow-other', 'only the mounting user may access the mount')
+  .option('--read-only', 'mount read-only', false)
+  .option('-d, --debug', 'log every request and reply', false)
+  .action(async (mountPoint: string, o: MountOpts) => {
+    const log = createLogger(o.debug ? 'debug' : undefined);
+    await runDevices([mountDevice(mountPoint, o)], log);
+  });
+
+program
+  .command('run')
+  .description('serve every device a TOML configuration describes')
+  .requiredOption('-c, --config <file>', 'TOML configuration file')
+  .option('--check', 'validate the configuration and exit')
+  .action(async (o: { config: string; check?: boolean }) => {
+    let text: string;
+    try {
+      text = readFileSync(o.config, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read ${o.config}: ${(err as Error).message}`);
+    }
+    const cfg = parseConfig(text, o.config);
+    if (o.check) {
+      console.log(`${o.config}: ok (${cfg.device.length} device${cfg.device.length > 1 ? 's' : ''})`);
+      return;
+    }
+    const log = createLogger(cfg.log.level === 'trace' ? 'debug' : cfg.log.level);
+    const devices = cfg.log.level === 'trace' ? cfg.device.map((d) => ({ ...d, trace: true })) : cfg.device;
+    await runDevices(devices, log);
+  });
+
+program
+  .command('devices')
+  .description('list the devices this machine can serve')
+  .option('--json', 'machine-readable output')
+  .action((o: { json?: boolean }) => {
+    const rows = reportDevices();
+    if (o.json) {
+      console.log(JSON.stringify(rows, null, 2));
+      return;
+    }
+    const w = Math.max(...rows.map((r) => r.transport.length));
+    for (const r of rows) console.log(`${r.transport.padEnd(w)}  ${r.usable ? 'yes' : 'no '}  ${r.detail}`);
+  });
+
+program
+  .command('demo')
+  .description('mount the memory backend on a temporary directory, run real programs on it, and unmount')
+  .action(async () => {
+    const log = createLogger('warn');
+    const dir = mkdtempSync(join(tmpdir(), 'dpfs-demo-'));
+    const dev = await startDevice(mountDevice(dir, { backend: 'memory', readers: 4, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
+    console.log(`memory backend mounted on ${dir}\n`);
+    const script = `
+      set -e
+      cd "$1"
+      echo "hello from dpfs" > hello.txt
+      mkdir -p src/lib && seq 1 20000 > src/lib/numbers.txt
+      ln hello.txt hello-link.txt && ln -s hello.txt hello-sym.txt
+      dd if=/dev/urandom of=blob.bin bs=1M count=8 status=none
+      tar -C "$1" -cf /tmp/dpfs-demo-$$.tar src hello.txt && mkdir restored && tar -C restored -xf /tmp/dpfs-demo-$$.tar && rm /tmp/dpfs-demo-$$.tar
+      echo "$ ls -la"; ls -la
+      echo; echo "$ cat hello-sym.txt"; cat hello-sym.txt
+      echo; echo "$ stat -c '%n links=%h size=%s' hello.txt"; stat -c '%n links=%h size=%s' hello.txt
+      echo; echo "$ sha256sum blob.bin src/lib/numbers.txt restored/src/lib/numbers.txt"; sha256sum blob.bin src/lib/numbers.txt restored/src/lib/numbers.txt
+      echo; echo "$ df -h ."; df -h .
+      echo; echo "$ mount | grep dpfs"; grep " $1 " /proc/mounts
+    `;
+    const code = await new Promise<number>((res) => {
+      const child = spawn('sh', ['-c', script, 'demo', dir], { stdio: 'inherit' });
+      child.on('close', (c) => res(c ?? 1));
+    });
+    await dev.stop();
+    rmdirSync(dir);
+    console.log(`\nunmounted; the demo ${code === 0 ? 'succeeded' : `failed (exit ${code})`}`);
+    process.exitCode = code;
+  });
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  if (err instanceof ConfigError) {
+    console.error(err.message);
+    process.exit(2);
+  }
+  console.error(`dpfs: ${(err as Error)?.message ?? err}`);
+  process.exit(1);
+});

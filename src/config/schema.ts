@@ -1,0 +1,108 @@
+/**
+ * The TOML configuration: which devices a daemon serves and with which backends.
+ * Validation errors name the offending key and what it accepts.
+ */
+import { parse as parseToml } from 'smol-toml';
+import { z } from 'zod';
+import { parseSize } from './size.js';
+
+const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  try {
+    return parseSize(v);
+  } catch (err) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+export const MemoryBackendSchema = z
+  .object({
+    type: z.literal('memory'),
+    capacity: size.default('16GiB'),
+    max_inodes: z.number().int().positive().default(1_000_000),
+    cache_timeout: z.number().nonnegative().default(1),
+  })
+  .strict();
+
+export const BackendSchema = z.discriminatedUnion('type', [MemoryBackendSchema]);
+
+export const FuseDeviceSchema = z
+  .object({
+    name: z.string().min(1),
+    transport: z.literal('fuse'),
+    mount_point: z.string().startsWith('/', { message: 'must be an absolute path' }),
+    readers: z.number().int().min(1).max(64).default(4),
+    max_write: size.default(1024 * 1024).refine((n) => n >= 4096 && n <= 16 * 1024 * 1024, 'must be between 4KiB and 16MiB'),
+    allow_other: z.boolean().default(true),
+    default_permissions: z.boolean().default(true),
+    read_only: z.boolean().default(false),
+    trace: z.boolean().default(false),
+    backend: BackendSchema,
+  })
+  .strict();
+
+export const DeviceSchema = z.discriminatedUnion('transport', [FuseDeviceSchema]);
+
+export const ConfigSchema = z
+  .object({
+    log: z
+      .object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') })
+      .strict()
+      .default({}),
+    device: z.array(DeviceSchema).min(1, 'at least one [[device]] is required'),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, number>();
+    cfg.device.forEach((d, i) => {
+      if (seen.has(d.name)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['device', i, 'name'], message: `duplicate device name "${d.name}"` });
+      seen.set(d.name, i);
+      const mp = cfg.device.findIndex((o, j) => j < i && o.mount_point === d.mount_point);
+      if (mp >= 0) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['device', i, 'mount_point'], message: `also used by device[${mp}]` });
+    });
+  });
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type DeviceConfig = z.infer<typeof DeviceSchema>;
+export type BackendConfig = z.infer<typeof BackendSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+function formatPath(path: (string | number)[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i ? `.${p}` : p)).join('') || '(top level)';
+}
+
+function formatIssue(issue: z.ZodIssue): string {
+  const where = formatPath(issue.path);
+  switch (issue.code) {
+    case z.ZodIssueCode.invalid_union_discriminator:
+      return `${where}: must be one of ${issue.options.map((o) => JSON.stringify(o)).join(', ')}`;
+    case z.ZodIssueCode.invalid_enum_value:
+      return `${where}: ${JSON.stringify(issue.received)} is not allowed; use one of ${issue.options.map((o) => JSON.stringify(o)).join(', ')}`;
+    case z.ZodIssueCode.invalid_literal:
+      return `${where}: must be ${JSON.stringify(issue.expected)}`;
+    case z.ZodIssueCode.unrecognized_keys:
+      return `${where}: unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+    case z.ZodIssueCode.invalid_type:
+      return issue.received === 'undefined' ? `${where}: required (${issue.expected})` : `${where}: expected ${issue.expected}, got ${issue.received}`;
+    default:
+      return `${where}: ${issue.message}`;
+  }
+}
+
+/** Parses and validates TOML text; throws ConfigError listing every problem. */
+export function parseConfig(text: string, source = 'config'): Config {
+  let raw: unknown;
+  try {
+    raw = parseToml(text);
+  } catch (err) {
+    throw new ConfigError(`${source}: invalid TOML: ${(err as Error).message}`);
+  }
+  const r = ConfigSchema.safeParse(raw);
+  if (!r.success) {
+    throw new ConfigError(`${source}: invalid configuration:\n${r.error.issues.map((i) => '  ' + formatIssue(i)).join('\n')}`);
+  }
+  return r.data;
+}

@@ -1,0 +1,226 @@
+/**
+ * The /dev/fuse device: mounts a FUSE file system with the kernel's mount(2) and serves
+ * it through a Session. Reads happen on dedicated reader threads so the event loop never
+ * blocks, and so that the daemon's own process may use the mount without deadlocking.
+ */
+import { closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync, writev, writevSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { Worker } from 'node:worker_threads';
+import type { FileSystem } from '../../fs/api.js';
+import { Errno, FsError, errnoOf } from '../../fuse/errno.js';
+import { Session } from '../../fuse/session.js';
+import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, native } from '../../native/native.js';
+import type { Logger } from '../../util/log.js';
+import { silentLogger } from '../../util/log.js';
+import { isFuseType, mountAt } from './mounts.js';
+
+const writevAsync = promisify(writev);
+const FUSECTL = '/sys/fs/fuse/connections';
+
+export interface DevFuseOptions {
+  mountPoint: string;
+  fs: FileSystem;
+  /** Reader threads, i.e. requests read concurrently from the kernel (default 4). */
+  readers?: number;
+  /** Largest WRITE the kernel may send (default 1 MiB). */
+  maxWrite?: number;
+  /** Let users other than the mounting one use the mount (default true). */
+  allowOther?: boolean;
+  /** Kernel-side permission checks from mode bits (default: the backend's preference, else true). */
+  defaultPermissions?: boolean;
+  readOnly?: boolean;
+  /** Name shown as the mount source (default "dpfs"). */
+  fsName?: string;
+  /** fstype suffix: "fuse.<subtype>" (default "dpfs"). */
+  subtype?: string;
+  log?: Logger;
+  /** Log each request and reply. */
+  trace?: boolean;
+}
+
+export class DevFuseDevice {
+  readonly session: Session;
+  private fd = -1;
+  private readonly workers: Worker[] = [];
+  private live = 0;
+  private mounted = false;
+  private connection?: number;
+  private readonly log: Logger;
+  private endResolve!: () => void;
+  /** Resolves when the kernel connection has ended (unmount, abort, stop()). */
+  readonly ended: Promise<void> = new Promise((r) => (this.endResolve = r));
+
+  constructor(readonly options: DevFuseOptions) {
+    this.log = (options.log ?? silentLogger).child({ device: 'devfuse', mountPoint: options.mountPoint });
+    this.session = new Session(options.fs, {
+      transport: {
+        name: 'devfuse',
+        maxWrite: options.maxWrite ?? 1024 * 1024,
+        notify: async (chunks) => {
+          // Off the event loop: a notification may wait on kernel locks held by a request we serve.
+          await writevAsync(this.fd, chunks);
+        },
+      },
+      log: this.log,
+      trace: options.trace,
+    });
+  }
+
+  /** Mounts and starts serving; resolves once the kernel's INIT has been answered. */
+  async start(): Promise<void> {
+    const o = this.options;
+    const mp = o.mountPoint;
+    if (!existsSync(mp)) recoverStale(mp, this.log);
+    recoverStale(mp, this.log);
+    let st;
+    try {
+      st = statSync(mp);
+    } catch (err) {
+      throw new Error(`mount point ${mp}: ${(err as Error).message}`);
+    }
+    if (!st.isDirectory()) throw new Error(`mount point ${mp} is not a directory`);
+    this.fd = openSync('/dev/fuse', 'r+');
+    const uid = process.getuid?.() ?? 0;
+    const gid = process.getgid?.() ?? 0;
+    const defaultPermissions = o.defaultPermissions ?? o.fs.capabilities?.defaultPermissions ?? true;
+    const data = [
+      `fd=${this.fd}`,
+      `rootmode=${(st.mode & 0o170000).toString(8)}`,
+      `user_id=${uid}`,
+      `group_id=${gid}`,
+      ...(defaultPermissions ? ['default_permissions'] : []),
+      ...((o.allowOther ?? true) ? ['allow_other'] : []),
+    ].join(',');
+    const flags = MS_NOSUID | MS_NODEV | (o.readOnly ? MS_RDONLY : 0);
+    const maxWrite = o.maxWrite ?? 1024 * 1024;
+    this.startReaders(o.readers ?? 4, maxWrite + 64 * 1024);
+    try {
+      native().mount(o.fsName ?? 'dpfs', mp, `fuse.${o.subtype ?? 'dpfs'}`, flags, data);
+    } catch (err) {
+      await this.shutdownReaders();
+      throw new Error(`mount ${mp}: ${(err as Error).message}`);
+    }
+    this.mounted = true;
+    this.connection = mountAt(mp)?.minor;
+    await Promise.race([this.session.whenRunning(), this.ended]);
+    if (this.session.state !== 'running') throw new Error(`FUSE session did not start: ${this.session.brokenReason ?? 'connection ended'}`);
+    this.log.info({ connection: this.connection, readers: this.workers.length }, 'mounted');
+  }
+
+  private startReaders(n: number, bufSize: number): void {
+    const url = new URL('./reader-worker.js', import.meta.url);
+    const send = (chunks: Uint8Array[]) => {
+      writevSync(this.fd, chunks);
+    };
+    for (let i = 0; i < n; i++) {
+      const w = new Worker(url, { workerData: { fd: this.fd, bufSize } });
+      this.live++;
+      w.on('message', (msg: Uint8Array | { end: string }) => {
+        if (msg instanceof Uint8Array) {
+          this.session.handle(msg, send);
+        } else if (msg && 'end' in msg && msg.end !== 'ENODEV' && msg.end !== 'EOF') {
+          this.log.error({ reader: i, err: msg.end }, 'reader stopped');
+        }
+      });
+      w.on('error', (err) => this.log.error({ reader: i, err: err.message }, 'reader thread failed'));
+      w.on('exit', () => {
+        if (--this.live === 0) {
+          this.mounted = false;
+          if (this.fd >= 0) {
+            closeSync(this.fd);
+            this.fd = -1;
+          }
+          this.endResolve();
+        }
+      });
+      this.workers.push(w);
+    }
+  }
+
+  private async shutdownReaders(): Promise<void> {
+    if (this.fd >= 0 && this.connection === undefined) {
+      // Never mounted: closing is not enough while readers sit in read(); end them directly.
+      await Promise.all(this.workers.map((w) => w.terminate().catch(() => undefined)));
+      if (this.fd >= 0) {
+        closeSync(this.fd);
+        this.fd = -1;
+      }
+      this.endResolve();
+    }
+  }
+
+  /** Unmounts (lazily if busy), aborts the connection if needed, and waits for the readers. */
+  async stop(): Promise<void> {
+    if (this.fd < 0) return;
+    const mp = this.options.mountPoint;
+    if (this.mounted) {
+      try {
+        native().umount2(mp, 0);
+      } catch (err) {
+        const errno = errnoOf(err);
+        if (errno === Errno.EBUSY) {
+          this.log.warn({}, 'mount busy; detaching lazily');
+          try {
+            native().umount2(mp, MNT_DETACH);
+          } catch (e) {
+            this.log.warn({ err: (e as Error).message }, 'lazy unmount failed');
+          }
+        } else if (errno !== Errno.EINVAL && errno !== Errno.ENOENT) {
+          this.log.warn({ err: (err as Error).message }, 'unmount failed');
+        }
+      }
+    }
+    // If something still holds the detached mount, abort the connection so we can exit.
+    const timer = setTimeout(() => abortConnection(this.connection, this.log), 2000);
+    await this.ended;
+    clearTimeout(timer);
+    this.log.info({}, 'unmounted');
+  }
+}
+
+/** A mount left by a daemon that died answers ENOTCONN: detach it so we can mount again. */
+export function recoverStale(mp: string, log: Logger): void {
+  const m = mountAt(mp);
+  let stale = false;
+  try {
+    statSync(mp);
+  } catch (err) {
+    stale = errnoOf(err) === Errno.ENOTCONN;
+  }
+  if (!stale && !(m && isFuseType(m.fstype))) return;
+  if (!stale) throw new FsError(Errno.EBUSY, `${mp} is already a live FUSE mount (${m!.source}); unmount it first`);
+  log.warn({ mountPoint: mp }, 'detaching stale FUSE mount left by a dead daemon');
+  if (m) abortConnection(m.minor, log);
+  native().umount2(mp, MNT_DETACH);
+}
+
+function abortConnection(conn: number | undefined, log: Logger): void {
+  if (conn === undefined) return;
+  try {
+    if (!existsSync(`${FUSECTL}/${conn}`)) {
+      try {
+        native().mount('fusectl', FUSECTL, 'fusectl', 0, '');
+      } catch {
+        /* already mounted or unavailable */
+      }
+    }
+    if (existsSync(`${FUSECTL}/${conn}/abort`)) {
+      writeFileSync(`${FUSECTL}/${conn}/abort`, '1');
+      log.warn({ connection: conn }, 'aborted FUSE connection');
+    }
+  } catch (err) {
+    log.warn({ connection: conn, err: (err as Error).message }, 'could not abort FUSE connection');
+  }
+}
+
+export function devFuseUsable(): { ok: boolean; reason: string } {
+  try {
+    const fd = openSync('/dev/fuse', 'r+');
+    closeSync(fd);
+  } catch (err) {
+    return { ok: false, reason: `/dev/fuse: ${(err as Error).message}` };
+  }
+  const fsTypes = readFileSync('/proc/filesystems', 'utf8');
+  if (!/\bfuse\b/.test(fsTypes)) return { ok: false, reason: 'kernel has no fuse file system type' };
+  return { ok: true, reason: 'ok' };
+}

@@ -1,0 +1,37 @@
+/**
+ * The native addon (native/dpfs_native.c): only the system calls Node lacks.
+ * Loaded lazily so that pure-TypeScript parts (codec, backends) work without it.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeAddon {
+  mount(source: string, target: string, fstype: string, flags: number, data: string): void;
+  umount2(target: string, flags: number): void;
+}
+
+let addon: NativeAddon | undefined;
+
+/** Project root: this file lives in dist/src/native/. */
+export const projectRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+export function native(): NativeAddon {
+  if (!addon) {
+    const require = createRequire(import.meta.url);
+    const path = join(projectRoot, 'build', 'Release', 'dpfs_native.node');
+    try {
+      addon = require(path) as NativeAddon;
+    } catch (err) {
+      throw new Error(`dpfs native addon not built (${path}): run "npm run build" (${(err as Error).message})`);
+    }
+  }
+  return addon;
+}
+
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
+export const MS_NOEXEC = 8;
+export const MS_RDONLY = 1;
+export const MNT_FORCE = 1;
+export const MNT_DETACH = 2;
