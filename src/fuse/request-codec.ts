@@ -183,3 +183,27 @@ export function encodeGroupsExtension(w: Writer, groups: readonly number[]): voi
   for (const g of groups) w.u32(g);
   w.zeros(size - 8 - body);
 }
+
+export interface RequestHeaderInput {
+  opcode: number;
+  unique: bigint;
+  nodeid?: number;
+  uid?: number;
+  gid?: number;
+  pid?: number;
+  /** Supplementary groups, sent as a FUSE_EXT_GROUPS extension. */
+  groups?: readonly number[];
+}
+
+/** Builds a complete request: header, arguments laid out by `spec`, extensions. */
+export function encodeRequest(h: RequestHeaderInput, spec: readonly Field[], args: Record<string, unknown>): Buffer {
+  const body = new Writer(64);
+  encodeArgs(spec, args, body);
+  const ext = new Writer(16);
+  if (h.groups) encodeGroupsExtension(ext, h.groups);
+  const len = SIZE.in_header + body.length + ext.length;
+  const w = new Writer(len);
+  encodeInHeader(w, { opcode: h.opcode, unique: h.unique, nodeid: h.nodeid ?? 0, uid: h.uid ?? 0, gid: h.gid ?? 0, pid: h.pid ?? 0, total_extlen: ext.length / 8 }, len);
+  w.bytes(body.finish()).bytes(ext.finish());
+  return w.finish();
+}

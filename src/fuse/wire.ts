@@ -107,19 +107,23 @@ export class Writer {
     return at;
   }
   u8(v: number): this {
-    this.buf[this.ensure(1)] = v;
+    const at = this.ensure(1);
+    this.buf[at] = v;
     return this;
   }
   u16(v: number): this {
-    this.dv.setUint16(this.ensure(2), v, true);
+    const at = this.ensure(2);
+    this.dv.setUint16(at, v, true);
     return this;
   }
   u32(v: number): this {
-    this.dv.setUint32(this.ensure(4), v >>> 0, true);
+    const at = this.ensure(4);
+    this.dv.setUint32(at, v >>> 0, true);
     return this;
   }
   i32(v: number): this {
-    this.dv.setInt32(this.ensure(4), v | 0, true);
+    const at = this.ensure(4);
+    this.dv.setInt32(at, v | 0, true);
     return this;
   }
   /** Writes a non-negative number or bigint as u64. */
@@ -134,7 +138,8 @@ export class Writer {
     return this;
   }
   i64(v: number | bigint): this {
-    this.dv.setBigInt64(this.ensure(8), BigInt(v), true);
+    const at = this.ensure(8);
+    this.dv.setBigInt64(at, BigInt(v), true);
     return this;
   }
   zeros(n: number): this {
