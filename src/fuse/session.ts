@@ -24,6 +24,11 @@ export interface TransportInfo {
   maxWrite: number;
   /** The transport can deliver unsolicited notifications (virtio-fs cannot). */
   notify?: (chunks: Uint8Array[]) => Promise<void>;
+  /**
+   * Supplementary groups of a caller, for requests that do not carry them (the kernel
+   * sends them only with create-type requests). Local transports can read them from /proc.
+   */
+  groupsOf?: (pid: number) => readonly number[];
   /** virtio-fs: no interrupts, DESTROY at unmount, submounts. */
   virtiofs?: boolean;
 }
@@ -232,6 +237,8 @@ export class Session {
     const tracked = needsReply(op);
     if (tracked) this.inflight.set(h.unique, abort);
     this.stats.inFlight++;
+    const groupsOf = this.options.transport.groupsOf;
+    let lazyGroups: readonly number[] | undefined = groups.length || !groupsOf ? groups : undefined;
     const octx: OpContext = {
       fs: this.fs,
       header: h,
@@ -242,7 +249,10 @@ export class Session {
         uid: h.uid,
         gid: h.gid,
         pid: h.pid,
-        groups,
+        // Looked up only when a backend asks: most requests never need them.
+        get groups() {
+          return (lazyGroups ??= groupsOf!(h.pid));
+        },
         signal: abort.signal,
         umask: typeof args.umask === 'number' ? args.umask : 0,
       },

@@ -56,6 +56,7 @@ export class DevFuseDevice {
       transport: {
         name: 'devfuse',
         maxWrite: options.maxWrite ?? 1024 * 1024,
+        groupsOf: procGroups,
         notify: async (chunks) => {
           // Off the event loop: a notification may wait on kernel locks held by a request we serve.
           await writevAsync(this.fd, chunks);
@@ -210,6 +211,17 @@ function abortConnection(conn: number | undefined, log: Logger): void {
     }
   } catch (err) {
     log.warn({ connection: conn, err: (err as Error).message }, 'could not abort FUSE connection');
+  }
+}
+
+/** Supplementary groups of a local process, from /proc (empty if it is gone). */
+export function procGroups(pid: number): number[] {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const line = /^Groups:(.*)$/m.exec(status);
+    return line ? line[1]!.trim().split(/\s+/).filter(Boolean).map(Number) : [];
+  } catch {
+    return [];
   }
 }
 
