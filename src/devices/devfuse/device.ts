@@ -104,7 +104,11 @@ export class DevFuseDevice {
     this.mounted = true;
     this.connection = mountAt(mp)?.minor;
     await Promise.race([this.session.whenRunning(), this.ended]);
-    if (this.session.state !== 'running') throw new Error(`FUSE session did not start: ${this.session.brokenReason ?? 'connection ended'}`);
+    if (this.session.state !== 'running') {
+      const reason = this.session.brokenReason ?? 'connection ended';
+      await this.stop();
+      throw new Error(`FUSE session did not start: ${reason}`);
+    }
     this.log.info({ connection: this.connection, readers: this.workers.length }, 'mounted');
   }
 
@@ -114,7 +118,8 @@ export class DevFuseDevice {
       writevSync(this.fd, chunks);
     };
     for (let i = 0; i < n; i++) {
-      const w = new Worker(url, { workerData: { fd: this.fd, bufSize } });
+      // A clean execArgv: the parent's flags (--input-type, -e, inspectors) mean nothing to a reader.
+      const w = new Worker(url, { workerData: { fd: this.fd, bufSize }, execArgv: [] });
       this.live++;
       w.on('message', (msg: Uint8Array | { end: string }) => {
         if (msg instanceof Uint8Array) {

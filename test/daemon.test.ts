@@ -1,0 +1,217 @@
+/** The daemon as an operator sees it: signals, stale mounts, configs, device listing, self-access. */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { promisify } from 'node:util';
+import { mountAt } from '../src/devices/devfuse/mounts.js';
+import { CLI, isDpfsMount, sh, startDaemon, stopDaemon, waitFor } from './helpers/daemon.js';
+
+const execFileP = promisify(execFile);
+
+function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), 'dpfs-daemon-'));
+}
+
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await execFileP(process.execPath, [CLI, ...args], { timeout: 30000 });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+test('SIGTERM unmounts cleanly and the daemon exits 0', async () => {
+  const dir = tempDir();
+  const d = startDaemon(['mount', dir]);
+  try {
+    await waitFor(() => isDpfsMount(dir), 'mount');
+    await sh(`echo hi > "${dir}/f" && cat "${dir}/f"`);
+    d.child.kill('SIGTERM');
+    assert.equal(await d.exited, 0, d.stderr());
+    assert.equal(mountAt(dir), undefined, 'nothing left mounted');
+  } finally {
+    await stopDaemon(d, [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SIGTERM while a process still uses the mount: lazy unmount, daemon still exits', async () => {
+  const dir = tempDir();
+  const d = startDaemon(['mount', dir]);
+  let holder: ReturnType<typeof startDaemon>['child'] | undefined;
+  try {
+    await waitFor(() => isDpfsMount(dir), 'mount');
+    holder = execFile('bash', ['-c', `cd "${dir}" && exec sleep 30`]);
+    await new Promise((r) => setTimeout(r, 300));
+    d.child.kill('SIGTERM');
+    assert.equal(await d.exited, 0, d.stderr());
+    assert.equal(mountAt(dir), undefined);
+  } finally {
+    holder?.kill('SIGKILL');
+    await stopDaemon(d, [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a stale mount left by a killed daemon is recovered on the next start', async () => {
+  const dir = tempDir();
+  const first = startDaemon(['mount', dir]);
+  let second: ReturnType<typeof startDaemon> | undefined;
+  try {
+    await waitFor(() => isDpfsMount(dir), 'first mount');
+    first.child.kill('SIGKILL');
+    await first.exited;
+    assert.throws(() => statSync(dir), /ENOTCONN/, 'the dead daemon left a stale mount');
+    second = startDaemon(['mount', dir]);
+    await waitFor(() => {
+      try {
+        statSync(dir);
+        return isDpfsMount(dir);
+      } catch {
+        return false;
+      }
+    }, 'second mount');
+    assert.equal((await sh(`echo again > "${dir}/f" && cat "${dir}/f"`)).trim(), 'again');
+  } finally {
+    await stopDaemon(first, [dir]);
+    if (second) await stopDaemon(second, [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('refuses to mount over a live dpfs mount', async () => {
+  const dir = tempDir();
+  const a = startDaemon(['mount', dir]);
+  try {
+    await waitFor(() => isDpfsMount(dir), 'mount');
+    const b = await cli(['mount', dir]);
+    assert.equal(b.code, 1);
+    assert.match(b.stderr, /already a live FUSE mount/);
+  } finally {
+    await stopDaemon(a, [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the daemon process may use its own mount without deadlocking', async () => {
+  const dir = tempDir();
+  const script = `
+    import { DevFuseDevice } from ${JSON.stringify(join(CLI, '..', '..', 'devices', 'devfuse', 'device.js'))};
+    import { MemoryFs } from ${JSON.stringify(join(CLI, '..', '..', 'backends', 'memory', 'memory-fs.js'))};
+    import { promises as fsp } from 'node:fs';
+    const dev = new DevFuseDevice({ mountPoint: ${JSON.stringify(dir)}, fs: new MemoryFs() });
+    await dev.start();
+    const ops = [];
+    for (let i = 0; i < 50; i++) ops.push(fsp.writeFile(${JSON.stringify(dir)} + '/f' + i, 'x'.repeat(i * 1000)));
+    await Promise.all(ops);
+    const names = await fsp.readdir(${JSON.stringify(dir)});
+    const big = await fsp.readFile(${JSON.stringify(dir)} + '/f49');
+    await dev.stop();
+    console.log(names.length, big.length);
+  `;
+  try {
+    const r = await execFileP(process.execPath, ['--input-type=module', '-e', script], { timeout: 30000 });
+    assert.equal(r.stdout.trim(), '50 49000');
+  } finally {
+    if (mountAt(dir)) await execFileP('umount', ['-l', dir]).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('dpfs run -c serves every device in a TOML file', async () => {
+  const a = tempDir();
+  const b = tempDir();
+  const cfg = join(tempDir(), 'dpfs.toml');
+  writeFileSync(
+    cfg,
+    `
+[log]
+level = "warn"
+
+[[device]]
+name = "alpha"
+transport = "fuse"
+mount_point = "${a}"
+[device.backend]
+type = "memory"
+capacity = "64MiB"
+
+[[device]]
+name = "beta"
+transport = "fuse"
+mount_point = "${b}"
+readers = 2
+[device.backend]
+type = "memory"
+`,
+  );
+  const d = startDaemon(['run', '-c', cfg]);
+  try {
+    await waitFor(() => isDpfsMount(a) && isDpfsMount(b), 'both mounts');
+    const out = await sh(`echo A > "${a}/x"; echo B > "${b}/x"; cat "${a}/x" "${b}/x"; df -B1M --output=size "${a}" | tail -1`);
+    assert.deepEqual(out.trim().split(/\s+/), ['A', 'B', '64']);
+    d.child.kill('SIGINT');
+    assert.equal(await d.exited, 0);
+    assert.ok(!mountAt(a) && !mountAt(b));
+  } finally {
+    await stopDaemon(d, [a, b]);
+    for (const p of [a, b, join(cfg, '..')]) rmSync(p, { recursive: true, force: true });
+  }
+});
+
+test('config errors name the bad key and the allowed values', async () => {
+  const dir = tempDir();
+  const cases: [string, RegExp][] = [
+    ['[[device]]\nname="x"\ntransport="carrier-pigeon"\n', /device\[0\]\.transport: must be one of "fuse"/],
+    ['[[device]]\nname="x"\ntransport="fuse"\nmount_point="/mnt"\n[device.backend]\ntype="floppy"\n', /device\[0\]\.backend\.type: must be one of "memory"/],
+    ['[[device]]\nname="x"\ntransport="fuse"\nmount_point="/mnt"\nbogus=1\n[device.backend]\ntype="memory"\n', /device\[0\]: unknown key "bogus"/],
+    ['[[device]]\nname="x"\ntransport="fuse"\nmount_point="rel"\n[device.backend]\ntype="memory"\ncapacity="lots"\n', /mount_point: must be an absolute path[\s\S]*capacity: not a size/],
+    ['[log]\nlevel="chatty"\n[[device]]\nname="x"\ntransport="fuse"\nmount_point="/m"\n[device.backend]\ntype="memory"\n', /log\.level: "chatty" is not allowed; use one of "trace"/],
+    ['this is = not toml [', /invalid TOML/],
+    ['', /device: required/],
+  ];
+  try {
+    for (const [text, re] of cases) {
+      const f = join(dir, 'c.toml');
+      writeFileSync(f, text);
+      const r = await cli(['run', '-c', f]);
+      assert.equal(r.code, 2, text);
+      assert.match(r.stderr, re);
+    }
+    const ok = join(dir, 'ok.toml');
+    writeFileSync(ok, '[[device]]\nname="x"\ntransport="fuse"\nmount_point="/mnt/x"\n[device.backend]\ntype="memory"\n');
+    const r = await cli(['run', '-c', ok, '--check']);
+    assert.equal(r.code, 0);
+    assert.match(r.stdout, /ok \(1 device\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('dpfs devices reports /dev/fuse as usable here', async () => {
+  const r = await cli(['devices', '--json']);
+  assert.equal(r.code, 0);
+  const rows = JSON.parse(r.stdout) as { transport: string; usable: boolean }[];
+  assert.equal(rows.find((x) => x.transport.startsWith('fuse'))?.usable, true);
+  assert.ok(rows.some((x) => x.transport.startsWith('vhost-user')));
+  assert.ok(rows.some((x) => x.transport.startsWith('DPU')));
+});
+
+test('--debug logs every request and reply', async () => {
+  const dir = tempDir();
+  const d = startDaemon(['mount', dir, '--debug']);
+  try {
+    await waitFor(() => isDpfsMount(dir), 'mount');
+    await sh(`mkdir "${dir}/dbg"`);
+    await waitFor(() => /"op":"FUSE_MKDIR".*"msg":"reply"/.test(d.stderr()), 'trace of MKDIR');
+    assert.match(d.stderr(), /"op":"FUSE_MKDIR".*"args":\{"mode":\d+,"umask":\d+,"name":"dbg"\}/);
+  } finally {
+    await stopDaemon(d, [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
