@@ -1,0 +1,30 @@
+#!/bin/sh
+# Prepares a fresh Debian machine for dpfs and builds it; safe to run again.
+#   scripts/setup.sh          packages the daemon and its tests need, npm dependencies, build
+#   scripts/setup.sh --bench  also the reference file systems the benchmarks compare against
+set -eu
+cd "$(dirname "$0")/.."
+
+# fuse3: the FUSE userspace tools; fio, stress-ng, sqlite3, git, attr, python3: test workloads.
+pkgs="fuse3 fio stress-ng sqlite3 git attr python3 util-linux"
+[ "${1:-}" = "--bench" ] && pkgs="$pkgs bindfs"
+
+missing=""
+for p in $pkgs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "dpfs setup: installing$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  else
+    echo "dpfs setup: missing Debian packages:$missing (install them as root)" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+npm run --silent build
