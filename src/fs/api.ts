@@ -195,6 +195,12 @@ export interface FsCapabilities {
   defaultPermissions?: boolean;
   /** Keep the kernel's cached symlink targets (FUSE_CACHE_SYMLINKS). */
   cacheSymlinks?: boolean;
+  /**
+   * The backend clears setuid/setgid (and security.capability) itself on write, truncate
+   * and chown, as told by FUSE_WRITE_KILL_SUIDGID / FATTR_KILL_SUIDGID / FUSE_OPEN_KILL_SUIDGID
+   * (FUSE_HANDLE_KILLPRIV_V2). Saves the kernel a GETXATTR round trip before writes.
+   */
+  handleKillpriv?: boolean;
 }
 
 type Ctx = RequestContext;
@@ -220,7 +226,8 @@ export interface FileSystem {
   /** flags: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2), RENAME_WHITEOUT (4). */
   rename?(ctx: Ctx, parent: number, name: string, newParent: number, newName: string, flags: number): R<void>;
   link?(ctx: Ctx, ino: number, newParent: number, newName: string): R<Entry>;
-  open?(ctx: Ctx, ino: number, flags: number): R<Opened>;
+  /** openFlags: FUSE_OPEN_KILL_SUIDGID when O_TRUNC must also clear setuid/setgid. */
+  open?(ctx: Ctx, ino: number, flags: number, openFlags?: number): R<Opened>;
   read?(ctx: Ctx, ino: number, fh: number, offset: number, size: number, info: ReadInfo): R<Uint8Array>;
   /** Returns the number of bytes written. */
   write?(ctx: Ctx, ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): R<number>;

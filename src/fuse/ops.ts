@@ -165,7 +165,7 @@ export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | vo
       return entry(await method(fs, 'link')(ctx, a.oldnodeid as number, ino, decodeName(a.newname as Uint8Array, false)));
     case Opcode.FUSE_OPEN:
     case Opcode.FUSE_OPENDIR: {
-      const r = await method(fs, op === Opcode.FUSE_OPEN ? 'open' : 'opendir')(ctx, ino, a.flags as number);
+      const r = await method(fs, op === Opcode.FUSE_OPEN ? 'open' : 'opendir')(ctx, ino, a.flags as number, a.open_flags as number);
       const w = new Writer(SIZE.open_out);
       writeOpenOut(w, r.fh, r.flags ?? 0);
       return [w.finish()];

@@ -66,7 +66,7 @@ export class Session {
   brokenReason?: string;
   info?: InitInfo;
   readonly stats: SessionStats = { requests: 0, errors: 0, malformed: 0, inFlight: 0 };
-  private readonly inflight = new Map<bigint, AbortController>();
+  private readonly inflight = new Map<bigint, Interruptible>();
   private readonly retrieves = new Map<bigint, { resolve: (b: Uint8Array) => void; reject: (e: Error) => void }>();
   private nextNotifyUnique = 1n;
   private setxattrExt = false;
@@ -233,9 +233,9 @@ export class Session {
   }
 
   private async runRequest(h: InHeader, op: Opcode, args: Record<string, unknown>, groups: number[], reply: Reply): Promise<void> {
-    const abort = new AbortController();
+    const intr = new Interruptible();
     const tracked = needsReply(op);
-    if (tracked) this.inflight.set(h.unique, abort);
+    if (tracked) this.inflight.set(h.unique, intr);
     this.stats.inFlight++;
     const groupsOf = this.options.transport.groupsOf;
     let lazyGroups: readonly number[] | undefined = groups.length || !groupsOf ? groups : undefined;
@@ -253,7 +253,9 @@ export class Session {
         get groups() {
           return (lazyGroups ??= groupsOf!(h.pid));
         },
-        signal: abort.signal,
+        get signal() {
+          return intr.signal;
+        },
         umask: typeof args.umask === 'number' ? args.umask : 0,
       },
       session: this,
@@ -427,6 +429,23 @@ export class Session {
   /** Wakes a poller registered through POLL with FUSE_POLL_SCHEDULE_NOTIFY. */
   notifyPoll(kh: bigint): Promise<void> {
     return this.notify(NotifyCode.FUSE_NOTIFY_POLL, [new Writer(8).u64(kh).finish()]);
+  }
+}
+
+/** An AbortSignal made only if a backend asks for it: most requests never do. */
+class Interruptible {
+  private ctl?: AbortController;
+  private aborted = false;
+  get signal(): AbortSignal {
+    if (!this.ctl) {
+      this.ctl = new AbortController();
+      if (this.aborted) this.ctl.abort();
+    }
+    return this.ctl.signal;
+  }
+  abort(): void {
+    this.aborted = true;
+    this.ctl?.abort();
   }
 }
 

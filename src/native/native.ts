@@ -9,6 +9,9 @@ import { fileURLToPath } from 'node:url';
 export interface NativeAddon {
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   umount2(target: string, flags: number): void;
+  /** Calls `onReadable` on this thread's event loop whenever non-blocking `fd` is readable. */
+  watch(fd: number, onReadable: (status: number, events: number) => void): unknown;
+  unwatch(handle: unknown): void;
 }
 
 let addon: NativeAddon | undefined;

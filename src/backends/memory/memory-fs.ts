@@ -23,6 +23,7 @@ import type {
   WriteInfo,
 } from '../../fs/api.js';
 import { Errno, FsError, fail } from '../../fuse/errno.js';
+import { FUSE_OPEN_KILL_SUIDGID, FUSE_WRITE_KILL_SUIDGID } from '../../fuse/opcodes.js';
 import {
   R_OK,
   S_IFCHR,
@@ -163,7 +164,7 @@ interface Handle {
 }
 
 export class MemoryFs implements FileSystem {
-  readonly capabilities: FsCapabilities = { readdirplus: true, cacheSymlinks: true };
+  readonly capabilities: FsCapabilities = { readdirplus: true, cacheSymlinks: true, handleKillpriv: true };
   private readonly inodes = new Map<number, Inode>();
   private readonly handles = new Map<number, Handle>();
   private nextIno = 2;
@@ -253,11 +254,16 @@ export class MemoryFs implements FileSystem {
     parent.touchM();
   }
 
-  /** Drops sUID always and sGID when group-executable, as a write or chown by non-root must. */
-  private killPriv(n: Inode, ctx: RequestContext | undefined): void {
-    if (ctx && ctx.uid === 0) return;
+  /**
+   * Drops setuid always and setgid when group-executable, plus file capabilities, as a
+   * write, truncate or chown must (the kernel leaves this to us: FUSE_HANDLE_KILLPRIV_V2).
+   * `force` is the kernel's KILL_SUIDGID hint; without it, unprivileged callers still kill.
+   */
+  private killPriv(n: Inode, ctx: RequestContext | undefined, force = false): void {
+    if (!force && ctx && ctx.uid === 0) return;
     if (n.mode & S_ISUID) n.mode &= ~S_ISUID;
     if (n.mode & S_ISGID && n.mode & 0o010) n.mode &= ~S_ISGID;
+    n.xattrs.delete('security.capability');
   }
 
   // ---- FileSystem --------------------------------------------------------------------
@@ -324,7 +330,7 @@ export class MemoryFs implements FileSystem {
         this.killPriv(n, ctx);
       }
     }
-    if (s.killSuidgid) this.killPriv(n, undefined);
+    if (s.killSuidgid) this.killPriv(n, ctx, true);
     const setTime = (t: Timespec | 'now') => {
       if (t === 'now') {
         if (!owner && !permits(ctx, n, W_OK)) fail(Errno.EACCES);
@@ -497,7 +503,7 @@ export class MemoryFs implements FileSystem {
     return this.entry(n);
   }
 
-  private openNode(ctx: RequestContext, n: Inode, flags: number): Opened {
+  private openNode(ctx: RequestContext, n: Inode, flags: number, openFlags = 0): Opened {
     const acc = flags & O_ACCMODE;
     if (n.dir && acc !== 0) fail(Errno.EISDIR);
     if (isLnk(n.mode)) fail(Errno.ELOOP);
@@ -506,6 +512,7 @@ export class MemoryFs implements FileSystem {
     if (flags & O_TRUNC && n.data && acc !== 0) {
       this.used += n.data.truncate(0);
       n.touchM();
+      this.killPriv(n, ctx, (openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0);
     }
     const fh = this.nextFh++;
     this.handles.set(fh, { node: n, flags });
@@ -513,8 +520,8 @@ export class MemoryFs implements FileSystem {
     return { fh };
   }
 
-  open(ctx: RequestContext, ino: number, flags: number): Opened {
-    return this.openNode(ctx, this.node(ino), flags);
+  open(ctx: RequestContext, ino: number, flags: number, openFlags?: number): Opened {
+    return this.openNode(ctx, this.node(ino), flags, openFlags);
   }
 
   read(_ctx: RequestContext, ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Uint8Array {
@@ -527,7 +534,7 @@ export class MemoryFs implements FileSystem {
     return n.data.read(offset, size);
   }
 
-  write(ctx: RequestContext, ino: number, fh: number, offset: number, data: Uint8Array, _info: WriteInfo): number {
+  write(ctx: RequestContext, ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): number {
     const h = this.handle(fh, ino);
     if ((h.flags & O_ACCMODE) === 0) fail(Errno.EBADF);
     const n = h.node;
@@ -537,7 +544,7 @@ export class MemoryFs implements FileSystem {
     this.reserve(n.data.wouldAllocate(offset, data.length));
     this.used += n.data.write(offset, data);
     n.touchM();
-    this.killPriv(n, ctx);
+    this.killPriv(n, ctx, (info.writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0);
     return data.length;
   }
 

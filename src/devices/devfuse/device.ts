@@ -3,7 +3,7 @@
  * it through a Session. Reads happen on dedicated reader threads so the event loop never
  * blocks, and so that the daemon's own process may use the mount without deadlocking.
  */
-import { closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync, writev, writevSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync, readSync, statSync, writeFileSync, writev, writevSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import type { FileSystem } from '../../fs/api.js';
@@ -20,7 +20,12 @@ const FUSECTL = '/sys/fs/fuse/connections';
 export interface DevFuseOptions {
   mountPoint: string;
   fs: FileSystem;
-  /** Reader threads, i.e. requests read concurrently from the kernel (default 4). */
+  /**
+   * How requests are read: "poll" (default) reads the non-blocking device on the event loop
+   * when it is readable, in batches; "threads" blocks in read(2) on `readers` threads.
+   */
+  io?: 'poll' | 'threads';
+  /** Reader threads in "threads" mode (default 4). */
   readers?: number;
   /** Largest WRITE the kernel may send (default 1 MiB). */
   maxWrite?: number;
@@ -43,6 +48,7 @@ export class DevFuseDevice {
   private fd = -1;
   private readonly workers: Worker[] = [];
   private live = 0;
+  private watcher?: unknown;
   private mounted = false;
   private connection?: number;
   private readonly log: Logger;
@@ -80,7 +86,8 @@ export class DevFuseDevice {
       throw new Error(`mount point ${mp}: ${(err as Error).message}`);
     }
     if (!st.isDirectory()) throw new Error(`mount point ${mp} is not a directory`);
-    this.fd = openSync('/dev/fuse', 'r+');
+    const poll = (o.io ?? 'poll') === 'poll';
+    this.fd = openSync('/dev/fuse', constants.O_RDWR | (poll ? constants.O_NONBLOCK : 0));
     const uid = process.getuid?.() ?? 0;
     const gid = process.getgid?.() ?? 0;
     const defaultPermissions = o.defaultPermissions ?? o.fs.capabilities?.defaultPermissions ?? true;
@@ -94,7 +101,8 @@ export class DevFuseDevice {
     ].join(',');
     const flags = MS_NOSUID | MS_NODEV | (o.readOnly ? MS_RDONLY : 0);
     const maxWrite = o.maxWrite ?? 1024 * 1024;
-    this.startReaders(o.readers ?? 4, maxWrite + 64 * 1024);
+    if (poll) this.startPolling(maxWrite + 64 * 1024);
+    else this.startReaders(o.readers ?? 4, maxWrite + 64 * 1024);
     try {
       native().mount(o.fsName ?? 'dpfs', mp, `fuse.${o.subtype ?? 'dpfs'}`, flags, data);
     } catch (err) {
@@ -112,32 +120,68 @@ export class DevFuseDevice {
     this.log.info({ connection: this.connection, readers: this.workers.length }, 'mounted');
   }
 
+  private send = (chunks: Uint8Array[]) => {
+    writevSync(this.fd, chunks);
+  };
+
+  private finish(): void {
+    this.mounted = false;
+    if (this.fd >= 0) {
+      closeSync(this.fd);
+      this.fd = -1;
+    }
+    this.endResolve();
+  }
+
+  /**
+   * Reads one request each time the device is readable. Level-triggered polling calls
+   * again while more are queued, and reading only once avoids a thrown EAGAIN per wakeup.
+   */
+  private startPolling(bufSize: number): void {
+    const buf = Buffer.allocUnsafe(bufSize);
+    const onReadable = () => {
+      let n: number;
+      try {
+        n = readSync(this.fd, buf, 0, bufSize, null);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'EAGAIN' || code === 'EINTR' || code === 'ENOENT') return;
+        this.stopPolling(code);
+        return;
+      }
+      if (n === 0) {
+        this.stopPolling('EOF');
+        return;
+      }
+      // A private copy: backends may hold the request (write data) past this call.
+      this.session.handle(Buffer.from(buf.subarray(0, n)), this.send);
+    };
+    this.watcher = native().watch(this.fd, onReadable);
+  }
+
+  private stopPolling(why: string | undefined): void {
+    if (why !== 'ENODEV' && why !== 'EOF') this.log.error({ err: why }, 'reading /dev/fuse failed');
+    if (this.watcher) native().unwatch(this.watcher);
+    this.watcher = undefined;
+    this.finish();
+  }
+
   private startReaders(n: number, bufSize: number): void {
     const url = new URL('./reader-worker.js', import.meta.url);
-    const send = (chunks: Uint8Array[]) => {
-      writevSync(this.fd, chunks);
-    };
     for (let i = 0; i < n; i++) {
       // A clean execArgv: the parent's flags (--input-type, -e, inspectors) mean nothing to a reader.
       const w = new Worker(url, { workerData: { fd: this.fd, bufSize }, execArgv: [] });
       this.live++;
       w.on('message', (msg: Uint8Array | { end: string }) => {
         if (msg instanceof Uint8Array) {
-          this.session.handle(msg, send);
+          this.session.handle(msg, this.send);
         } else if (msg && 'end' in msg && msg.end !== 'ENODEV' && msg.end !== 'EOF') {
           this.log.error({ reader: i, err: msg.end }, 'reader stopped');
         }
       });
       w.on('error', (err) => this.log.error({ reader: i, err: err.message }, 'reader thread failed'));
       w.on('exit', () => {
-        if (--this.live === 0) {
-          this.mounted = false;
-          if (this.fd >= 0) {
-            closeSync(this.fd);
-            this.fd = -1;
-          }
-          this.endResolve();
-        }
+        if (--this.live === 0) this.finish();
       });
       this.workers.push(w);
     }
@@ -147,11 +191,9 @@ export class DevFuseDevice {
     if (this.fd >= 0 && this.connection === undefined) {
       // Never mounted: closing is not enough while readers sit in read(); end them directly.
       await Promise.all(this.workers.map((w) => w.terminate().catch(() => undefined)));
-      if (this.fd >= 0) {
-        closeSync(this.fd);
-        this.fd = -1;
-      }
-      this.endResolve();
+      if (this.watcher) native().unwatch(this.watcher);
+      this.watcher = undefined;
+      if (this.fd >= 0) this.finish();
     }
   }
 
