@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { mountAt } from '../src/devices/devfuse/mounts.js';
-import { CLI, isDpfsMount, sh, startDaemon, stopDaemon, waitFor } from './helpers/daemon.js';
+import { CLI, isDpfsMount, sh, startDaemon, startDaemonScript, stopDaemon, waitFor } from './helpers/daemon.js';
 
 const execFileP = promisify(execFile);
 
@@ -210,6 +210,19 @@ test('--debug logs every request and reply', async () => {
     await sh(`mkdir "${dir}/dbg"`);
     await waitFor(() => /"op":"FUSE_MKDIR".*"msg":"reply"/.test(d.stderr()), 'trace of MKDIR');
     assert.match(d.stderr(), /"op":"FUSE_MKDIR".*"args":\{"mode":\d+,"umask":\d+,"name":"dbg"\}/);
+  } finally {
+    await stopDaemon(d, [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the README example file system mounts and serves its file', async () => {
+  const dir = tempDir();
+  const d = startDaemonScript(join(CLI, '..', '..', '..', 'examples', 'hello-fs.js'), [dir]);
+  try {
+    await waitFor(() => mountAt(dir)?.fstype === 'fuse.dpfs', 'hello mount');
+    const out = await sh(`ls "${dir}" && cat "${dir}/hello" && (echo x > "${dir}/hello" 2>/dev/null && echo LEAK || echo read-only)`);
+    assert.deepEqual(out.trim().split('\n'), ['hello', 'Hello from a TypeScript file system!', 'read-only']);
   } finally {
     await stopDaemon(d, [dir]);
     rmSync(dir, { recursive: true, force: true });

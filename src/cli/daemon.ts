@@ -17,6 +17,7 @@ export async function startDevice(cfg: DeviceConfig, log: Logger): Promise<Runni
       const dev = new DevFuseDevice({
         mountPoint: cfg.mount_point,
         fs,
+        io: cfg.io,
         readers: cfg.readers,
         maxWrite: cfg.max_write,
         allowOther: cfg.allow_other,

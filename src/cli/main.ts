@@ -28,6 +28,7 @@ function sizeArg(v: string): number {
 
 interface MountOpts {
   backend: 'memory';
+  io: 'poll' | 'threads';
   readers: number;
   maxWrite: number;
   capacity: number;
@@ -44,6 +45,7 @@ function mountDevice(mountPoint: string, o: MountOpts): DeviceConfig {
         name: 'cli',
         transport: 'fuse',
         mount_point: resolve(mountPoint),
+        io: o.io,
         readers: o.readers,
         max_write: o.maxWrite,
         allow_other: o.allowOther,
@@ -65,7 +67,8 @@ program
   .description('mount one backend at a directory through /dev/fuse and serve it until interrupted')
   .argument('<mountpoint>', 'directory to mount on')
   .addOption(new Option('-b, --backend <type>', 'backend').choices([...BACKEND_TYPES]).default('memory'))
-  .option('-r, --readers <n>', 'reader threads on /dev/fuse', intArg, 4)
+  .addOption(new Option('--io <mode>', 'read requests on the event loop (poll) or on blocking reader threads').choices(['poll', 'threads']).default('poll'))
+  .option('-r, --readers <n>', 'reader threads in --io threads mode', intArg, 4)
   .option('--max-write <size>', 'largest write request', sizeArg, 1024 * 1024)
   .option('--capacity <size>', 'memory backend capacity', sizeArg, 16 * 1024 ** 3)
   .option('--no-default-permissions', 'let the backend alone check permissions')
@@ -119,7 +122,7 @@ program
   .action(async () => {
     const log = createLogger('warn');
     const dir = mkdtempSync(join(tmpdir(), 'dpfs-demo-'));
-    const dev = await startDevice(mountDevice(dir, { backend: 'memory', readers: 4, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
+    const dev = await startDevice(mountDevice(dir, { backend: 'memory', io: 'poll', readers: 4, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
     console.log(`memory backend mounted on ${dir}\n`);
     const script = `
       set -e

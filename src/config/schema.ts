@@ -31,6 +31,7 @@ export const FuseDeviceSchema = z
     name: z.string().min(1),
     transport: z.literal('fuse'),
     mount_point: z.string().startsWith('/', { message: 'must be an absolute path' }),
+    io: z.enum(['poll', 'threads']).default('poll'),
     readers: z.number().int().min(1).max(64).default(4),
     max_write: size.default(1024 * 1024).refine((n) => n >= 4096 && n <= 16 * 1024 * 1024, 'must be between 4KiB and 16MiB'),
     allow_other: z.boolean().default(true),

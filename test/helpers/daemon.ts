@@ -17,7 +17,12 @@ export interface Daemon {
 }
 
 export function startDaemon(args: string[], env: Record<string, string> = {}): Daemon {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DPFS_LOG: 'warn', ...env } });
+  return startDaemonScript(CLI, args, env);
+}
+
+/** Starts any node script as a daemon process (the CLI, an example file system). */
+export function startDaemonScript(script: string, args: string[], env: Record<string, string> = {}): Daemon {
+  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DPFS_LOG: 'warn', ...env } });
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
   child.stdout!.on('data', () => undefined);
