@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 # fuse3: the FUSE userspace tools; fio, stress-ng, sqlite3, git, attr, python3: test workloads.
-pkgs="fuse3 fio stress-ng sqlite3 git attr python3 util-linux"
+pkgs="fuse3 fio stress-ng sqlite3 git attr acl rsync python3 util-linux"
 [ "${1:-}" = "--bench" ] && pkgs="$pkgs bindfs"
 
 missing=""

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /** The `dpfs` command line. */
+import './env.js';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -27,12 +28,20 @@ function sizeArg(v: string): number {
 }
 
 interface MountOpts {
-  backend: 'memory';
+  backend: 'memory' | 'passthrough';
+  source?: string;
+  cache: 'never' | 'metadata' | 'auto' | 'always';
+  writeback: boolean;
+  directIo: boolean;
+  xattr: boolean;
+  uidMap: string;
+  gidMap: string;
+  maxFds: number;
   io: 'poll' | 'threads';
   readers: number;
   maxWrite: number;
   capacity: number;
-  defaultPermissions: boolean;
+  defaultPermissions?: boolean;
   allowOther: boolean;
   readOnly: boolean;
   debug: boolean;
@@ -52,11 +61,27 @@ function mountDevice(mountPoint: string, o: MountOpts): DeviceConfig {
         default_permissions: o.defaultPermissions,
         read_only: o.readOnly,
         trace: o.debug,
-        backend: { type: o.backend, capacity: o.capacity },
+        backend:
+          o.backend === 'memory'
+            ? { type: 'memory', capacity: o.capacity }
+            : {
+                type: 'passthrough',
+                root: o.source ? resolve(o.source) : undefined,
+                cache: o.cache,
+                writeback: o.writeback,
+                direct_io: o.directIo,
+                xattr: o.xattr,
+                read_only: o.readOnly,
+                uid_map: o.uidMap,
+                gid_map: o.gidMap,
+                max_fds: o.maxFds,
+              },
       },
     ],
   };
-  return ConfigSchema.parse(raw).device[0]!;
+  const r = ConfigSchema.safeParse(raw);
+  if (!r.success) throw new ConfigError(r.error.issues.map((i) => `${i.path.slice(2).join('.')}: ${i.message}`).join('\n'));
+  return r.data.device[0]!;
 }
 
 const program = new Command();
@@ -71,6 +96,15 @@ program
   .option('-r, --readers <n>', 'reader threads in --io threads mode', intArg, 4)
   .option('--max-write <size>', 'largest write request', sizeArg, 1024 * 1024)
   .option('--capacity <size>', 'memory backend capacity', sizeArg, 16 * 1024 ** 3)
+  .option('-s, --source <dir>', 'passthrough: the directory to serve')
+  .addOption(new Option('--cache <mode>', 'passthrough: kernel caching').choices(['never', 'metadata', 'auto', 'always']).default('auto'))
+  .option('--writeback', 'passthrough: kernel write-back caching', false)
+  .option('--direct-io', 'passthrough: bypass the kernel page cache', false)
+  .option('--no-xattr', 'passthrough: no extended attributes')
+  .option('--uid-map <map>', 'passthrough: tenant:host:count[,...] uid ranges', '')
+  .option('--gid-map <map>', 'passthrough: tenant:host:count[,...] gid ranges', '')
+  .option('--max-fds <n>', 'passthrough: bound on cached O_PATH descriptors', intArg, 4096)
+  .option('--default-permissions', 'let the kernel check mode bits as well')
   .option('--no-default-permissions', 'let the backend alone check permissions')
   .option('--no-allow-other', 'only the mounting user may access the mount')
   .option('--read-only', 'mount read-only', false)
@@ -122,7 +156,7 @@ program
   .action(async () => {
     const log = createLogger('warn');
     const dir = mkdtempSync(join(tmpdir(), 'dpfs-demo-'));
-    const dev = await startDevice(mountDevice(dir, { backend: 'memory', io: 'poll', readers: 4, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
+    const dev = await startDevice(mountDevice(dir, { backend: 'memory', cache: 'auto', writeback: false, directIo: false, xattr: true, uidMap: '', gidMap: '', maxFds: 4096, io: 'poll', readers: 4, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
     console.log(`memory backend mounted on ${dir}\n`);
     const script = `
       set -e

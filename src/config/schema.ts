@@ -4,6 +4,7 @@
  */
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
+import { parseIdMap } from '../backends/passthrough/id-map.js';
 import { parseSize } from './size.js';
 
 const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
@@ -24,7 +25,31 @@ export const MemoryBackendSchema = z
   })
   .strict();
 
-export const BackendSchema = z.discriminatedUnion('type', [MemoryBackendSchema]);
+const idMap = z.string().transform((v, ctx) => {
+  try {
+    return parseIdMap(v);
+  } catch (err) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+export const PassthroughBackendSchema = z
+  .object({
+    type: z.literal('passthrough'),
+    root: z.string().startsWith('/', { message: 'must be an absolute path' }),
+    cache: z.enum(['never', 'metadata', 'auto', 'always']).default('auto'),
+    writeback: z.boolean().default(false),
+    direct_io: z.boolean().default(false),
+    xattr: z.boolean().default(true),
+    read_only: z.boolean().default(false),
+    uid_map: idMap.default(''),
+    gid_map: idMap.default(''),
+    max_fds: z.number().int().min(16).max(16384).default(4096),
+  })
+  .strict();
+
+export const BackendSchema = z.discriminatedUnion('type', [MemoryBackendSchema, PassthroughBackendSchema]);
 
 export const FuseDeviceSchema = z
   .object({
@@ -35,7 +60,8 @@ export const FuseDeviceSchema = z
     readers: z.number().int().min(1).max(64).default(4),
     max_write: size.default(1024 * 1024).refine((n) => n >= 4096 && n <= 16 * 1024 * 1024, 'must be between 4KiB and 16MiB'),
     allow_other: z.boolean().default(true),
-    default_permissions: z.boolean().default(true),
+    /** Kernel-side mode checks; unset: the backend's preference (memory: on, passthrough: off). */
+    default_permissions: z.boolean().optional(),
     read_only: z.boolean().default(false),
     trace: z.boolean().default(false),
     backend: BackendSchema,

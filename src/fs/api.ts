@@ -201,6 +201,11 @@ export interface FsCapabilities {
    * (FUSE_HANDLE_KILLPRIV_V2). Saves the kernel a GETXATTR round trip before writes.
    */
   handleKillpriv?: boolean;
+  /**
+   * Serve POSIX ACLs as system.posix_acl_* xattrs and let the kernel enforce them
+   * (FUSE_POSIX_ACL; implies default_permissions).
+   */
+  posixAcl?: boolean;
 }
 
 type Ctx = RequestContext;

@@ -22,6 +22,7 @@ export function wantedFlags(fs: FileSystem, transport: TransportInfo): bigint {
   if (caps.writebackCache) flags |= F.FUSE_WRITEBACK_CACHE;
   if (caps.cacheSymlinks) flags |= F.FUSE_CACHE_SYMLINKS;
   if (caps.handleKillpriv) flags |= F.FUSE_HANDLE_KILLPRIV_V2;
+  if (caps.posixAcl && fs.getxattr && fs.setxattr) flags |= F.FUSE_POSIX_ACL;
   if (!fs.open) flags |= F.FUSE_NO_OPEN_SUPPORT;
   if (!fs.opendir) flags |= F.FUSE_NO_OPENDIR_SUPPORT;
   if (transport.virtiofs) flags |= F.FUSE_SUBMOUNTS;

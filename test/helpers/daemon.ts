@@ -57,7 +57,22 @@ export async function stopDaemon(d: Daemon, dirs: string[]): Promise<number | nu
 /** Mounts the memory backend with the CLI in its own process for the duration of `fn`. */
 export async function withMount(fn: (dir: string, d: Daemon) => Promise<void>, extraArgs: string[] = []): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-test-'));
-  const d = startDaemon(['mount', dir, ...extraArgs]);
+  await mounted(dir, ['mount', dir, ...extraArgs], fn);
+}
+
+/** Serves a fresh host directory with the passthrough backend for the duration of `fn`. */
+export async function withPassthrough(fn: (dir: string, src: string, d: Daemon) => Promise<void>, extraArgs: string[] = []): Promise<void> {
+  const src = mkdtempSync(join(tmpdir(), 'dpfs-src-'));
+  const dir = mkdtempSync(join(tmpdir(), 'dpfs-test-'));
+  try {
+    await mounted(dir, ['mount', dir, '-b', 'passthrough', '-s', src, ...extraArgs], (mnt, d) => fn(mnt, src, d));
+  } finally {
+    rmSync(src, { recursive: true, force: true });
+  }
+}
+
+async function mounted(dir: string, args: string[], fn: (dir: string, d: Daemon) => Promise<void>): Promise<void> {
+  const d = startDaemon(args);
   try {
     await Promise.race([
       waitFor(() => isDpfsMount(dir), `mount on ${dir}`),

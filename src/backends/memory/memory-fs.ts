@@ -43,7 +43,7 @@ import {
 import { compareTimespec, nowTimespec } from '../../util/time.js';
 import { DirTable } from './dir-table.js';
 import { FileData } from './file-data.js';
-import { FileLocks } from './locks.js';
+import { FileLocks } from '../../fs/file-locks.js';
 import { check, checkSticky, inGroup, isOwnerOrRoot, permits } from './permissions.js';
 
 const O_ACCMODE = 3;

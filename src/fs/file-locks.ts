@@ -3,8 +3,8 @@
  * the kernel's) and BSD flock locks (whole file, per open file). Waiters sleep until a
  * lock on the file changes and are woken with EINTR when their request is interrupted.
  */
-import { type FileLock, LockType } from '../../fs/api.js';
-import { Errno, FsError } from '../../fuse/errno.js';
+import { type FileLock, LockType } from './api.js';
+import { Errno, FsError } from '../fuse/errno.js';
 
 interface Held {
   owner: bigint;

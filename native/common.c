@@ -1,0 +1,35 @@
+/* Shared helpers of the dpfs native addon. */
+#include "common.h"
+
+napi_value errno_error(napi_env env, int err, const char *syscall) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
+  napi_value jmsg, jerr, jcode, jno, jsys;
+  const char *name = strerrorname_np(err);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg);
+  napi_create_error(env, NULL, jmsg, &jerr);
+  napi_create_string_utf8(env, name ? name : "EIO", NAPI_AUTO_LENGTH, &jcode);
+  napi_create_int32(env, -err, &jno);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &jsys);
+  napi_set_named_property(env, jerr, "code", jcode);
+  napi_set_named_property(env, jerr, "errno", jno);
+  napi_set_named_property(env, jerr, "syscall", jsys);
+  return jerr;
+}
+
+napi_value throw_errno(napi_env env, int err, const char *syscall) {
+  napi_throw(env, errno_error(env, err, syscall));
+  return NULL;
+}
+
+char *get_string(napi_env env, napi_value v) {
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return NULL;
+  char *s = malloc(len + 1);
+  if (!s) return NULL;
+  if (napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
+    free(s);
+    return NULL;
+  }
+  return s;
+}

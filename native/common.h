@@ -1,0 +1,34 @@
+/* Shared helpers of the dpfs native addon. */
+#ifndef DPFS_COMMON_H
+#define DPFS_COMMON_H
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <node_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK(call)                                                   \
+  do {                                                                \
+    if ((call) != napi_ok) {                                          \
+      napi_throw_error(env, "EINVAL", "dpfs_native: bad arguments");  \
+      return NULL;                                                    \
+    }                                                                 \
+  } while (0)
+
+/* Throws an Error with code (errno name), errno (negative) and syscall; returns NULL. */
+napi_value throw_errno(napi_env env, int err, const char *syscall);
+/* Builds (without throwing) the same Error object. */
+napi_value errno_error(napi_env env, int err, const char *syscall);
+/* Copies a JS string argument into a malloc'd C string (caller frees); NULL on failure. */
+char *get_string(napi_env env, napi_value v);
+
+napi_value js_mount(napi_env env, napi_callback_info info);
+napi_value js_umount2(napi_env env, napi_callback_info info);
+napi_value js_watch(napi_env env, napi_callback_info info);
+napi_value js_unwatch(napi_env env, napi_callback_info info);
+napi_value js_fsop(napi_env env, napi_callback_info info);
+void fsop_module_init(void);
+
+#endif

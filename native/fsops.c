@@ -1,0 +1,306 @@
+/*
+ * File-system system calls that Node lacks (*at calls, file handles, getdents, xattrs by
+ * fd path, fallocate, SEEK_DATA/HOLE, copy_file_range, syncfs), run on libuv's thread
+ * pool so the event loop never blocks.
+ *
+ * Each call may carry credentials [uid, gid, groups...]: the pool thread switches its own
+ * fsuid, fsgid and supplementary groups (raw syscalls, which act on the calling thread
+ * only, unlike glibc's process-wide wrappers) for the duration of the call, so the host
+ * kernel checks permissions and assigns ownership exactly as for that user. A thread
+ * whose fsuid is not 0 also loses CAP_DAC_OVERRIDE & co., as the kernel defines.
+ *
+ * JS: fsop(op, creds | null, a0..a5 (numbers), s1, s2 (strings | null), buf | null) -> Promise<number>
+ * Output structs (statx, statfs, handles, dirents, xattr values) are written into `buf`.
+ */
+#include "common.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/fsuid.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+enum {
+  OP_OPENAT = 1,
+  OP_MKDIRAT,
+  OP_MKNODAT,
+  OP_SYMLINKAT,
+  OP_LINKAT,
+  OP_UNLINKAT,
+  OP_RENAMEAT2,
+  OP_FCHMODAT,
+  OP_FCHOWNAT,
+  OP_UTIMENSAT,
+  OP_STATX,
+  OP_READLINKAT,
+  OP_NAME_TO_HANDLE_AT,
+  OP_OPEN_BY_HANDLE_AT,
+  OP_GETDENTS,
+  OP_SETXATTR,
+  OP_GETXATTR,
+  OP_LISTXATTR,
+  OP_REMOVEXATTR,
+  OP_FALLOCATE,
+  OP_LSEEK,
+  OP_COPY_FILE_RANGE,
+  OP_FSTATFS,
+  OP_SYNCFS,
+  OP_FSYNC,
+  OP_FTRUNCATE,
+  OP_TRUNCATE,
+  OP_PREAD,
+  OP_PWRITE,
+  OP_CLOSE,
+  OP_FACCESSAT,
+  OP_MAX
+};
+
+static const char *op_names[OP_MAX] = {
+    "?",        "openat",    "mkdirat",   "mknodat",  "symlinkat",       "linkat",           "unlinkat",
+    "renameat2", "fchmodat", "fchownat",  "utimensat", "statx",          "readlinkat",       "name_to_handle_at",
+    "open_by_handle_at", "getdents64", "setxattr", "getxattr", "listxattr", "removexattr", "fallocate",
+    "lseek",    "copy_file_range", "fstatfs", "syncfs", "fsync", "ftruncate", "truncate",
+    "pread",    "pwrite",    "close",     "faccessat",
+};
+
+#define MAX_GROUPS 64
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  int op;
+  int has_creds;
+  uid_t uid;
+  gid_t gid;
+  int ngroups;
+  gid_t groups[MAX_GROUPS];
+  int64_t a[6];
+  char *s1, *s2;
+  void *buf;
+  size_t buflen;
+  napi_ref bufref;
+  int64_t ret;
+  int err;
+} fsop_t;
+
+static gid_t saved_groups[MAX_GROUPS];
+static int saved_ngroups;
+
+void fsop_module_init(void) {
+  int n = getgroups(MAX_GROUPS, saved_groups);
+  saved_ngroups = n < 0 ? 0 : n;
+}
+
+static int become(fsop_t *r) {
+  if (syscall(SYS_setgroups, r->ngroups, r->groups) != 0) return -1;
+  setfsgid(r->gid);
+  if ((gid_t)setfsgid((gid_t)-1) != r->gid) return errno = EPERM, -1;
+  setfsuid(r->uid);
+  if ((uid_t)setfsuid((uid_t)-1) != r->uid) return errno = EPERM, -1;
+  return 0;
+}
+
+static void restore(void) {
+  setfsuid(0);
+  setfsgid(0);
+  syscall(SYS_setgroups, saved_ngroups, saved_groups);
+}
+
+static int64_t run(fsop_t *r) {
+  int64_t *a = r->a;
+  switch (r->op) {
+    case OP_OPENAT:
+      return openat((int)a[0], r->s1, (int)a[1], (mode_t)a[2]);
+    case OP_MKDIRAT:
+      return mkdirat((int)a[0], r->s1, (mode_t)a[1]);
+    case OP_MKNODAT:
+      return mknodat((int)a[0], r->s1, (mode_t)a[1], (dev_t)a[2]);
+    case OP_SYMLINKAT:
+      return symlinkat(r->s2, (int)a[0], r->s1);
+    case OP_LINKAT:
+      return linkat((int)a[0], r->s1, (int)a[1], r->s2, (int)a[2]);
+    case OP_UNLINKAT:
+      return unlinkat((int)a[0], r->s1, (int)a[1]);
+    case OP_RENAMEAT2:
+      return syscall(SYS_renameat2, (int)a[0], r->s1, (int)a[1], r->s2, (unsigned)a[2]);
+    case OP_FCHMODAT:
+      return fchmodat((int)a[0], r->s1, (mode_t)a[1], (int)a[2]);
+    case OP_FCHOWNAT:
+      return fchownat((int)a[0], r->s1, (uid_t)a[1], (gid_t)a[2], (int)a[3]);
+    case OP_UTIMENSAT:
+      if (r->buflen < 2 * sizeof(struct timespec)) return errno = EINVAL, -1;
+      return utimensat((int)a[0], r->s1, (const struct timespec *)r->buf, (int)a[1]);
+    case OP_STATX:
+      if (r->buflen < sizeof(struct statx)) return errno = EINVAL, -1;
+      return statx((int)a[0], r->s1, (int)a[1], (unsigned)a[2], (struct statx *)r->buf);
+    case OP_READLINKAT:
+      return readlinkat((int)a[0], r->s1, r->buf, r->buflen);
+    case OP_NAME_TO_HANDLE_AT: {
+      if (r->buflen < sizeof(struct file_handle) + 8) return errno = EINVAL, -1;
+      struct file_handle *fh = r->buf;
+      fh->handle_bytes = (unsigned)(r->buflen - sizeof(struct file_handle));
+      int mount_id;
+      if (name_to_handle_at((int)a[0], r->s1, fh, &mount_id, (int)a[1]) != 0) return -1;
+      return mount_id;
+    }
+    case OP_OPEN_BY_HANDLE_AT: {
+      struct file_handle *fh = r->buf;
+      if (r->buflen < sizeof(struct file_handle) || fh->handle_bytes > r->buflen - sizeof(struct file_handle))
+        return errno = EINVAL, -1;
+      return open_by_handle_at((int)a[0], fh, (int)a[1]);
+    }
+    case OP_GETDENTS:
+      /* d_off cookies use all 64 bits (ext4 hashes): the offset comes as a decimal string. */
+      if (!r->s1 || lseek((int)a[0], (off_t)strtoll(r->s1, NULL, 10), SEEK_SET) < 0) return -1;
+      return syscall(SYS_getdents64, (int)a[0], r->buf, r->buflen);
+    case OP_SETXATTR:
+      return setxattr(r->s1, r->s2, r->buf, r->buflen, (int)a[0]);
+    case OP_GETXATTR:
+      return getxattr(r->s1, r->s2, r->buf, r->buflen);
+    case OP_LISTXATTR:
+      return listxattr(r->s1, r->buf, r->buflen);
+    case OP_REMOVEXATTR:
+      return removexattr(r->s1, r->s2);
+    case OP_FALLOCATE:
+      return fallocate((int)a[0], (int)a[1], (off_t)a[2], (off_t)a[3]);
+    case OP_LSEEK:
+      return lseek((int)a[0], (off_t)a[1], (int)a[2]);
+    case OP_COPY_FILE_RANGE: {
+      loff_t in = a[1], out = a[3];
+      return copy_file_range((int)a[0], &in, (int)a[2], &out, (size_t)a[4], (unsigned)a[5]);
+    }
+    case OP_FSTATFS:
+      if (r->buflen < sizeof(struct statfs)) return errno = EINVAL, -1;
+      return fstatfs((int)a[0], (struct statfs *)r->buf);
+    case OP_SYNCFS:
+      return syncfs((int)a[0]);
+    case OP_FSYNC:
+      return a[1] ? fdatasync((int)a[0]) : fsync((int)a[0]);
+    case OP_FTRUNCATE:
+      return ftruncate((int)a[0], (off_t)a[1]);
+    case OP_TRUNCATE:
+      return truncate(r->s1, (off_t)a[0]);
+    case OP_PREAD:
+      return pread((int)a[0], r->buf, r->buflen, (off_t)a[1]);
+    case OP_PWRITE:
+      return pwrite((int)a[0], r->buf, r->buflen, (off_t)a[1]);
+    case OP_CLOSE:
+      return close((int)a[0]);
+    case OP_FACCESSAT:
+      return faccessat((int)a[0], r->s1, (int)a[1], (int)a[2]);
+    default:
+      return errno = ENOSYS, -1;
+  }
+}
+
+static void execute(napi_env env, void *data) {
+  (void)env;
+  fsop_t *r = data;
+  if (r->has_creds && become(r) != 0) {
+    r->err = errno;
+    r->ret = -1;
+    restore();
+    return;
+  }
+  r->ret = run(r);
+  r->err = r->ret < 0 ? errno : 0;
+  if (r->has_creds) restore();
+}
+
+static void complete(napi_env env, napi_status status, void *data) {
+  fsop_t *r = data;
+  if (status != napi_ok) {
+    r->ret = -1;
+    r->err = ECANCELED;
+  }
+  if (r->ret < 0) {
+    napi_reject_deferred(env, r->deferred, errno_error(env, r->err, op_names[r->op]));
+  } else {
+    napi_value v;
+    napi_create_double(env, (double)r->ret, &v);
+    napi_resolve_deferred(env, r->deferred, v);
+  }
+  if (r->bufref) napi_delete_reference(env, r->bufref);
+  napi_delete_async_work(env, r->work);
+  free(r->s1);
+  free(r->s2);
+  free(r);
+}
+
+static int is_nullish(napi_env env, napi_value v) {
+  napi_valuetype t;
+  return napi_typeof(env, v, &t) != napi_ok || t == napi_null || t == napi_undefined;
+}
+
+napi_value js_fsop(napi_env env, napi_callback_info info) {
+  size_t argc = 11;
+  napi_value argv[11];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 11) {
+    napi_throw_type_error(env, "EINVAL", "fsop(op, creds, a0, a1, a2, a3, a4, a5, s1, s2, buf)");
+    return NULL;
+  }
+  fsop_t *r = calloc(1, sizeof *r);
+  if (!r) return throw_errno(env, ENOMEM, "fsop");
+  int32_t op;
+  if (napi_get_value_int32(env, argv[0], &op) != napi_ok || op <= 0 || op >= OP_MAX) {
+    free(r);
+    napi_throw_type_error(env, "EINVAL", "fsop: bad operation");
+    return NULL;
+  }
+  r->op = op;
+  if (!is_nullish(env, argv[1])) {
+    uint32_t n;
+    if (napi_get_array_length(env, argv[1], &n) != napi_ok || n < 2 || n - 2 > MAX_GROUPS) {
+      free(r);
+      napi_throw_type_error(env, "EINVAL", "fsop: creds must be [uid, gid, ...groups] (at most 64 groups)");
+      return NULL;
+    }
+    uint32_t v[2 + MAX_GROUPS];
+    for (uint32_t i = 0; i < n; i++) {
+      napi_value e;
+      if (napi_get_element(env, argv[1], i, &e) != napi_ok || napi_get_value_uint32(env, e, &v[i]) != napi_ok) {
+        free(r);
+        napi_throw_type_error(env, "EINVAL", "fsop: creds must be numbers");
+        return NULL;
+      }
+    }
+    r->has_creds = 1;
+    r->uid = v[0];
+    r->gid = v[1];
+    r->ngroups = (int)(n - 2);
+    for (int i = 0; i < r->ngroups; i++) r->groups[i] = v[2 + i];
+  }
+  for (int i = 0; i < 6; i++) {
+    double d;
+    if (napi_get_value_double(env, argv[2 + i], &d) != napi_ok) d = 0;
+    r->a[i] = (int64_t)d;
+  }
+  if (!is_nullish(env, argv[8]) && !(r->s1 = get_string(env, argv[8]))) goto bad;
+  if (!is_nullish(env, argv[9]) && !(r->s2 = get_string(env, argv[9]))) goto bad;
+  if (!is_nullish(env, argv[10])) {
+    bool isbuf;
+    if (napi_is_buffer(env, argv[10], &isbuf) != napi_ok || !isbuf) goto bad;
+    if (napi_get_buffer_info(env, argv[10], &r->buf, &r->buflen) != napi_ok) goto bad;
+    /* Keep the buffer alive (and its memory where it is) until the call completes. */
+    napi_create_reference(env, argv[10], 1, &r->bufref);
+  }
+  napi_value promise, name;
+  napi_create_promise(env, &r->deferred, &promise);
+  napi_create_string_utf8(env, op_names[op], NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, execute, complete, r, &r->work);
+  napi_queue_async_work(env, r->work);
+  return promise;
+
+bad:
+  if (r->bufref) napi_delete_reference(env, r->bufref);
+  free(r->s1);
+  free(r->s2);
+  free(r);
+  napi_throw_type_error(env, "EINVAL", "fsop: strings must be strings and buf a Buffer");
+  return NULL;
+}

@@ -1,0 +1,117 @@
+#include "common.h"
+
+#include <uv.h>
+
+/*
+ * Readiness polling of a file descriptor on the calling thread's event loop
+ * (works in worker threads too): watch(fd, callback) calls callback(status, events)
+ * whenever fd is readable; the returned handle is passed to unwatch(). The fd must
+ * be non-blocking; reading it is left to JS.
+ */
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context context;
+  int active;        /* polling and calling back */
+  int closed;        /* uv handle closed, JS references released */
+  int external_live; /* the JS handle object still exists */
+} watcher_t;
+
+/* Freed once both the uv handle is closed and the JS handle is collected. */
+static void watcher_closed(uv_handle_t *handle) {
+  watcher_t *w = handle->data;
+  napi_delete_reference(w->env, w->callback);
+  napi_async_destroy(w->env, w->context);
+  w->closed = 1;
+  if (!w->external_live) free(w);
+}
+
+static void watcher_stop(watcher_t *w) {
+  if (!w->active) return;
+  w->active = 0;
+  uv_poll_stop(&w->poll);
+  uv_close((uv_handle_t *)&w->poll, watcher_closed);
+}
+
+static void watcher_event(uv_poll_t *poll, int status, int events) {
+  watcher_t *w = poll->data;
+  if (!w->active) return;
+  napi_env env = w->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, recv, argv[2], result;
+  napi_get_reference_value(env, w->callback, &cb);
+  napi_get_global(env, &recv); /* make_callback needs an object receiver */
+  napi_create_int32(env, status, &argv[0]);
+  napi_create_int32(env, events, &argv[1]);
+  /* make_callback drains microtasks afterwards, so promise chains started here run now. */
+  if (napi_make_callback(env, w->context, recv, cb, 2, argv, &result) == napi_pending_exception) {
+    /* A throwing callback is reported like any uncaught exception, not lost. */
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    napi_fatal_exception(env, exc);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void watcher_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  watcher_t *w = data;
+  w->external_live = 0;
+  if (w->closed) free(w);
+  else watcher_stop(w); /* collected while still watching: the close callback frees */
+}
+
+napi_value js_watch(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  if (argc != 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, "EINVAL", "watch(fd, callback)");
+    return NULL;
+  }
+  uv_loop_t *loop;
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  watcher_t *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "watch");
+  w->env = env;
+  int rc = uv_poll_init(loop, &w->poll, fd);
+  if (rc != 0) {
+    free(w);
+    return throw_errno(env, -rc, "uv_poll_init");
+  }
+  w->poll.data = w;
+  napi_value name;
+  napi_create_string_utf8(env, "dpfs:watch", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &w->context);
+  napi_create_reference(env, argv[1], 1, &w->callback);
+  w->active = 1;
+  rc = uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, watcher_event);
+  if (rc != 0) {
+    watcher_stop(w);
+    return throw_errno(env, -rc, "uv_poll_start");
+  }
+  w->external_live = 1;
+  napi_value handle;
+  CHECK(napi_create_external(env, w, watcher_finalize, NULL, &handle));
+  return handle;
+}
+
+napi_value js_unwatch(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_valuetype t;
+  if (argc != 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external) {
+    napi_throw_type_error(env, "EINVAL", "unwatch(handle)");
+    return NULL;
+  }
+  watcher_t *w;
+  CHECK(napi_get_value_external(env, argv[0], (void **)&w));
+  watcher_stop(w);
+  return NULL;
+}
+

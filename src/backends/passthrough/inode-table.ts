@@ -1,0 +1,180 @@
+/**
+ * The passthrough's inodes: one per host inode (by device and inode number), each known
+ * by a kernel file handle so that it can be reopened at any time. O_PATH descriptors are
+ * only a cache (LRU, bounded): a tree with millions of inodes needs no more than
+ * `maxFds` descriptors. File systems that cannot make handles pin their descriptor
+ * instead, up to `maxPinned`.
+ *
+ * Every use of a descriptor goes through `withFd`, which holds a reference so an eviction
+ * can never close (and so recycle the number of) a descriptor an operation is using.
+ */
+import { Errno, FsError } from '../../fuse/errno.js';
+import { AT_EMPTY_PATH, type FileHandle, O_PATH, sys } from '../../native/syscalls.js';
+
+export interface PInode {
+  nodeid: number;
+  /** `${dev}:${ino}` on the host. */
+  key: string;
+  /** S_IFMT bits. */
+  type: number;
+  handle?: FileHandle;
+  fd: number;
+  users: number;
+  nlookup: number;
+  /** Never evicted: the root, and inodes on file systems without handles. */
+  pinned: boolean;
+  /** Forgotten while in use: close the descriptor when the last user is done. */
+  dead?: boolean;
+}
+
+export interface InodeTableOptions {
+  maxFds: number;
+  maxPinned: number;
+}
+
+export class InodeTable {
+  private readonly byNode = new Map<number, PInode>();
+  private readonly byKey = new Map<string, PInode>();
+  /** Inodes whose fd is open and may be closed, least recently used first. */
+  private readonly lru = new Map<number, PInode>();
+  private readonly mountFds = new Map<number, number>();
+  private nextNode = 2;
+  private pinnedCount = 0;
+  openFds = 0;
+
+  constructor(private readonly opts: InodeTableOptions) {}
+
+  get size(): number {
+    return this.byNode.size;
+  }
+
+  get(nodeid: number): PInode {
+    const n = this.byNode.get(nodeid);
+    if (!n) throw new FsError(Errno.ESTALE, `unknown inode ${nodeid}`);
+    return n;
+  }
+
+  find(key: string): PInode | undefined {
+    return this.byKey.get(key);
+  }
+
+  /** Registers the root: its descriptor stays open and is the handle mount fd of its mount. */
+  async addRoot(fd: number, key: string, type: number): Promise<PInode> {
+    const root: PInode = { nodeid: 1, key, type, fd, users: 0, nlookup: 1, pinned: true };
+    try {
+      root.handle = await sys.nameToHandleAt(fd, '', AT_EMPTY_PATH);
+      this.mountFds.set(root.handle.mountId, fd);
+    } catch {
+      /* no handles here: descriptors get pinned */
+    }
+    this.byNode.set(1, root);
+    this.byKey.set(key, root);
+    this.openFds++;
+    return root;
+  }
+
+  /**
+   * Adds a freshly looked-up host inode whose O_PATH descriptor is `fd` (ownership passes
+   * to the table), or returns the existing one (closing `fd`).
+   */
+  async add(fd: number, key: string, type: number): Promise<PInode> {
+    const existing = this.byKey.get(key);
+    if (existing) {
+      await sys.close(fd);
+      return existing;
+    }
+    let handle: FileHandle | undefined;
+    try {
+      handle = await sys.nameToHandleAt(fd, '', AT_EMPTY_PATH);
+      if (!this.mountFds.has(handle.mountId)) {
+        // First inode seen on this mount: its own descriptor serves open_by_handle_at.
+        this.mountFds.set(handle.mountId, fd);
+      }
+    } catch {
+      handle = undefined;
+    }
+    const again = this.byKey.get(key); // another lookup may have won while we awaited
+    if (again) {
+      if (!handle || this.mountFds.get(handle.mountId) !== fd) await sys.close(fd);
+      return again;
+    }
+    const pinned = !handle || this.mountFds.get(handle.mountId) === fd;
+    if (pinned && !handle && this.pinnedCount >= this.opts.maxPinned) {
+      await sys.close(fd);
+      throw new FsError(Errno.ENFILE, 'too many inodes without file handles');
+    }
+    const n: PInode = { nodeid: this.nextNode++, key, type, handle, fd, users: 0, nlookup: 0, pinned };
+    if (pinned) this.pinnedCount++;
+    else this.lru.set(n.nodeid, n);
+    this.openFds++;
+    this.byNode.set(n.nodeid, n);
+    this.byKey.set(key, n);
+    await this.trim();
+    return n;
+  }
+
+  /** Runs `fn` with an open O_PATH descriptor of `n`, reopening it from its handle if needed. */
+  async withFd<T>(n: PInode, fn: (fd: number) => Promise<T>): Promise<T> {
+    n.users++;
+    try {
+      if (n.fd < 0) {
+        const mountFd = n.handle && this.mountFds.get(n.handle.mountId);
+        if (!n.handle || mountFd === undefined) throw new FsError(Errno.ESTALE);
+        const fd = await sys.openByHandleAt(mountFd, n.handle.handle, O_PATH);
+        if (n.fd >= 0) await sys.close(fd); // reopened concurrently
+        else {
+          n.fd = fd;
+          this.openFds++;
+        }
+      }
+      if (!n.pinned) {
+        this.lru.delete(n.nodeid);
+        this.lru.set(n.nodeid, n);
+      }
+      return await fn(n.fd);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESTALE') throw new FsError(Errno.ESTALE);
+      throw err;
+    } finally {
+      n.users--;
+      if (n.dead && n.users === 0 && n.fd >= 0) this.closeFd(n);
+      else if (this.openFds > this.opts.maxFds) void this.trim();
+    }
+  }
+
+  /** Closes least recently used descriptors nobody is using until under the bound. */
+  private async trim(): Promise<void> {
+    for (const n of this.lru.values()) {
+      if (this.openFds <= this.opts.maxFds) return;
+      if (n.users > 0 || n.fd < 0) continue;
+      const fd = n.fd;
+      n.fd = -1;
+      this.openFds--;
+      this.lru.delete(n.nodeid);
+      await sys.close(fd).catch(() => undefined);
+    }
+  }
+
+  /** Drops kernel references; forgets the inode (and closes its descriptor) at zero. */
+  forget(nodeid: number, nlookup: number): void {
+    const n = this.byNode.get(nodeid);
+    if (!n || nodeid === 1) return;
+    n.nlookup -= nlookup;
+    if (n.nlookup > 0) return;
+    this.byNode.delete(nodeid);
+    this.byKey.delete(n.key);
+    this.lru.delete(nodeid);
+    const isMountFd = n.handle && this.mountFds.get(n.handle.mountId) === n.fd;
+    if (n.pinned && !isMountFd) this.pinnedCount--;
+    if (isMountFd) return;
+    n.dead = true;
+    if (n.fd >= 0 && n.users === 0) this.closeFd(n);
+  }
+
+  private closeFd(n: PInode): void {
+    const fd = n.fd;
+    n.fd = -1;
+    this.openFds--;
+    void sys.close(fd).catch(() => undefined);
+  }
+}

@@ -1,0 +1,556 @@
+/**
+ * The passthrough backend: serves a directory of this machine, which may itself be any
+ * mounted file system. Confinement comes from never resolving paths: every inode is held
+ * by a kernel handle / O_PATH descriptor, and every operation is an *at() call on one
+ * component relative to such a descriptor, with O_NOFOLLOW where a symlink could be
+ * swapped in. Every call runs off the event loop with the caller's fsuid/fsgid/groups,
+ * so the host kernel checks permissions and assigns ownership exactly as for that user.
+ */
+import { read as fsRead, write as fsWrite } from 'node:fs';
+import type {
+  Attr,
+  AttrReply,
+  Created,
+  DirSink,
+  Entry,
+  FileLock,
+  FileSystem,
+  FsCapabilities,
+  LockRequest,
+  Opened,
+  ReadInfo,
+  ReleaseInfo,
+  RequestContext,
+  SetAttr,
+  StatFs,
+  WriteInfo,
+} from '../../fs/api.js';
+import { FileLocks } from '../../fs/file-locks.js';
+import { Errno, FsError, fail } from '../../fuse/errno.js';
+import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FUSE_WRITE_KILL_SUIDGID } from '../../fuse/opcodes.js';
+import {
+  AT_EMPTY_PATH,
+  AT_FDCWD,
+  AT_REMOVEDIR,
+  AT_SYMLINK_FOLLOW,
+  AT_SYMLINK_NOFOLLOW,
+  type Creds,
+  O_CREAT,
+  O_DIRECTORY,
+  O_EXCL,
+  O_NOCTTY,
+  O_NOFOLLOW,
+  O_NONBLOCK,
+  O_PATH,
+  O_TMPFILE,
+  type Statx,
+  type TimeArg,
+  procPath,
+  sys,
+} from '../../native/syscalls.js';
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../../util/mode.js';
+import { IdMap, type IdRange } from './id-map.js';
+import { InodeTable, type PInode } from './inode-table.js';
+
+export type CacheMode = 'never' | 'metadata' | 'auto' | 'always';
+
+export interface PassthroughOptions {
+  /** The directory to export. */
+  root: string;
+  /** never: no caching, direct I/O; metadata: names and attributes only; auto: 1 s; always: everything, long. */
+  cache?: CacheMode;
+  /** Let the kernel cache writes (FUSE_WRITEBACK_CACHE). */
+  writeback?: boolean;
+  /** Open every file with FOPEN_DIRECT_IO (bypass the kernel page cache). */
+  directIo?: boolean;
+  /** Serve extended attributes (and POSIX ACLs). */
+  xattr?: boolean;
+  readOnly?: boolean;
+  uidMap?: IdRange[];
+  gidMap?: IdRange[];
+  /** Bound on cached O_PATH descriptors (default 4096). */
+  maxFds?: number;
+}
+
+const O_ACCMODE = 3;
+const O_WRONLY = 1;
+const O_RDWR = 2;
+
+interface Handle {
+  fd: number;
+  node: PInode;
+  /** Directory handles: serialises getdents on the shared file position. */
+  dirQueue?: Promise<unknown>;
+  /**
+   * Host d_off cookies are 64-bit; the kernel gets small ones instead: cookie i is
+   * cookies[i - 1], valid for the life of this handle.
+   */
+  cookies?: bigint[];
+}
+
+const TIMEOUTS: Record<CacheMode, number> = { never: 0, metadata: 86400, auto: 1, always: 86400 };
+
+/** Locks are kept here (per inode) and so hold among this mount's clients. */
+export class PassthroughFs implements FileSystem {
+  readonly capabilities: FsCapabilities;
+  private readonly table: InodeTable;
+  private readonly handles = new Map<number, Handle>();
+  private readonly locks = new Map<number, FileLocks>();
+  private nextFh = 1;
+  private readonly uids: IdMap;
+  private readonly gids: IdMap;
+  private readonly timeout: number;
+  private readonly cache: CacheMode;
+  private readonly switchCreds: boolean;
+
+  constructor(readonly opts: PassthroughOptions) {
+    this.cache = opts.cache ?? 'auto';
+    this.timeout = TIMEOUTS[this.cache];
+    this.uids = new IdMap(opts.uidMap ?? []);
+    this.gids = new IdMap(opts.gidMap ?? []);
+    this.table = new InodeTable({ maxFds: opts.maxFds ?? 4096, maxPinned: 16384 });
+    this.switchCreds = process.getuid?.() === 0;
+    this.capabilities = {
+      writebackCache: opts.writeback ?? false,
+      cacheSymlinks: this.cache !== 'never',
+      // The host kernel checks every call as the caller, but only calls that reach us: a path
+      // walk through dentries the tenant's kernel has cached does not. So it checks too.
+      defaultPermissions: true,
+      posixAcl: opts.xattr !== false,
+      // Writes, truncates and chowns run as the caller, so the host kernel clears
+      // setuid/setgid exactly when it would for that user.
+      handleKillpriv: true,
+    };
+    if (opts.xattr === false) {
+      for (const m of ['setxattr', 'getxattr', 'listxattr', 'removexattr'] as const) (this as Record<string, unknown>)[m] = undefined;
+    }
+  }
+
+  async init(): Promise<void> {
+    // The tenant's kernel applied the caller's umask already; ours must not apply again.
+    process.umask(0);
+    const fd = await sys.openat(null, AT_FDCWD, this.opts.root, O_PATH | O_DIRECTORY);
+    const st = await sys.statx(null, fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    await this.table.addRoot(fd, key(st), st.mode & S_IFMT);
+  }
+
+  /** Open descriptors held by the backend (for tests and metrics). */
+  get openFds(): number {
+    return this.table.openFds + this.handles.size;
+  }
+
+  get inodeCount(): number {
+    return this.table.size;
+  }
+
+  // ---- helpers ---------------------------------------------------------------------
+
+  private creds(ctx: RequestContext): Creds {
+    if (!this.switchCreds) return null;
+    const groups = ctx.groups.map((g) => this.gids.toHost(g));
+    return [this.uids.toHost(ctx.uid), this.gids.toHost(ctx.gid), ...groups];
+  }
+
+  private writable(): void {
+    if (this.opts.readOnly) throw new FsError(Errno.EROFS);
+  }
+
+  private attr(st: Statx): Attr {
+    const rdev = (st.rdevMinor & 0xff) | (st.rdevMajor << 8) | ((st.rdevMinor & ~0xff) << 12);
+    return {
+      ino: st.ino,
+      size: st.size,
+      blocks: st.blocks,
+      atime: st.atime,
+      mtime: st.mtime,
+      ctime: st.ctime,
+      btime: st.btime,
+      mode: st.mode,
+      nlink: st.nlink,
+      uid: this.uids.toTenant(st.uid),
+      gid: this.gids.toTenant(st.gid),
+      rdev: rdev >>> 0,
+      blksize: st.blksize,
+    };
+  }
+
+  private handle(fh: number): Handle {
+    const h = this.handles.get(fh);
+    if (!h) throw new FsError(Errno.EBADF);
+    return h;
+  }
+
+  private statFd(fd: number): Promise<Statx> {
+    return sys.statx(null, fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  }
+
+  /** Turns an O_PATH descriptor of a looked-up (or created) child into an Entry. */
+  private async entryFor(fd: number): Promise<Entry> {
+    let st: Statx;
+    try {
+      st = await this.statFd(fd);
+    } catch (err) {
+      await sys.close(fd);
+      throw err;
+    }
+    const n = await this.table.add(fd, key(st), st.mode & S_IFMT);
+    n.nlookup++;
+    return { ino: n.nodeid, attr: this.attr(st), entryTimeout: this.timeout, attrTimeout: this.timeout };
+  }
+
+  private async lookupIn(ctx: RequestContext | null, parent: PInode, name: string): Promise<Entry> {
+    const fd = await this.table.withFd(parent, (pfd) => sys.openat(ctx ? this.creds(ctx) : null, pfd, name, O_PATH | O_NOFOLLOW));
+    return this.entryFor(fd);
+  }
+
+  // ---- FileSystem --------------------------------------------------------------------
+
+  lookup(ctx: RequestContext, parent: number, name: string): Promise<Entry> {
+    // The kernel resolves "." and ".." itself; from anyone else they could climb out.
+    if (name === '.' || name === '..') throw new FsError(Errno.EPERM, 'no dot lookups');
+    return this.lookupIn(ctx, this.table.get(parent), name);
+  }
+
+  forget(ino: number, nlookup: number): void {
+    this.table.forget(ino, nlookup);
+  }
+
+  async getattr(_ctx: RequestContext, ino: number, fh?: number): Promise<AttrReply> {
+    const h = fh !== undefined ? this.handles.get(fh) : undefined;
+    const st = h ? await this.statFd(h.fd) : await this.table.withFd(this.table.get(ino), (fd) => this.statFd(fd));
+    return { attr: this.attr(st), timeout: this.timeout };
+  }
+
+  async setattr(ctx: RequestContext, ino: number, s: SetAttr): Promise<AttrReply> {
+    this.writable();
+    const n = this.table.get(ino);
+    const c = this.creds(ctx);
+    const h = s.fh !== undefined ? this.handles.get(s.fh) : undefined;
+    return this.table.withFd(n, async (fd) => {
+      if (s.mode !== undefined) {
+        if (n.type === S_IFLNK) fail(Errno.EOPNOTSUPP);
+        await sys.fchmodat(c, AT_FDCWD, procPath(fd), s.mode & 0o7777);
+      }
+      if (s.uid !== undefined || s.gid !== undefined) {
+        const uid = s.uid === undefined ? -1 : this.uids.toHost(s.uid);
+        const gid = s.gid === undefined ? -1 : this.gids.toHost(s.gid);
+        await sys.fchownat(c, fd, '', uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+      }
+      if (s.size !== undefined) {
+        // Only regular files: through /proc a symlink would lead to its target.
+        if (n.type === S_IFDIR) fail(Errno.EISDIR);
+        if (n.type !== S_IFREG) fail(Errno.EINVAL);
+        if (h) await sys.ftruncate(c, h.fd, s.size);
+        else await sys.truncate(c, procPath(fd), s.size);
+      }
+      if (s.atime !== undefined || s.mtime !== undefined) {
+        const a: TimeArg = s.atime ?? 'omit';
+        const m: TimeArg = s.mtime ?? 'omit';
+        if (n.type === S_IFLNK) await sys.utimensat(c, fd, '', a, m, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+        else await sys.utimensat(c, AT_FDCWD, procPath(fd), a, m, 0);
+      }
+      return { attr: this.attr(await this.statFd(fd)), timeout: this.timeout };
+    });
+  }
+
+  readlink(_ctx: RequestContext, ino: number): Promise<string> {
+    return this.table.withFd(this.table.get(ino), (fd) => sys.readlinkat(null, fd, ''));
+  }
+
+  async symlink(ctx: RequestContext, parent: number, name: string, target: string): Promise<Entry> {
+    this.writable();
+    const p = this.table.get(parent);
+    await this.table.withFd(p, (pfd) => sys.symlinkat(this.creds(ctx), target, pfd, name));
+    return this.lookupIn(null, p, name);
+  }
+
+  async mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number): Promise<Entry> {
+    this.writable();
+    const p = this.table.get(parent);
+    // fuse_attr rdev is the kernel's new_encode_dev(); mknodat wants glibc's makedev().
+    const major = (rdev >>> 8) & 0xfff;
+    const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+    const dev = (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12);
+    await this.table.withFd(p, (pfd) => sys.mknodat(this.creds(ctx), pfd, name, mode, dev));
+    return this.lookupIn(null, p, name);
+  }
+
+  async mkdir(ctx: RequestContext, parent: number, name: string, mode: number): Promise<Entry> {
+    this.writable();
+    const p = this.table.get(parent);
+    await this.table.withFd(p, (pfd) => sys.mkdirat(this.creds(ctx), pfd, name, mode));
+    return this.lookupIn(null, p, name);
+  }
+
+  async unlink(ctx: RequestContext, parent: number, name: string): Promise<void> {
+    this.writable();
+    await this.table.withFd(this.table.get(parent), (pfd) => sys.unlinkat(this.creds(ctx), pfd, name, 0));
+  }
+
+  async rmdir(ctx: RequestContext, parent: number, name: string): Promise<void> {
+    this.writable();
+    await this.table.withFd(this.table.get(parent), (pfd) => sys.unlinkat(this.creds(ctx), pfd, name, AT_REMOVEDIR));
+  }
+
+  async rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): Promise<void> {
+    this.writable();
+    const a = this.table.get(parent);
+    const b = this.table.get(newParent);
+    await this.table.withFd(a, (afd) => this.table.withFd(b, (bfd) => sys.renameat2(this.creds(ctx), afd, name, bfd, newName, flags)));
+  }
+
+  async link(ctx: RequestContext, ino: number, newParent: number, newName: string): Promise<Entry> {
+    this.writable();
+    const n = this.table.get(ino);
+    const p = this.table.get(newParent);
+    const c = this.creds(ctx);
+    await this.table.withFd(n, (fd) =>
+      this.table.withFd(p, async (pfd) => {
+        if (n.type !== S_IFLNK) return sys.linkat(c, AT_FDCWD, procPath(fd), pfd, newName, AT_SYMLINK_FOLLOW);
+        // Through /proc a symlink would be followed to its target, which may lie outside the
+        // export: link the symlink itself by descriptor (needs our privilege), after checking
+        // the caller may write the directory.
+        await sys.faccessat(c, AT_FDCWD, procPath(pfd), 3 /* W_OK | X_OK */, 0);
+        return sys.linkat(null, fd, '', pfd, newName, AT_EMPTY_PATH);
+      }),
+    );
+    return this.lookupIn(null, p, newName);
+  }
+
+  /** Flags for reopening through /proc (whose magic link O_NOFOLLOW would refuse). */
+  private openFlags(flags: number): number {
+    let f = flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
+    // With writeback caching the kernel reads pages of files opened write-only.
+    if (this.capabilities.writebackCache && (f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+    return f;
+  }
+
+  private openReply(fd: number, node: PInode): Opened {
+    const fh = this.nextFh++;
+    this.handles.set(fh, { fd, node });
+    let flags = 0;
+    if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
+    if (this.cache === 'always') flags |= FOPEN_KEEP_CACHE;
+    return { fh, flags };
+  }
+
+  async open(ctx: RequestContext, ino: number, flags: number): Promise<Opened> {
+    if ((flags & O_ACCMODE) !== 0 || flags & 0o1000 /* O_TRUNC */) this.writable();
+    const n = this.table.get(ino);
+    // The kernel never opens a symlink; reopening one through /proc would open its target.
+    if (n.type === S_IFLNK) fail(Errno.ELOOP);
+    if (n.type === S_IFDIR && (flags & O_ACCMODE) !== 0) fail(Errno.EISDIR);
+    const fd = await this.table.withFd(n, (pfd) => sys.openat(this.creds(ctx), AT_FDCWD, procPath(pfd), this.openFlags(flags)));
+    return this.openReply(fd, n);
+  }
+
+  async read(_ctx: RequestContext, _ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Promise<Uint8Array> {
+    const h = this.handle(fh);
+    const buf = Buffer.allocUnsafe(size);
+    const n = await preadFd(h.fd, buf, offset);
+    return buf.subarray(0, n);
+  }
+
+  async write(ctx: RequestContext, _ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): Promise<number> {
+    this.writable();
+    const h = this.handle(fh);
+    // An unprivileged writer: write as that user, and the host kernel drops setuid/setgid.
+    if (info.writeFlags & FUSE_WRITE_KILL_SUIDGID && this.switchCreds) {
+      return sys.pwrite(this.creds(ctx), h.fd, Buffer.from(data.buffer, data.byteOffset, data.byteLength), offset);
+    }
+    return pwriteFd(h.fd, data, offset);
+  }
+
+  statfs(_ctx: RequestContext, ino: number): Promise<StatFs> {
+    return this.table.withFd(this.table.get(ino), (fd) => sys.fstatfs(fd));
+  }
+
+  async release(_ctx: RequestContext, ino: number, fh: number, info: ReleaseInfo): Promise<void> {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.handles.delete(fh);
+    if (info.flockUnlock) this.locks.get(ino)?.releaseOwner(info.lockOwner, 'flock');
+    await sys.close(h.fd);
+  }
+
+  async fsync(_ctx: RequestContext, _ino: number, fh: number, datasync: boolean): Promise<void> {
+    await sys.fsync(this.handle(fh).fd, datasync);
+  }
+
+  async flush(): Promise<void> {}
+
+  /**
+   * Through /proc the name resolves to the inode itself, but for a symlink it would go on
+   * to its target: symlinks have no xattrs here (Linux allows no user.* ones on them anyway).
+   */
+  private async xattrPath<T>(ino: number, onSymlink: number, fn: (path: string) => Promise<T>): Promise<T> {
+    const n = this.table.get(ino);
+    if (n.type === S_IFLNK) throw new FsError(onSymlink);
+    return this.table.withFd(n, (fd) => fn(procPath(fd)));
+  }
+
+  async setxattr(ctx: RequestContext, ino: number, name: string, value: Uint8Array, flags: number): Promise<void> {
+    this.writable();
+    await this.xattrPath(ino, Errno.EPERM, (p) => sys.setxattr(this.creds(ctx), p, name, value, flags));
+  }
+
+  getxattr(ctx: RequestContext, ino: number, name: string): Promise<Uint8Array> {
+    return this.xattrPath(ino, Errno.ENODATA, (p) => sys.getxattr(this.creds(ctx), p, name));
+  }
+
+  listxattr(ctx: RequestContext, ino: number): Promise<string[]> {
+    const n = this.table.get(ino);
+    if (n.type === S_IFLNK) return Promise.resolve([]);
+    return this.xattrPath(ino, Errno.ENODATA, (p) => sys.listxattr(this.creds(ctx), p));
+  }
+
+  async removexattr(ctx: RequestContext, ino: number, name: string): Promise<void> {
+    this.writable();
+    await this.xattrPath(ino, Errno.ENODATA, (p) => sys.removexattr(this.creds(ctx), p, name));
+  }
+
+  async opendir(ctx: RequestContext, ino: number, flags: number): Promise<Opened> {
+    const n = this.table.get(ino);
+    if (n.type !== S_IFDIR) fail(Errno.ENOTDIR);
+    const fd = await this.table.withFd(n, (pfd) =>
+      sys.openat(this.creds(ctx), AT_FDCWD, procPath(pfd), (this.openFlags(flags) & ~O_ACCMODE) | O_DIRECTORY | O_NONBLOCK),
+    );
+    const fh = this.nextFh++;
+    this.handles.set(fh, { fd, node: n, dirQueue: Promise.resolve(), cookies: [] });
+    return { fh, flags: this.cache === 'always' ? 0b1000 /* FOPEN_CACHE_DIR */ : 0 };
+  }
+
+  readdir(_ctx: RequestContext, _ino: number, fh: number, offset: number, sink: DirSink): Promise<void> {
+    const h = this.handle(fh);
+    // One getdents at a time per handle: it reads and moves the descriptor's position.
+    const cookies = h.cookies!;
+    const run = async () => {
+      if (offset > cookies.length) throw new FsError(Errno.EINVAL, 'unknown directory offset');
+      let hostOff = offset === 0 ? 0n : cookies[offset - 1]!;
+      let cookie = offset;
+      for (;;) {
+        const entries = await sys.getdents(h.fd, hostOff, 32 * 1024);
+        if (entries.length === 0) return;
+        for (const e of entries) {
+          // Reuse the cookie when the kernel re-reads a stretch it has seen.
+          const next = cookies[cookie] === e.off ? cookie + 1 : (cookies.length = cookie, cookies.push(e.off));
+          if (!sink.add({ name: e.name, ino: e.ino, type: e.type, offset: next })) return;
+          cookie = next;
+          hostOff = e.off;
+        }
+      }
+    };
+    const p = h.dirQueue!.then(run, run);
+    h.dirQueue = p.catch(() => undefined);
+    return p;
+  }
+
+  async releasedir(_ctx: RequestContext, _ino: number, fh: number): Promise<void> {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.handles.delete(fh);
+    await h.dirQueue;
+    await sys.close(h.fd);
+  }
+
+  async fsyncdir(_ctx: RequestContext, _ino: number, fh: number, datasync: boolean): Promise<void> {
+    await sys.fsync(this.handle(fh).fd, datasync);
+  }
+
+  private fileLocks(ino: number): FileLocks {
+    let l = this.locks.get(ino);
+    if (!l) this.locks.set(ino, (l = new FileLocks()));
+    return l;
+  }
+
+  getlk(_ctx: RequestContext, ino: number, _fh: number, owner: bigint, lock: FileLock): FileLock {
+    return this.fileLocks(ino).test(owner, lock);
+  }
+
+  async setlk(ctx: RequestContext, ino: number, _fh: number, req: LockRequest): Promise<void> {
+    const l = this.fileLocks(ino);
+    await l.set(req.owner, req.lock, { sleep: req.sleep, flock: req.flock, signal: ctx.signal });
+    if (l.empty) this.locks.delete(ino);
+  }
+
+  async access(ctx: RequestContext, ino: number, mask: number): Promise<void> {
+    const n = this.table.get(ino);
+    if (n.type === S_IFLNK) return; // symlinks carry no permissions (and /proc would follow)
+    await this.table.withFd(n, (fd) => sys.faccessat(this.creds(ctx), AT_FDCWD, procPath(fd), mask, 0));
+  }
+
+  async create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number): Promise<Created> {
+    this.writable();
+    const p = this.table.get(parent);
+    const c = this.creds(ctx);
+    const fd = await this.table.withFd(p, (pfd) => sys.openat(c, pfd, name, this.openFlags(flags) | O_CREAT | O_NOFOLLOW, mode & ~S_IFMT));
+    try {
+      // The O_PATH descriptor comes from the open file itself: no second name lookup to race.
+      const pathFd = await sys.openat(null, AT_FDCWD, procPath(fd), O_PATH);
+      const entry = await this.entryFor(pathFd);
+      return { entry, open: this.openReply(fd, this.table.get(entry.ino)) };
+    } catch (err) {
+      await sys.close(fd);
+      throw err;
+    }
+  }
+
+  async tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number): Promise<Created> {
+    this.writable();
+    const p = this.table.get(parent);
+    const fd = await this.table.withFd(p, (pfd) =>
+      sys.openat(this.creds(ctx), pfd, '.', (this.openFlags(flags) & ~O_DIRECTORY) | O_TMPFILE, mode & ~S_IFMT),
+    );
+    try {
+      const pathFd = await sys.openat(null, AT_FDCWD, procPath(fd), O_PATH);
+      const entry = await this.entryFor(pathFd);
+      return { entry, open: this.openReply(fd, this.table.get(entry.ino)) };
+    } catch (err) {
+      await sys.close(fd);
+      throw err;
+    }
+  }
+
+  async fallocate(ctx: RequestContext, _ino: number, fh: number, offset: number, length: number, mode: number): Promise<void> {
+    this.writable();
+    await sys.fallocate(this.creds(ctx), this.handle(fh).fd, mode, offset, length);
+  }
+
+  lseek(_ctx: RequestContext, _ino: number, fh: number, offset: number, whence: number): Promise<number> {
+    return sys.lseek(this.handle(fh).fd, offset, whence);
+  }
+
+  copyFileRange(
+    ctx: RequestContext,
+    src: { ino: number; fh: number; offset: number },
+    dst: { ino: number; fh: number; offset: number },
+    length: number,
+    flags: number,
+  ): Promise<number> {
+    this.writable();
+    return sys.copyFileRange(this.creds(ctx), this.handle(src.fh).fd, src.offset, this.handle(dst.fh).fd, dst.offset, length, flags);
+  }
+
+  async syncfs(): Promise<void> {
+    await this.table.withFd(this.table.get(1), (fd) => sys.syncfs(fd));
+  }
+
+  async destroy(): Promise<void> {
+    for (const h of this.handles.values()) await sys.close(h.fd).catch(() => undefined);
+    this.handles.clear();
+  }
+}
+
+function key(st: Statx): string {
+  return `${st.devMajor}:${st.devMinor}:${st.ino}`;
+}
+
+// Positional read/write on a descriptor through libuv's pool (no credentials needed:
+// access was checked when the file was opened as the caller).
+function preadFd(fd: number, buf: Buffer, offset: number): Promise<number> {
+  return new Promise((resolve, reject) => fsRead(fd, buf, 0, buf.length, offset, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+function pwriteFd(fd: number, data: Uint8Array, offset: number): Promise<number> {
+  return new Promise((resolve, reject) => fsWrite(fd, data, 0, data.length, offset, (err, n) => (err ? reject(err) : resolve(n))));
+}

@@ -1,0 +1,247 @@
+/**
+ * Typed wrappers over the native `fsop` executor: each call runs on libuv's pool, as the
+ * given credentials ([uid, gid, ...groups], or null for the daemon's own), and rejects with
+ * an Error carrying the errno `code`.
+ */
+import type { StatFs, Timespec } from '../fs/api.js';
+import { native } from './native.js';
+
+export type Creds = readonly number[] | null;
+
+export const AT_FDCWD = -100;
+export const AT_SYMLINK_NOFOLLOW = 0x100;
+export const AT_REMOVEDIR = 0x200;
+export const AT_SYMLINK_FOLLOW = 0x400;
+export const AT_EMPTY_PATH = 0x1000;
+export const O_PATH = 0o10000000;
+export const O_NOFOLLOW = 0o400000;
+export const O_DIRECTORY = 0o200000;
+export const O_CLOEXEC = 0o2000000;
+export const O_TMPFILE = 0o20000000 | O_DIRECTORY;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_NOCTTY = 0o400;
+export const O_NONBLOCK = 0o4000;
+export const UTIME_NOW = (1 << 30) - 1;
+export const UTIME_OMIT = (1 << 30) - 2;
+export const STATX_BASIC_STATS = 0x7ff;
+export const STATX_BTIME = 0x800;
+
+const enum Op {
+  OPENAT = 1,
+  MKDIRAT,
+  MKNODAT,
+  SYMLINKAT,
+  LINKAT,
+  UNLINKAT,
+  RENAMEAT2,
+  FCHMODAT,
+  FCHOWNAT,
+  UTIMENSAT,
+  STATX,
+  READLINKAT,
+  NAME_TO_HANDLE_AT,
+  OPEN_BY_HANDLE_AT,
+  GETDENTS,
+  SETXATTR,
+  GETXATTR,
+  LISTXATTR,
+  REMOVEXATTR,
+  FALLOCATE,
+  LSEEK,
+  COPY_FILE_RANGE,
+  FSTATFS,
+  SYNCFS,
+  FSYNC,
+  FTRUNCATE,
+  TRUNCATE,
+  PREAD,
+  PWRITE,
+  CLOSE,
+  FACCESSAT,
+}
+
+type FsOp = (op: number, creds: Creds, a0: number, a1: number, a2: number, a3: number, a4: number, a5: number, s1: string | null, s2: string | null, buf: Buffer | null) => Promise<number>;
+let fsop: FsOp | undefined;
+
+function call(op: Op, creds: Creds, a: number[] = [], s1: string | null = null, s2: string | null = null, buf: Buffer | null = null): Promise<number> {
+  fsop ??= (native() as unknown as { fsop: FsOp }).fsop;
+  return fsop(op, creds, a[0] ?? 0, a[1] ?? 0, a[2] ?? 0, a[3] ?? 0, a[4] ?? 0, a[5] ?? 0, s1, s2, buf);
+}
+
+/** The path through which a descriptor (also an O_PATH one) can be reopened or named. */
+export const procPath = (fd: number) => `/proc/self/fd/${fd}`;
+
+export interface Statx {
+  mask: number;
+  blksize: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  mode: number;
+  ino: number;
+  size: number;
+  blocks: number;
+  atime: Timespec;
+  btime: Timespec;
+  ctime: Timespec;
+  mtime: Timespec;
+  rdevMajor: number;
+  rdevMinor: number;
+  devMajor: number;
+  devMinor: number;
+}
+
+function u64(dv: DataView, at: number): number {
+  return dv.getUint32(at, true) + dv.getUint32(at + 4, true) * 0x1_0000_0000;
+}
+
+function parseStatx(b: Buffer): Statx {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const ts = (at: number): Timespec => ({ sec: Number(dv.getBigInt64(at, true)), nsec: dv.getUint32(at + 8, true) });
+  return {
+    mask: dv.getUint32(0, true),
+    blksize: dv.getUint32(4, true),
+    nlink: dv.getUint32(16, true),
+    uid: dv.getUint32(20, true),
+    gid: dv.getUint32(24, true),
+    mode: dv.getUint16(28, true),
+    ino: u64(dv, 32),
+    size: u64(dv, 40),
+    blocks: u64(dv, 48),
+    atime: ts(64),
+    btime: ts(80),
+    ctime: ts(96),
+    mtime: ts(112),
+    rdevMajor: dv.getUint32(128, true),
+    rdevMinor: dv.getUint32(132, true),
+    devMajor: dv.getUint32(136, true),
+    devMinor: dv.getUint32(140, true),
+  };
+}
+
+export interface DirentRaw {
+  ino: number;
+  /** The cookie to continue after this entry: 64 bits, so a bigint. */
+  off: bigint;
+  type: number;
+  name: string;
+}
+
+export interface FileHandle {
+  mountId: number;
+  handle: Buffer;
+}
+
+/** Timespec, 'now' or 'omit' for utimensat. */
+export type TimeArg = Timespec | 'now' | 'omit';
+
+export const sys = {
+  openat: (c: Creds, dirfd: number, name: string, flags: number, mode = 0) => call(Op.OPENAT, c, [dirfd, flags | O_CLOEXEC, mode], name),
+  mkdirat: (c: Creds, dirfd: number, name: string, mode: number) => call(Op.MKDIRAT, c, [dirfd, mode], name),
+  mknodat: (c: Creds, dirfd: number, name: string, mode: number, dev: number) => call(Op.MKNODAT, c, [dirfd, mode, dev], name),
+  symlinkat: (c: Creds, target: string, dirfd: number, name: string) => call(Op.SYMLINKAT, c, [dirfd], name, target),
+  linkat: (c: Creds, olddirfd: number, oldname: string, newdirfd: number, newname: string, flags: number) =>
+    call(Op.LINKAT, c, [olddirfd, newdirfd, flags], oldname, newname),
+  unlinkat: (c: Creds, dirfd: number, name: string, flags: number) => call(Op.UNLINKAT, c, [dirfd, flags], name),
+  renameat2: (c: Creds, olddirfd: number, oldname: string, newdirfd: number, newname: string, flags: number) =>
+    call(Op.RENAMEAT2, c, [olddirfd, newdirfd, flags], oldname, newname),
+  fchmodat: (c: Creds, dirfd: number, name: string, mode: number, flags = 0) => call(Op.FCHMODAT, c, [dirfd, mode, flags], name),
+  fchownat: (c: Creds, dirfd: number, name: string, uid: number, gid: number, flags: number) =>
+    call(Op.FCHOWNAT, c, [dirfd, uid >>> 0, gid >>> 0, flags], name),
+  utimensat(c: Creds, dirfd: number, name: string, atime: TimeArg, mtime: TimeArg, flags: number): Promise<number> {
+    const b = Buffer.alloc(32);
+    const put = (at: number, t: TimeArg) => {
+      if (t === 'now' || t === 'omit') {
+        b.writeBigInt64LE(0n, at);
+        b.writeBigInt64LE(BigInt(t === 'now' ? UTIME_NOW : UTIME_OMIT), at + 8);
+      } else {
+        b.writeBigInt64LE(BigInt(t.sec), at);
+        b.writeBigInt64LE(BigInt(t.nsec), at + 8);
+      }
+    };
+    put(0, atime);
+    put(16, mtime);
+    return call(Op.UTIMENSAT, c, [dirfd, flags], name, null, b);
+  },
+  async statx(c: Creds, dirfd: number, name: string, flags: number, mask = STATX_BASIC_STATS | STATX_BTIME): Promise<Statx> {
+    const b = Buffer.alloc(256);
+    await call(Op.STATX, c, [dirfd, flags, mask], name, null, b);
+    return parseStatx(b);
+  },
+  async readlinkat(c: Creds, dirfd: number, name: string): Promise<string> {
+    const b = Buffer.alloc(4096);
+    const n = await call(Op.READLINKAT, c, [dirfd], name, null, b);
+    return b.toString('utf8', 0, n);
+  },
+  async nameToHandleAt(dirfd: number, name: string, flags: number): Promise<FileHandle> {
+    const b = Buffer.alloc(8 + 128);
+    const mountId = await call(Op.NAME_TO_HANDLE_AT, null, [dirfd, flags], name, null, b);
+    return { mountId, handle: b.subarray(0, 8 + b.readUInt32LE(0)) };
+  },
+  openByHandleAt: (mountFd: number, handle: Buffer, flags: number) => call(Op.OPEN_BY_HANDLE_AT, null, [mountFd, flags | O_CLOEXEC], null, null, handle),
+  /** Reads directory entries starting at `offset` (a d_off cookie; 0n = start). */
+  async getdents(fd: number, offset: bigint, size: number): Promise<DirentRaw[]> {
+    const b = Buffer.alloc(Math.max(size, 1024));
+    const n = await call(Op.GETDENTS, null, [fd], offset.toString(), null, b);
+    const out: DirentRaw[] = [];
+    for (let at = 0; at + 19 < n; ) {
+      const reclen = b.readUInt16LE(at + 16);
+      if (reclen < 20 || at + reclen > n) break;
+      const nameEnd = b.indexOf(0, at + 19);
+      out.push({
+        ino: Number(b.readBigUInt64LE(at)),
+        off: b.readBigInt64LE(at + 8),
+        type: b[at + 18]!,
+        name: b.toString('utf8', at + 19, nameEnd < 0 || nameEnd > at + reclen ? at + reclen : nameEnd),
+      });
+      at += reclen;
+    }
+    return out;
+  },
+  setxattr: (c: Creds, path: string, name: string, value: Uint8Array, flags: number) =>
+    call(Op.SETXATTR, c, [flags], path, name, Buffer.from(value.buffer, value.byteOffset, value.byteLength)),
+  async getxattr(c: Creds, path: string, name: string): Promise<Buffer> {
+    for (;;) {
+      const size = await call(Op.GETXATTR, c, [], path, name, Buffer.alloc(0));
+      const b = Buffer.alloc(size);
+      try {
+        const n = await call(Op.GETXATTR, c, [], path, name, b);
+        return b.subarray(0, n);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ERANGE') throw err; // grew meanwhile: ask again
+      }
+    }
+  },
+  async listxattr(c: Creds, path: string): Promise<string[]> {
+    for (;;) {
+      const size = await call(Op.LISTXATTR, c, [], path, null, Buffer.alloc(0));
+      const b = Buffer.alloc(size);
+      try {
+        const n = await call(Op.LISTXATTR, c, [], path, null, b);
+        return b.toString('utf8', 0, n).split('\0').filter(Boolean);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ERANGE') throw err;
+      }
+    }
+  },
+  removexattr: (c: Creds, path: string, name: string) => call(Op.REMOVEXATTR, c, [], path, name),
+  fallocate: (c: Creds, fd: number, mode: number, offset: number, length: number) => call(Op.FALLOCATE, c, [fd, mode, offset, length]),
+  lseek: (fd: number, offset: number, whence: number) => call(Op.LSEEK, null, [fd, offset, whence]),
+  copyFileRange: (c: Creds, fdIn: number, offIn: number, fdOut: number, offOut: number, len: number, flags: number) =>
+    call(Op.COPY_FILE_RANGE, c, [fdIn, offIn, fdOut, offOut, len, flags]),
+  async fstatfs(fd: number): Promise<StatFs> {
+    const b = Buffer.alloc(120);
+    await call(Op.FSTATFS, null, [fd], null, null, b);
+    const n = (at: number) => Number(b.readBigUInt64LE(at));
+    return { bsize: n(8), blocks: n(16), bfree: n(24), bavail: n(32), files: n(40), ffree: n(48), namelen: n(64), frsize: n(72) };
+  },
+  syncfs: (fd: number) => call(Op.SYNCFS, null, [fd]),
+  fsync: (fd: number, datasync: boolean) => call(Op.FSYNC, null, [fd, datasync ? 1 : 0]),
+  ftruncate: (c: Creds, fd: number, size: number) => call(Op.FTRUNCATE, c, [fd, size]),
+  truncate: (c: Creds, path: string, size: number) => call(Op.TRUNCATE, c, [size], path),
+  pread: (fd: number, buf: Buffer, offset: number) => call(Op.PREAD, null, [fd, offset], null, null, buf),
+  pwrite: (c: Creds, fd: number, buf: Buffer, offset: number) => call(Op.PWRITE, c, [fd, offset], null, null, buf),
+  close: (fd: number) => call(Op.CLOSE, null, [fd]),
+  faccessat: (c: Creds, dirfd: number, name: string, mode: number, flags: number) => call(Op.FACCESSAT, c, [dirfd, mode, flags], name),
+};
