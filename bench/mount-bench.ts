@@ -1,16 +1,22 @@
 /**
- * Benchmark of a dpfs mount against a reference FUSE file system measured in the same run:
- * dpfs's memory backend vs bindfs over tmpfs (both FUSE daemons serving RAM).
- * Prints ops/s or MiB/s for each workload, the daemon's CPU time per operation, and the
- * ratio dpfs/reference. Machines are noisy: read the ratios, not the absolute figures.
+ * FUSE mount benchmark: dpfs against reference FUSE daemons measured in the same run, on
+ * the same machine and (for passthrough) the same source directory on tmpfs.
  *
- *   npm run bench                     (defaults)
- *   node dist/bench/mount-bench.js --files 5000 --json out.json
+ *   memory backend       vs bindfs over tmpfs
+ *   passthrough backend  vs bindfs and libfuse's passthrough_ll over the same directory
+ *
+ * Prints, per workload, ops/s or MiB/s, the CPU time the serving process spent per
+ * operation (utime+stime of all its threads, from /proc), and dpfs's ratio to each
+ * reference. Machines are noisy: read the ratios, and rerun.
+ *
+ *   npm run bench
+ *   node dist/bench/mount-bench.js --backend passthrough --libfuse /path/to/passthrough_ll
+ *   options: --backend memory|passthrough|both  --files N  --runtime SECONDS  --json FILE
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { mountAt } from '../src/devices/devfuse/mounts.js';
 import { projectRoot } from '../src/native/native.js';
@@ -21,50 +27,17 @@ const opt = (name: string, dflt: string) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 && args[i + 1] ? args[i + 1]! : dflt;
 };
-const FILES = Number(opt('files', '3000'));
+const BACKEND = opt('backend', 'both');
+const FILES = Number(opt('files', '10000'));
+const RUNTIME = Number(opt('runtime', '5'));
 const JSON_OUT = opt('json', '');
+const LIBFUSE = opt('libfuse', process.env.DPFS_BENCH_LIBFUSE ?? '');
 const CLK_TCK = 100;
 
 interface Target {
   name: string;
   dir: string;
   proc: ChildProcess;
-}
-
-async function waitMounted(dir: string, fstype: RegExp): Promise<void> {
-  const until = Date.now() + 15000;
-  while (!fstype.test(mountAt(dir)?.fstype ?? '')) {
-    if (Date.now() > until) throw new Error(`${dir} did not mount`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function cpuTicks(pid: number): number {
-  // utime + stime of every thread of the process (fields 14 and 15 of /proc/pid/stat).
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(f[11]) + Number(f[12]);
-}
-
-async function startDpfs(): Promise<Target> {
-  const dir = mkdtempSync(join(tmpdir(), 'bench-dpfs-'));
-  const proc = spawn(process.execPath, [join(projectRoot, 'dist/src/cli/main.js'), 'mount', dir, '--capacity', '8GiB'], { stdio: 'ignore', env: { ...process.env, DPFS_LOG: 'warn' } });
-  await waitMounted(dir, /^fuse\.dpfs$/);
-  return { name: 'dpfs (memory)', dir, proc };
-}
-
-async function startBindfs(src: string): Promise<Target> {
-  const dir = mkdtempSync(join(tmpdir(), 'bench-bindfs-'));
-  const proc = spawn('bindfs', ['-f', '-o', 'allow_other', src, dir], { stdio: 'ignore' });
-  await waitMounted(dir, /fuse/);
-  return { name: 'bindfs over tmpfs', dir, proc };
-}
-
-async function stop(t: Target): Promise<void> {
-  t.proc.kill('SIGTERM');
-  await new Promise((r) => (t.proc.exitCode !== null ? r(null) : t.proc.once('exit', r)));
-  if (mountAt(t.dir)) await execFileP('umount', ['-l', t.dir]).catch(() => undefined);
-  rmSync(t.dir, { recursive: true, force: true });
 }
 
 interface Row {
@@ -74,102 +47,193 @@ interface Row {
   cpuUsPerOp: number;
 }
 
-/** Runs a workload in a separate process; returns its rate and the daemon's CPU per op. */
-async function measure(t: Target, workload: string, unit: string, ops: number, cmd: string[], rate: (stdout: string, secs: number) => number): Promise<Row> {
+const progress = (msg: string) => process.stderr.write(`${msg}\n`);
+
+async function waitMounted(dir: string, proc: ChildProcess): Promise<void> {
+  const until = Date.now() + 20000;
+  while (!/fuse/.test(mountAt(dir)?.fstype ?? '')) {
+    if (proc.exitCode !== null) throw new Error(`the daemon for ${dir} exited (${proc.exitCode})`);
+    if (Date.now() > until) throw new Error(`${dir} did not mount`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function cpuTicks(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(f[11]) + Number(f[12]); // utime + stime, all threads
+}
+
+async function start(name: string, cmd: string, cmdArgs: (dir: string) => string[], env: Record<string, string> = {}): Promise<Target> {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-mnt-'));
+  const proc = spawn(cmd, cmdArgs(dir), { stdio: 'ignore', env: { ...process.env, DPFS_LOG: 'warn', ...env } });
+  await waitMounted(dir, proc);
+  return { name, dir, proc };
+}
+
+async function stop(t: Target): Promise<void> {
+  t.proc.kill('SIGTERM');
+  const exited = new Promise((r) => (t.proc.exitCode !== null ? r(null) : t.proc.once('exit', r)));
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+  if (mountAt(t.dir)) await execFileP('umount', ['-l', t.dir]).catch(() => undefined);
+  if (t.proc.exitCode === null) t.proc.kill('SIGKILL');
+  rmSync(t.dir, { recursive: true, force: true });
+}
+
+async function measure(t: Target, workload: string, unit: string, cmd: string[], parse: (stdout: string) => { value: number; ops: number }): Promise<Row> {
   const pid = t.proc.pid!;
   const cpu0 = cpuTicks(pid);
-  const t0 = process.hrtime.bigint();
   const r = await execFileP(cmd[0]!, cmd.slice(1), { maxBuffer: 16 << 20, timeout: 600000 });
-  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = (cpuTicks(pid) - cpu0) / CLK_TCK;
-  return { workload, unit, value: rate(r.stdout, secs), cpuUsPerOp: (cpu * 1e6) / ops };
+  const { value, ops } = parse(r.stdout);
+  return { workload, unit, value, cpuUsPerOp: (cpu * 1e6) / Math.max(ops, 1) };
 }
 
+// One phase of create, stat or unlink over FILES files; prints "ops_per_second ops".
 const META = `
 import os, sys, time
-d = sys.argv[1]; n = int(sys.argv[2])
+d, n, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 os.makedirs(d, exist_ok=True)
 names = [os.path.join(d, 'f%d' % i) for i in range(n)]
-res = []
 t = time.perf_counter()
-for p in names: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
-res.append(n / (time.perf_counter() - t))
-t = time.perf_counter()
-for p in names: os.stat(p)
-res.append(n / (time.perf_counter() - t))
-t = time.perf_counter()
-for p in names: os.unlink(p)
-res.append(n / (time.perf_counter() - t))
-print(' '.join('%.1f' % r for r in res))
+if phase == 'create':
+    for p in names: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+elif phase == 'stat':
+    for p in names: os.lstat(p)
+else:
+    for p in names: os.unlink(p)
+print(n / (time.perf_counter() - t), n)
 `;
 
-function fio(dir: string, name: string, rw: string, bs: string, size: string): string[] {
-  return ['fio', `--name=${name}`, `--directory=${dir}`, `--rw=${rw}`, `--bs=${bs}`, `--size=${size}`, '--ioengine=psync', '--direct=1', '--output-format=json'];
+function fio(dir: string, name: string, rw: string, bs: string, size: string, qd: number, timed: boolean): string[] {
+  return [
+    'fio',
+    `--name=${name}`,
+    `--directory=${dir}`,
+    `--rw=${rw}`,
+    `--bs=${bs}`,
+    `--size=${size}`,
+    `--ioengine=${qd > 1 ? 'libaio' : 'psync'}`,
+    `--iodepth=${qd}`,
+    '--direct=1',
+    ...(timed ? ['--time_based', `--runtime=${RUNTIME}`] : []),
+    '--output-format=json',
+  ];
 }
-const fioBw = (stdout: string) => {
-  const j = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: { read: { bw_bytes: number }; write: { bw_bytes: number } }[] };
-  const job = j.jobs[0]!;
-  return (job.read.bw_bytes + job.write.bw_bytes) / (1024 * 1024);
-};
-const fioIops = (stdout: string) => {
-  const j = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: { read: { iops: number }; write: { iops: number } }[] };
-  return j.jobs[0]!.read.iops + j.jobs[0]!.write.iops;
-};
+
+function fioResult(kind: 'iops' | 'bw') {
+  return (stdout: string) => {
+    const j = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: { read: Record<string, number>; write: Record<string, number> }[] };
+    const job = j.jobs[0]!;
+    const ops = (job.read.total_ios ?? 0) + (job.write.total_ios ?? 0);
+    const value = kind === 'iops' ? job.read.iops! + job.write.iops! : (job.read.bw_bytes! + job.write.bw_bytes!) / (1024 * 1024);
+    return { value, ops };
+  };
+}
 
 async function runAll(t: Target): Promise<Row[]> {
+  progress(`  ${t.name}`);
   const rows: Row[] = [];
-  const metaDir = join(t.dir, 'meta');
-  // One pass of create/stat/unlink; CPU is split evenly across the three phases.
-  const m = await measure(t, 'metadata', 'ops/s', FILES * 3, ['python3', '-c', META, metaDir, String(FILES)], (s) => 0 * s.length);
-  const [c, st, u] = (await execFileP('python3', ['-c', META, metaDir, String(FILES)])).stdout.trim().split(' ').map(Number);
-  rows.push({ workload: `create (${FILES} files)`, unit: 'ops/s', value: c!, cpuUsPerOp: m.cpuUsPerOp });
-  rows.push({ workload: `stat (${FILES} files)`, unit: 'ops/s', value: st!, cpuUsPerOp: m.cpuUsPerOp });
-  rows.push({ workload: `unlink (${FILES} files)`, unit: 'ops/s', value: u!, cpuUsPerOp: m.cpuUsPerOp });
-  const n4k = (32 * 1024 * 1024) / 4096;
-  rows.push(await measure(t, '4 KiB sequential write', 'IOPS', n4k, fio(t.dir, 'w4k', 'write', '4k', '32m'), fioIops));
-  rows.push(await measure(t, '4 KiB sequential read', 'IOPS', n4k, fio(t.dir, 'w4k', 'read', '4k', '32m'), fioIops));
-  const n1m = 256;
-  rows.push(await measure(t, '1 MiB sequential write', 'MiB/s', n1m, fio(t.dir, 'w1m', 'write', '1m', '256m'), fioBw));
-  rows.push(await measure(t, '1 MiB sequential read', 'MiB/s', n1m, fio(t.dir, 'w1m', 'read', '1m', '256m'), fioBw));
+  const meta = join(t.dir, 'meta');
+  for (const phase of ['create', 'stat', 'unlink']) {
+    rows.push(
+      await measure(t, `${phase} (${FILES} files)`, 'ops/s', ['python3', '-c', META, meta, String(FILES), phase], (s) => {
+        const [rate, n] = s.trim().split(' ').map(Number);
+        return { value: rate!, ops: n! };
+      }),
+    );
+  }
+  // Lay the file out once so random reads hit data, then time each pattern.
+  await execFileP('fio', fio(t.dir, 'rand', 'write', '1m', '256m', 1, false));
+  for (const qd of [1, 32]) {
+    rows.push(await measure(t, `4 KiB random read, QD${qd}`, 'IOPS', fio(t.dir, 'rand', 'randread', '4k', '256m', qd, true), fioResult('iops')));
+    rows.push(await measure(t, `4 KiB random write, QD${qd}`, 'IOPS', fio(t.dir, 'rand', 'randwrite', '4k', '256m', qd, true), fioResult('iops')));
+  }
+  rows.push(await measure(t, '1 MiB sequential write', 'MiB/s', fio(t.dir, 'seq', 'write', '1m', '512m', 1, false), fioResult('bw')));
+  rows.push(await measure(t, '1 MiB sequential read', 'MiB/s', fio(t.dir, 'seq', 'read', '1m', '512m', 1, false), fioResult('bw')));
+  await execFileP('rm', ['-rf', join(t.dir, 'rand.0.0'), join(t.dir, 'seq.0.0'), meta]);
   return rows;
 }
 
-async function main(): Promise<void> {
-  const shm = mkdtempSync(join('/dev/shm', 'bench-src-'));
-  const results: Record<string, Row[]> = {};
-  let dpfs: Target | undefined;
-  let ref: Target | undefined;
-  try {
-    process.stderr.write('benchmarking dpfs (memory backend)...\n');
-    dpfs = await startDpfs();
-    results.dpfs = await runAll(dpfs);
-    await stop(dpfs);
-    dpfs = undefined;
-    process.stderr.write('benchmarking bindfs over tmpfs (reference)...\n');
-    ref = await startBindfs(shm);
-    results.reference = await runAll(ref);
-  } finally {
-    if (dpfs) await stop(dpfs);
-    if (ref) await stop(ref);
-    rmSync(shm, { recursive: true, force: true });
-  }
-  const d = results.dpfs!;
-  const r = results.reference!;
+function table(dpfs: Row[], refs: [string, Row[]][]): string {
+  const head = ['workload', 'dpfs', ...refs.map(([n]) => n), ...refs.map(([n]) => `ratio vs ${n}`), 'CPU µs/op dpfs', ...refs.map(([n]) => `CPU µs/op ${n}`)];
   const lines = [
-    ['workload', 'dpfs', 'bindfs/tmpfs', 'ratio', 'dpfs CPU µs/op', 'bindfs CPU µs/op'],
-    ...d.map((row, i) => [
+    head,
+    ...dpfs.map((row, i) => [
       row.workload,
       `${row.value.toFixed(0)} ${row.unit}`,
-      `${r[i]!.value.toFixed(0)} ${row.unit}`,
-      `${(row.value / r[i]!.value).toFixed(2)}x`,
+      ...refs.map(([, r]) => `${r[i]!.value.toFixed(0)} ${row.unit}`),
+      ...refs.map(([, r]) => `${(row.value / r[i]!.value).toFixed(2)}x`),
       row.cpuUsPerOp.toFixed(1),
-      r[i]!.cpuUsPerOp.toFixed(1),
+      ...refs.map(([, r]) => r[i]!.cpuUsPerOp.toFixed(1)),
     ]),
   ];
-  const widths = lines[0]!.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
-  for (const l of lines) console.log(l.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
-  console.log('\n(metadata CPU is per create/stat/unlink averaged over the three phases; I/O uses O_DIRECT, psync, one job)');
-  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ date: new Date().toISOString(), files: FILES, results }, null, 2));
+  const widths = head.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
+  return lines.map((l) => l.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ')).join('\n');
+}
+
+const CLI = join(projectRoot, 'dist/src/cli/main.js');
+
+async function benchMemory(): Promise<object> {
+  progress('memory backend vs bindfs over tmpfs');
+  const results: Record<string, Row[]> = {};
+  const shm = mkdtempSync('/dev/shm/bench-src-');
+  try {
+    for (const [name, launch] of [
+      ['dpfs', () => start('dpfs memory', process.execPath, (d) => [CLI, 'mount', d, '--capacity', '8GiB'])],
+      ['bindfs', () => start('bindfs', 'bindfs', (d) => ['-f', '-o', 'allow_other', shm, d])],
+    ] as const) {
+      const t = await launch();
+      try {
+        results[name] = await runAll(t);
+      } finally {
+        await stop(t);
+      }
+    }
+  } finally {
+    rmSync(shm, { recursive: true, force: true });
+  }
+  console.log('\nmemory backend (dpfs) vs bindfs over tmpfs\n');
+  console.log(table(results.dpfs!, [['bindfs', results.bindfs!]]));
+  return results;
+}
+
+async function benchPassthrough(): Promise<object> {
+  const refs: [string, () => Promise<Target>][] = [];
+  const shm = mkdtempSync('/dev/shm/bench-src-');
+  refs.push(['bindfs', () => start('bindfs', 'bindfs', (d) => ['-f', '-o', 'allow_other', shm, d])]);
+  if (LIBFUSE && existsSync(LIBFUSE)) {
+    const libDir = join(dirname(LIBFUSE), '..', 'lib');
+    refs.push(['libfuse', () => start('libfuse passthrough', LIBFUSE, (d) => ['-f', '-o', `source=${shm},allow_other`, d], { LD_LIBRARY_PATH: libDir })]);
+  } else {
+    progress('  (libfuse passthrough example not given: --libfuse PATH to compare with it too)');
+  }
+  progress(`passthrough backend vs ${refs.map(([n]) => n).join(' and ')} over the same tmpfs directory`);
+  const results: Record<string, Row[]> = {};
+  try {
+    const all: [string, () => Promise<Target>][] = [['dpfs', () => start('dpfs passthrough', process.execPath, (d) => [CLI, 'mount', d, '-b', 'passthrough', '-s', shm])], ...refs];
+    for (const [name, launch] of all) {
+      const t = await launch();
+      try {
+        results[name] = await runAll(t);
+      } finally {
+        await stop(t);
+      }
+    }
+  } finally {
+    rmSync(shm, { recursive: true, force: true });
+  }
+  console.log('\npassthrough backend (dpfs) vs C references over the same directory\n');
+  console.log(table(results.dpfs!, refs.map(([n]) => [n, results[n]!])));
+  return results;
+}
+
+async function main(): Promise<void> {
+  const out: Record<string, object> = {};
+  if (BACKEND === 'memory' || BACKEND === 'both') out.memory = await benchMemory();
+  if (BACKEND === 'passthrough' || BACKEND === 'both') out.passthrough = await benchPassthrough();
+  console.log('\nI/O uses O_DIRECT (psync at QD1, libaio at QD32); metadata runs one process, one file at a time.');
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ date: new Date().toISOString(), files: FILES, runtime: RUNTIME, results: out }, null, 2));
 }
 
 main().catch((err) => {
