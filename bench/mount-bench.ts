@@ -144,7 +144,7 @@ async function runAll(t: Target): Promise<Row[]> {
     );
   }
   // Lay the file out once so random reads hit data, then time each pattern.
-  await execFileP('fio', fio(t.dir, 'rand', 'write', '1m', '256m', 1, false));
+  await execFileP('fio', fio(t.dir, 'rand', 'write', '1m', '256m', 1, false).slice(1));
   for (const qd of [1, 32]) {
     rows.push(await measure(t, `4 KiB random read, QD${qd}`, 'IOPS', fio(t.dir, 'rand', 'randread', '4k', '256m', qd, true), fioResult('iops')));
     rows.push(await measure(t, `4 KiB random write, QD${qd}`, 'IOPS', fio(t.dir, 'rand', 'randwrite', '4k', '256m', qd, true), fioResult('iops')));

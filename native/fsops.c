@@ -56,6 +56,7 @@ enum {
   OP_PWRITE,
   OP_CLOSE,
   OP_FACCESSAT,
+  OP_LOOKUP,
   OP_MAX
 };
 
@@ -64,7 +65,7 @@ static const char *op_names[OP_MAX] = {
     "renameat2", "fchmodat", "fchownat",  "utimensat", "statx",          "readlinkat",       "name_to_handle_at",
     "open_by_handle_at", "getdents64", "setxattr", "getxattr", "listxattr", "removexattr", "fallocate",
     "lseek",    "copy_file_range", "fstatfs", "syncfs", "fsync", "ftruncate", "truncate",
-    "pread",    "pwrite",    "close",     "faccessat",
+    "pread",    "pwrite",    "close",     "faccessat", "lookup",
 };
 
 #define MAX_GROUPS 64
@@ -192,6 +193,29 @@ static int64_t run(fsop_t *r) {
       return close((int)a[0]);
     case OP_FACCESSAT:
       return faccessat((int)a[0], r->s1, (int)a[1], (int)a[2]);
+    case OP_LOOKUP: {
+      /*
+       * One trip for what every lookup needs: an O_PATH descriptor of name under dirfd
+       * (never following a final symlink), its statx, and its file handle. buf receives
+       * struct statx (256 bytes), then int32 mount_id (-1: no handle), then the
+       * struct file_handle. Returns the descriptor. a[2] != 0 follows a final magic link
+       * (only for /proc/self/fd/N of a file this daemon opened itself).
+       */
+      if (r->buflen < 256 + 4 + sizeof(struct file_handle) + 8) return errno = EINVAL, -1;
+      int fd = openat((int)a[0], r->s1, (int)a[1] | O_PATH | (a[2] ? 0 : O_NOFOLLOW) | O_CLOEXEC);
+      if (fd < 0) return -1;
+      if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, (struct statx *)r->buf) != 0) {
+        int e = errno;
+        close(fd);
+        return errno = e, -1;
+      }
+      struct file_handle *fh = (struct file_handle *)((char *)r->buf + 260);
+      fh->handle_bytes = (unsigned)(r->buflen - 260 - sizeof(struct file_handle));
+      int mount_id = -1;
+      if (name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) mount_id = -1;
+      memcpy((char *)r->buf + 256, &mount_id, 4);
+      return fd;
+    }
     default:
       return errno = ENOSYS, -1;
   }

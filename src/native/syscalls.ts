@@ -59,6 +59,7 @@ const enum Op {
   PWRITE,
   CLOSE,
   FACCESSAT,
+  LOOKUP,
 }
 
 type FsOp = (op: number, creds: Creds, a0: number, a1: number, a2: number, a3: number, a4: number, a5: number, s1: string | null, s2: string | null, buf: Buffer | null) => Promise<number>;
@@ -131,6 +132,14 @@ export interface DirentRaw {
 export interface FileHandle {
   mountId: number;
   handle: Buffer;
+}
+
+export interface Looked {
+  /** O_PATH descriptor (the caller owns it). */
+  fd: number;
+  st: Statx;
+  /** Absent where the file system cannot make handles. */
+  handle?: FileHandle;
 }
 
 /** Timespec, 'now' or 'omit' for utimensat. */
@@ -244,4 +253,16 @@ export const sys = {
   pwrite: (c: Creds, fd: number, buf: Buffer, offset: number) => call(Op.PWRITE, c, [fd, offset], null, null, buf),
   close: (fd: number) => call(Op.CLOSE, null, [fd]),
   faccessat: (c: Creds, dirfd: number, name: string, mode: number, flags: number) => call(Op.FACCESSAT, c, [dirfd, mode, flags], name),
+  /**
+   * openat(dirfd, name, O_PATH|O_NOFOLLOW|flags) + statx + name_to_handle_at, in one trip.
+   * `followProcFd` drops O_NOFOLLOW, to reach the file behind /proc/self/fd/N of a
+   * descriptor this daemon opened itself.
+   */
+  async lookup(c: Creds, dirfd: number, name: string, flags = 0, followProcFd = false): Promise<Looked> {
+    const b = Buffer.alloc(256 + 4 + 8 + 128);
+    const fd = await call(Op.LOOKUP, c, [dirfd, flags, followProcFd ? 1 : 0], name, null, b);
+    const mountId = b.readInt32LE(256);
+    const handle = mountId < 0 ? undefined : { mountId, handle: Buffer.from(b.subarray(260, 260 + 8 + b.readUInt32LE(260))) };
+    return { fd, st: parseStatx(b), handle };
+  },
 };

@@ -9,7 +9,7 @@
  * can never close (and so recycle the number of) a descriptor an operation is using.
  */
 import { Errno, FsError } from '../../fuse/errno.js';
-import { AT_EMPTY_PATH, type FileHandle, O_PATH, sys } from '../../native/syscalls.js';
+import { type FileHandle, O_PATH, sys } from '../../native/syscalls.js';
 
 export interface PInode {
   nodeid: number;
@@ -59,14 +59,9 @@ export class InodeTable {
   }
 
   /** Registers the root: its descriptor stays open and is the handle mount fd of its mount. */
-  async addRoot(fd: number, key: string, type: number): Promise<PInode> {
-    const root: PInode = { nodeid: 1, key, type, fd, users: 0, nlookup: 1, pinned: true };
-    try {
-      root.handle = await sys.nameToHandleAt(fd, '', AT_EMPTY_PATH);
-      this.mountFds.set(root.handle.mountId, fd);
-    } catch {
-      /* no handles here: descriptors get pinned */
-    }
+  addRoot(fd: number, key: string, type: number, handle: FileHandle | undefined): PInode {
+    const root: PInode = { nodeid: 1, key, type, fd, handle, users: 0, nlookup: 1, pinned: true };
+    if (handle) this.mountFds.set(handle.mountId, fd);
     this.byNode.set(1, root);
     this.byKey.set(key, root);
     this.openFds++;
@@ -77,27 +72,14 @@ export class InodeTable {
    * Adds a freshly looked-up host inode whose O_PATH descriptor is `fd` (ownership passes
    * to the table), or returns the existing one (closing `fd`).
    */
-  async add(fd: number, key: string, type: number): Promise<PInode> {
+  async add(fd: number, key: string, type: number, handle: FileHandle | undefined): Promise<PInode> {
     const existing = this.byKey.get(key);
     if (existing) {
-      await sys.close(fd);
+      void sys.close(fd).catch(() => undefined);
       return existing;
     }
-    let handle: FileHandle | undefined;
-    try {
-      handle = await sys.nameToHandleAt(fd, '', AT_EMPTY_PATH);
-      if (!this.mountFds.has(handle.mountId)) {
-        // First inode seen on this mount: its own descriptor serves open_by_handle_at.
-        this.mountFds.set(handle.mountId, fd);
-      }
-    } catch {
-      handle = undefined;
-    }
-    const again = this.byKey.get(key); // another lookup may have won while we awaited
-    if (again) {
-      if (!handle || this.mountFds.get(handle.mountId) !== fd) await sys.close(fd);
-      return again;
-    }
+    // First inode seen on a mount: its own descriptor serves open_by_handle_at there.
+    if (handle && !this.mountFds.has(handle.mountId)) this.mountFds.set(handle.mountId, fd);
     const pinned = !handle || this.mountFds.get(handle.mountId) === fd;
     if (pinned && !handle && this.pinnedCount >= this.opts.maxPinned) {
       await sys.close(fd);

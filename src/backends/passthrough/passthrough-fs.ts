@@ -35,6 +35,7 @@ import {
   AT_SYMLINK_FOLLOW,
   AT_SYMLINK_NOFOLLOW,
   type Creds,
+  type Looked,
   O_CREAT,
   O_DIRECTORY,
   O_EXCL,
@@ -129,9 +130,8 @@ export class PassthroughFs implements FileSystem {
   async init(): Promise<void> {
     // The tenant's kernel applied the caller's umask already; ours must not apply again.
     process.umask(0);
-    const fd = await sys.openat(null, AT_FDCWD, this.opts.root, O_PATH | O_DIRECTORY);
-    const st = await sys.statx(null, fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
-    await this.table.addRoot(fd, key(st), st.mode & S_IFMT);
+    const root = await sys.lookup(null, AT_FDCWD, this.opts.root, O_DIRECTORY);
+    await this.table.addRoot(root.fd, key(root.st), root.st.mode & S_IFMT, root.handle);
   }
 
   /** Open descriptors held by the backend (for tests and metrics). */
@@ -184,23 +184,21 @@ export class PassthroughFs implements FileSystem {
     return sys.statx(null, fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }
 
-  /** Turns an O_PATH descriptor of a looked-up (or created) child into an Entry. */
-  private async entryFor(fd: number): Promise<Entry> {
-    let st: Statx;
-    try {
-      st = await this.statFd(fd);
-    } catch (err) {
-      await sys.close(fd);
-      throw err;
-    }
-    const n = await this.table.add(fd, key(st), st.mode & S_IFMT);
+  /** Registers a looked-up (or created) host inode and answers with its Entry. */
+  private async entryFor(l: Looked): Promise<Entry> {
+    const n = await this.table.add(l.fd, key(l.st), l.st.mode & S_IFMT, l.handle);
     n.nlookup++;
-    return { ino: n.nodeid, attr: this.attr(st), entryTimeout: this.timeout, attrTimeout: this.timeout };
+    return { ino: n.nodeid, attr: this.attr(l.st), entryTimeout: this.timeout, attrTimeout: this.timeout };
   }
 
   private async lookupIn(ctx: RequestContext | null, parent: PInode, name: string): Promise<Entry> {
-    const fd = await this.table.withFd(parent, (pfd) => sys.openat(ctx ? this.creds(ctx) : null, pfd, name, O_PATH | O_NOFOLLOW));
-    return this.entryFor(fd);
+    const l = await this.table.withFd(parent, (pfd) => sys.lookup(ctx ? this.creds(ctx) : null, pfd, name));
+    return this.entryFor(l);
+  }
+
+  /** The Entry of a file just opened by descriptor (create, tmpfile): no name to race on. */
+  private async entryOfOpen(fd: number): Promise<Entry> {
+    return this.entryFor(await sys.lookup(null, AT_FDCWD, procPath(fd), 0, true));
   }
 
   // ---- FileSystem --------------------------------------------------------------------
@@ -486,8 +484,7 @@ export class PassthroughFs implements FileSystem {
     const fd = await this.table.withFd(p, (pfd) => sys.openat(c, pfd, name, this.openFlags(flags) | O_CREAT | O_NOFOLLOW, mode & ~S_IFMT));
     try {
       // The O_PATH descriptor comes from the open file itself: no second name lookup to race.
-      const pathFd = await sys.openat(null, AT_FDCWD, procPath(fd), O_PATH);
-      const entry = await this.entryFor(pathFd);
+      const entry = await this.entryOfOpen(fd);
       return { entry, open: this.openReply(fd, this.table.get(entry.ino)) };
     } catch (err) {
       await sys.close(fd);
@@ -502,8 +499,7 @@ export class PassthroughFs implements FileSystem {
       sys.openat(this.creds(ctx), pfd, '.', (this.openFlags(flags) & ~O_DIRECTORY) | O_TMPFILE, mode & ~S_IFMT),
     );
     try {
-      const pathFd = await sys.openat(null, AT_FDCWD, procPath(fd), O_PATH);
-      const entry = await this.entryFor(pathFd);
+      const entry = await this.entryOfOpen(fd);
       return { entry, open: this.openReply(fd, this.table.get(entry.ino)) };
     } catch (err) {
       await sys.close(fd);

@@ -261,8 +261,24 @@ function abortConnection(conn: number | undefined, log: Logger): void {
   }
 }
 
-/** Supplementary groups of a local process, from /proc (empty if it is gone). */
+const groupCache = new Map<number, { groups: number[]; at: number }>();
+const GROUPS_TTL_MS = 1000;
+
+/**
+ * Supplementary groups of a local process, from /proc (empty if it is gone). Cached for a
+ * second: a process's groups rarely change, and reading /proc costs more than a request.
+ */
 export function procGroups(pid: number): number[] {
+  const now = Date.now();
+  const hit = groupCache.get(pid);
+  if (hit && now - hit.at < GROUPS_TTL_MS) return hit.groups;
+  const groups = readProcGroups(pid);
+  if (groupCache.size >= 4096) groupCache.clear();
+  groupCache.set(pid, { groups, at: now });
+  return groups;
+}
+
+function readProcGroups(pid: number): number[] {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const line = /^Groups:(.*)$/m.exec(status);
