@@ -214,3 +214,45 @@ test('passthrough: read-only export and id mapping', async () => {
     ['--read-only', '--uid-map', '0:0:1,1000:2000:1', '--gid-map', '0:0:1,1000:2000:1'],
   );
 });
+
+for (const mode of [['--cache', 'never'], ['--cache', 'always', '--writeback'], ['--direct-io', '--no-xattr']]) {
+  test(`passthrough ${mode.join(' ')}: coreutils, sqlite3 and fio verify`, () =>
+    withPassthrough(async (dir) => {
+      await workloads['coreutils: create, link, rename, chmod, truncate, stat, remove']!(dir);
+      await workloads['sqlite3: transactions, rollback journal and WAL, integrity_check']!(dir);
+      await workloads['fio with --verify: random and sequential writes read back intact']!(dir);
+    }, mode));
+}
+
+test('passthrough: O_TMPFILE, copy_file_range, SEEK_DATA/SEEK_HOLE, fallocate reach the host', async () => {
+  await withPassthrough(async (dir, src) => {
+    const out = await sh(
+      `
+      cd "${dir}"
+      python3 - <<'PY'
+import ctypes, os
+fd = os.open('.', os.O_TMPFILE | os.O_RDWR, 0o600)
+os.write(fd, b'anonymous')
+# linkat(AT_FDCWD, "/proc/self/fd/N", AT_FDCWD, "named", AT_SYMLINK_FOLLOW): give it a name.
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.linkat(-100, b'/proc/self/fd/%d' % fd, -100, b'named', 0x400) == 0, os.strerror(ctypes.get_errno())
+print(open('named').read())
+a = os.open('named', os.O_RDONLY); b = os.open('copy', os.O_CREAT | os.O_WRONLY, 0o644)
+print(os.copy_file_range(a, b, 9))
+s = os.open('sparse', os.O_CREAT | os.O_RDWR, 0o644)
+os.ftruncate(s, 8 << 20); os.pwrite(s, b'x', 4 << 20)
+print(os.lseek(s, 0, os.SEEK_DATA), os.lseek(s, 4 << 20, os.SEEK_HOLE))
+os.posix_fallocate(s, 0, 1 << 20)
+PY
+      cat copy; echo
+      du -k "${src}/sparse" | cut -f1
+      `,
+    );
+    const [named, copied, seek, copy, du] = out.trim().split('\n');
+    assert.equal(named, 'anonymous');
+    assert.equal(copied, '9');
+    assert.equal(seek, `${4 << 20} ${(4 << 20) + 4096}`);
+    assert.equal(copy, 'anonymous');
+    assert.ok(Number(du) >= 1024 && Number(du) < 2048, `fallocated 1 MiB on the host (${du} KiB)`);
+  });
+});

@@ -16,7 +16,9 @@ export function wantedFlags(fs: FileSystem, transport: TransportInfo): bigint {
     F.FUSE_HAS_IOCTL_DIR |
     F.FUSE_SETXATTR_EXT |
     F.FUSE_INIT_EXT |
-    F.FUSE_CREATE_SUPP_GROUP;
+    F.FUSE_CREATE_SUPP_GROUP |
+    // Shared mmap of files opened with FOPEN_DIRECT_IO (sqlite WAL on a cache=never mount).
+    F.FUSE_DIRECT_IO_ALLOW_MMAP;
   if (fs.setlk && fs.getlk) flags |= F.FUSE_POSIX_LOCKS | F.FUSE_FLOCK_LOCKS;
   if (fs.readdir && caps.readdirplus) flags |= F.FUSE_DO_READDIRPLUS | F.FUSE_READDIRPLUS_AUTO;
   if (caps.writebackCache) flags |= F.FUSE_WRITEBACK_CACHE;
