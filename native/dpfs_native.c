@@ -3,6 +3,7 @@
  *   mount.c  mount(2), umount2(2)
  *   poll.c   fd readiness on the calling thread's event loop
  *   fsops.c  *at() system calls run on libuv's pool with the caller's credentials
+ *   vhost.c  unix sockets with descriptor passing, shared guest-memory mappings
  * Errors are thrown (or rejected) as Errors carrying `code`, `errno` and `syscall`.
  */
 #include "common.h"
@@ -14,6 +15,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},
       {"unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_default, NULL},
       {"fsop", NULL, js_fsop, NULL, NULL, NULL, napi_default, NULL},
+      {"listenUnix", NULL, js_listen_unix, NULL, NULL, NULL, napi_default, NULL},
+      {"acceptUnix", NULL, js_accept_unix, NULL, NULL, NULL, napi_default, NULL},
+      {"recvMsg", NULL, js_recv_msg, NULL, NULL, NULL, napi_default, NULL},
+      {"sendMsg", NULL, js_send_msg, NULL, NULL, NULL, napi_default, NULL},
+      {"mapShared", NULL, js_map_shared, NULL, NULL, NULL, napi_default, NULL},
   };
   fsop_module_init();
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -12,6 +12,15 @@ export interface NativeAddon {
   /** Calls `onReadable` on this thread's event loop whenever non-blocking `fd` is readable. */
   watch(fd: number, onReadable: (status: number, events: number) => void): unknown;
   unwatch(handle: unknown): void;
+  /** A non-blocking listening unix socket at `path` (an old socket file is replaced). */
+  listenUnix(path: string): number;
+  /** Accepts one connection: its fd, or -1 when none is pending. */
+  acceptUnix(fd: number): number;
+  /** One recvmsg: null when nothing is pending; n 0 when the peer closed. */
+  recvMsg(fd: number, buf: Buffer): { n: number; fds: number[]; truncated: boolean } | null;
+  sendMsg(fd: number, buf: Buffer): number;
+  /** mmap(MAP_SHARED) of fd; unmapped only when the ArrayBuffer is collected. */
+  mapShared(fd: number, size: number, offset: number): ArrayBuffer;
 }
 
 let addon: NativeAddon | undefined;

@@ -1,0 +1,162 @@
+/*
+ * What a vhost-user backend needs from the OS and Node lacks:
+ *   listenUnix(path) -> fd          a non-blocking listening unix socket
+ *   acceptUnix(fd) -> fd | -1       accept one connection (-1: none pending)
+ *   recvMsg(fd, buf) -> {n, fds} | null
+ *                                   one recvmsg: bytes and the descriptors that came with
+ *                                   exactly those bytes (null: nothing pending; n 0: closed)
+ *   sendMsg(fd, buf) -> n           one sendmsg
+ *   mapShared(fd, size, offset) -> ArrayBuffer
+ *                                   mmap(MAP_SHARED) of guest memory; unmapped when the
+ *                                   ArrayBuffer is garbage-collected, never before
+ */
+#include "common.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_FDS 8
+
+napi_value js_listen_unix(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = argc == 1 ? get_string(env, argv[0]) : NULL;
+  if (!path) return throw_errno(env, EINVAL, "listenUnix");
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) {
+    free(path);
+    return throw_errno(env, ENAMETOOLONG, "listenUnix");
+  }
+  strcpy(sa.sun_path, path);
+  free(path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket");
+  unlink(sa.sun_path);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 4) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, e, "bind");
+  }
+  napi_value v;
+  napi_create_int32(env, fd, &v);
+  return v;
+}
+
+napi_value js_accept_unix(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t lfd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &lfd));
+  int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return throw_errno(env, errno, "accept4");
+  napi_value v;
+  napi_create_int32(env, fd, &v);
+  return v;
+}
+
+napi_value js_recv_msg(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  void *data;
+  size_t len;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  struct iovec iov = {.iov_base = data, .iov_len = len};
+  char control[CMSG_SPACE(MAX_FDS * sizeof(int))];
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  napi_value result;
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+      napi_get_null(env, &result);
+      return result;
+    }
+    return throw_errno(env, errno, "recvmsg");
+  }
+  napi_value fds, jn;
+  napi_create_array(env, &fds);
+  uint32_t nfds = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    int *p = (int *)CMSG_DATA(c);
+    for (size_t i = 0; i < count; i++) {
+      napi_value v;
+      napi_create_int32(env, p[i], &v);
+      napi_set_element(env, fds, nfds++, v);
+    }
+  }
+  /* Descriptors beyond our control space were dropped by the kernel: say so. */
+  napi_value truncated;
+  napi_get_boolean(env, (msg.msg_flags & MSG_CTRUNC) != 0, &truncated);
+  napi_create_object(env, &result);
+  napi_create_int32(env, (int32_t)n, &jn);
+  napi_set_named_property(env, result, "n", jn);
+  napi_set_named_property(env, result, "fds", fds);
+  napi_set_named_property(env, result, "truncated", truncated);
+  return result;
+}
+
+napi_value js_send_msg(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  void *data;
+  size_t len;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+  if (n < 0) return throw_errno(env, errno, "send");
+  napi_value v;
+  napi_create_int32(env, (int32_t)n, &v);
+  return v;
+}
+
+typedef struct {
+  void *addr;
+  size_t size;
+} mapping_t;
+
+static void unmap_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)data;
+  mapping_t *m = hint;
+  munmap(m->addr, m->size);
+  free(m);
+}
+
+napi_value js_map_shared(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int32_t fd;
+  double size, offset;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_double(env, argv[1], &size));
+  CHECK(napi_get_value_double(env, argv[2], &offset));
+  if (size <= 0 || offset < 0 || size > (double)(1ULL << 46)) return throw_errno(env, EINVAL, "mmap");
+  void *addr = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
+  if (addr == MAP_FAILED) return throw_errno(env, errno, "mmap");
+  mapping_t *m = malloc(sizeof *m);
+  if (!m) {
+    munmap(addr, (size_t)size);
+    return throw_errno(env, ENOMEM, "mmap");
+  }
+  m->addr = addr;
+  m->size = (size_t)size;
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, addr, (size_t)size, unmap_finalize, m, &ab) != napi_ok) {
+    munmap(addr, (size_t)size);
+    free(m);
+    return throw_errno(env, ENOMEM, "napi_create_external_arraybuffer");
+  }
+  return ab;
+}

@@ -1,0 +1,94 @@
+/**
+ * The virtio-fs device over vhost-user: the software twin of a DPU's virtio-fs function.
+ * QEMU's vhost-user-fs-pci (or any VMM) connects to the socket; the guest mounts the
+ * device with `mount -t virtiofs TAG /mnt`. One VMM at a time per socket; when it goes
+ * away the socket takes the next one (a restarted VMM) without restarting the daemon.
+ */
+import { closeSync, unlinkSync } from 'node:fs';
+import type { FileSystem } from '../../fs/api.js';
+import { Opcode } from '../../fuse/opcodes.js';
+import { Session } from '../../fuse/session.js';
+import { native } from '../../native/native.js';
+import { type Logger, silentLogger } from '../../util/log.js';
+import { type RequestSink, VhostUserConnection } from './connection.js';
+
+export interface VhostUserFsOptions {
+  socketPath: string;
+  fs: FileSystem;
+  /** Request queues (QEMU's num-request-queues); the device also has the hiprio queue. */
+  requestQueues?: number;
+  log?: Logger;
+  trace?: boolean;
+}
+
+export class VhostUserFsDevice implements RequestSink {
+  private listenFd = -1;
+  private listenWatch?: unknown;
+  connection?: VhostUserConnection;
+  session: Session;
+  private readonly log: Logger;
+  private stopped = false;
+  connections = 0;
+
+  constructor(readonly options: VhostUserFsOptions) {
+    this.log = (options.log ?? silentLogger).child({ device: 'vhost-user-fs', socket: options.socketPath });
+    this.session = this.newSession();
+  }
+
+  private newSession(): Session {
+    return new Session(this.options.fs, {
+      transport: { name: 'virtio-fs', maxWrite: 1024 * 1024, virtiofs: true },
+      log: this.log,
+      trace: this.options.trace,
+    });
+  }
+
+  start(): void {
+    this.listenFd = native().listenUnix(this.options.socketPath);
+    this.listenWatch = native().watch(this.listenFd, () => this.onAcceptable());
+    this.log.info({ queues: 1 + (this.options.requestQueues ?? 1) }, 'listening for a VMM');
+  }
+
+  private onAcceptable(): void {
+    for (;;) {
+      const fd = native().acceptUnix(this.listenFd);
+      if (fd < 0) return;
+      if (this.connection) {
+        this.log.warn({}, 'a second VMM tried to connect; refused');
+        closeSync(fd);
+        continue;
+      }
+      this.connections++;
+      const conn = new VhostUserConnection(fd, 1 + (this.options.requestQueues ?? 1), this, this.log);
+      this.connection = conn;
+      this.log.info({}, 'VMM connected');
+      void conn.ended.then(() => {
+        if (this.connection === conn) this.connection = undefined;
+        this.log.info({}, 'VMM disconnected');
+      });
+    }
+  }
+
+  handle(request: Buffer, reply: (chunks: Uint8Array[]) => void): void {
+    // A guest that boots again starts a new FUSE session on the same device.
+    if (request.length >= 8 && request.readUInt32LE(4) === Opcode.FUSE_INIT && this.session.state !== 'awaiting-init') {
+      this.log.info({}, 'new FUSE session (guest re-initialised)');
+      this.session = this.newSession();
+    }
+    this.session.handle(request, reply);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.listenWatch) native().unwatch(this.listenWatch);
+    if (this.listenFd >= 0) closeSync(this.listenFd);
+    try {
+      unlinkSync(this.options.socketPath);
+    } catch {
+      /* gone already */
+    }
+    this.connection?.close();
+    await this.options.fs.destroy?.();
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * Guest memory as the VMM shares it (SET_MEM_TABLE): regions of guest-physical space, each
+ * mapped from a memfd. Every access is checked to lie wholly inside one region; anything
+ * else is a VirtioError, never an out-of-bounds access.
+ */
+import { closeSync } from 'node:fs';
+import { native } from '../../native/native.js';
+
+export class VirtioError extends Error {
+  override name = 'VirtioError';
+}
+
+export interface RegionSpec {
+  guestPhysAddr: number;
+  size: number;
+  /** The VMM's own virtual address of the region (rings are given in these). */
+  userAddr: number;
+  mmapOffset: number;
+}
+
+interface Region extends RegionSpec {
+  bytes: Uint8Array;
+}
+
+export class GuestMemory {
+  private readonly regions: Region[] = [];
+
+  /** Maps each region's fd (then closes it: the mapping keeps the memory). */
+  static map(specs: RegionSpec[], fds: number[]): GuestMemory {
+    const mem = new GuestMemory();
+    try {
+      specs.forEach((r, i) => {
+        if (!(r.size > 0) || r.guestPhysAddr + r.size > 2 ** 53 || r.userAddr + r.size > 2 ** 53) throw new VirtioError(`region ${i} has bad bounds`);
+        const ab = native().mapShared(fds[i]!, r.size + r.mmapOffset, 0);
+        mem.regions.push({ ...r, bytes: new Uint8Array(ab, r.mmapOffset, r.size) });
+      });
+    } finally {
+      for (const fd of fds) closeSync(fd);
+    }
+    return mem;
+  }
+
+  static fromBuffers(regions: { guestPhysAddr: number; userAddr: number; bytes: Uint8Array }[]): GuestMemory {
+    const mem = new GuestMemory();
+    for (const r of regions) mem.regions.push({ guestPhysAddr: r.guestPhysAddr, userAddr: r.userAddr, size: r.bytes.length, mmapOffset: 0, bytes: r.bytes });
+    return mem;
+  }
+
+  /** A view of guest-physical [gpa, gpa + len). */
+  slice(gpa: number, len: number): Uint8Array {
+    for (const r of this.regions) {
+      if (gpa >= r.guestPhysAddr && gpa + len <= r.guestPhysAddr + r.size && len >= 0) {
+        const off = gpa - r.guestPhysAddr;
+        return r.bytes.subarray(off, off + len);
+      }
+    }
+    throw new VirtioError(`guest address 0x${gpa.toString(16)}+${len} is outside guest memory`);
+  }
+
+  /** A view of VMM-virtual [va, va + len) (ring addresses come in these). */
+  sliceVa(va: number, len: number): Uint8Array {
+    for (const r of this.regions) {
+      if (va >= r.userAddr && va + len <= r.userAddr + r.size && len >= 0) {
+        const off = va - r.userAddr;
+        return r.bytes.subarray(off, off + len);
+      }
+    }
+    throw new VirtioError(`VMM address 0x${va.toString(16)}+${len} is outside guest memory`);
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * A split virtqueue, device side (virtio 1.x, 2.7). Ring indices shared with the driver
+ * are read and written with Atomics (sequentially consistent: they order the element
+ * writes before the index publish, as the spec requires). Descriptor chains are walked with
+ * every address and length checked, at most `num` steps (or the indirect table's size), and
+ * indirect tables may not nest.
+ */
+import { type GuestMemory, VirtioError } from './guest-memory.js';
+
+const VIRTQ_DESC_F_NEXT = 1;
+const VIRTQ_DESC_F_WRITE = 2;
+const VIRTQ_DESC_F_INDIRECT = 4;
+/** A request or reply larger than this is refused (FUSE needs ~1 MiB + headers). */
+const MAX_CHAIN_BYTES = 32 * 1024 * 1024;
+
+export interface Chain {
+  head: number;
+  readable: Uint8Array[];
+  writable: Uint8Array[];
+}
+
+export interface RingAddrs {
+  desc: Uint8Array;
+  avail: Uint8Array;
+  used: Uint8Array;
+}
+
+export class Virtqueue {
+  lastAvail = 0;
+  usedIdx = 0;
+  private readonly descDv: DataView;
+  private readonly avail16: Uint16Array;
+  private readonly usedDv: DataView;
+  private readonly used16: Uint16Array;
+  private readonly used32: Uint32Array;
+  /** The driver's index at our last notification decision (event-idx). */
+  private signalledUsed = 0;
+  private signalledValid = false;
+
+  constructor(
+    private readonly mem: GuestMemory,
+    readonly num: number,
+    rings: RingAddrs,
+    private readonly opts: { eventIdx: boolean; indirect: boolean },
+  ) {
+    if (num === 0 || num > 32768 || (num & (num - 1)) !== 0) throw new VirtioError(`bad queue size ${num}`);
+    if (rings.desc.length < 16 * num || rings.avail.length < 6 + 2 * num || rings.used.length < 6 + 8 * num) throw new VirtioError('rings too small');
+    if (rings.avail.byteOffset % 2 || rings.used.byteOffset % 4 || rings.desc.byteOffset % 16) throw new VirtioError('misaligned rings');
+    this.descDv = new DataView(rings.desc.buffer, rings.desc.byteOffset, 16 * num);
+    this.avail16 = new Uint16Array(rings.avail.buffer, rings.avail.byteOffset, 3 + num);
+    this.usedDv = new DataView(rings.used.buffer, rings.used.byteOffset, 6 + 8 * num);
+    this.used16 = new Uint16Array(rings.used.buffer, rings.used.byteOffset, 2);
+    this.used32 = new Uint32Array(rings.used.buffer, rings.used.byteOffset + 4, 2 * num);
+    void this.usedDv;
+  }
+
+  /** Starts from the indices the VMM handed over (SET_VRING_BASE). */
+  setBase(lastAvail: number): void {
+    this.lastAvail = lastAvail & 0xffff;
+    this.usedIdx = Atomics.load(this.used16, 1);
+    this.signalledValid = false;
+  }
+
+  hasWork(): boolean {
+    return Atomics.load(this.avail16, 1) !== this.lastAvail;
+  }
+
+  /** Takes the next available chain, or null. Throws VirtioError for a broken ring. */
+  pop(): Chain | null {
+    const availIdx = Atomics.load(this.avail16, 1);
+    if (availIdx === this.lastAvail) return null;
+    if (((availIdx - this.lastAvail) & 0xffff) > this.num) throw new VirtioError(`avail index jumped by more than the queue size`);
+    const head = Atomics.load(this.avail16, 2 + (this.lastAvail % this.num));
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    if (head >= this.num) throw new ChainError(head, `head ${head} out of range`);
+    return this.walk(head);
+  }
+
+  private walk(head: number): Chain {
+    const chain: Chain = { head, readable: [], writable: [] };
+    let total = 0;
+    let dv = this.descDv;
+    let size = this.num;
+    let i = head;
+    let indirect = false;
+    for (let steps = 0; ; steps++) {
+      if (steps >= size) throw new ChainError(head, 'descriptor chain loops or is too long');
+      if (i >= size) throw new ChainError(head, `descriptor index ${i} out of range`);
+      const at = i * 16;
+      const addr = Number(dv.getBigUint64(at, true));
+      const len = dv.getUint32(at + 8, true);
+      const flags = dv.getUint16(at + 12, true);
+      const next = dv.getUint16(at + 14, true);
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.opts.indirect) throw new ChainError(head, 'indirect descriptor not negotiated');
+        if (indirect) throw new ChainError(head, 'indirect table inside an indirect table');
+        if (flags & VIRTQ_DESC_F_NEXT) throw new ChainError(head, 'indirect descriptor with NEXT');
+        if (len === 0 || len % 16) throw new ChainError(head, `indirect table length ${len}`);
+        const table = this.mem.slice(addr, len);
+        dv = new DataView(table.buffer, table.byteOffset, len);
+        size = len / 16;
+        indirect = true;
+        i = 0;
+        steps = -1;
+        continue;
+      }
+      total += len;
+      if (total > MAX_CHAIN_BYTES) throw new ChainError(head, 'chain larger than 32 MiB');
+      let buf: Uint8Array;
+      try {
+        buf = this.mem.slice(addr, len);
+      } catch (err) {
+        throw new ChainError(head, (err as Error).message);
+      }
+      if (flags & VIRTQ_DESC_F_WRITE) chain.writable.push(buf);
+      else if (chain.writable.length) throw new ChainError(head, 'readable descriptor after a writable one');
+      else chain.readable.push(buf);
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
+      i = next;
+    }
+  }
+
+  /** Returns a chain to the driver with `len` bytes written. */
+  push(head: number, len: number): void {
+    const slot = this.usedIdx % this.num;
+    this.used32[slot * 2] = head;
+    this.used32[slot * 2 + 1] = len;
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    Atomics.store(this.used16, 1, this.usedIdx); // publishes the element written above
+  }
+
+  /** Event-idx: asks the driver to kick when it makes `lastAvail` available. */
+  armKick(): void {
+    if (this.opts.eventIdx) {
+      const ring = new Uint16Array(this.used16.buffer, this.used16.byteOffset + 4 + 8 * this.num, 1);
+      Atomics.store(ring, 0, this.lastAvail);
+    }
+  }
+
+  /** Whether the driver wants an interrupt for what was pushed since the last call. */
+  shouldNotify(): boolean {
+    if (!this.opts.eventIdx) {
+      return (Atomics.load(this.avail16, 0) & 1) === 0; // VIRTQ_AVAIL_F_NO_INTERRUPT
+    }
+    const usedEvent = Atomics.load(this.avail16, 2 + this.num);
+    const newIdx = this.usedIdx;
+    const old = this.signalledValid ? this.signalledUsed : (newIdx - 1) & 0xffff;
+    this.signalledUsed = newIdx;
+    this.signalledValid = true;
+    // vring_need_event: notify if used_event lies in (old, new].
+    return ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - old) & 0xffff);
+  }
+}
+
+/** A chain that cannot be served; the queue itself is still usable. */
+export class ChainError extends VirtioError {
+  constructor(
+    readonly head: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
