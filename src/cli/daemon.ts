@@ -2,6 +2,7 @@
 import { createBackend } from '../backends/registry.js';
 import type { DeviceConfig } from '../config/schema.js';
 import { DevFuseDevice } from '../devices/devfuse/device.js';
+import { VhostUserFsDevice } from '../devices/vhost-user/device.js';
 import type { Logger } from '../util/log.js';
 
 export interface RunningDevice {
@@ -29,6 +30,20 @@ export async function startDevice(cfg: DeviceConfig, log: Logger): Promise<Runni
       });
       await dev.start();
       return { name: cfg.name, stop: () => dev.stop(), ended: dev.ended };
+    }
+    case 'vhost-user': {
+      const dev = new VhostUserFsDevice({
+        socketPath: cfg.socket,
+        fs,
+        requestQueues: cfg.queues,
+        log: log.child({ name: cfg.name }),
+        trace: cfg.trace,
+      });
+      dev.start();
+      // A vhost-user device serves VMM after VMM: it ends only when stopped.
+      let ended!: () => void;
+      const done = new Promise<void>((r) => (ended = r));
+      return { name: cfg.name, stop: () => dev.stop().then(ended), ended: done };
     }
   }
 }

@@ -47,6 +47,29 @@ interface MountOpts {
   debug: boolean;
 }
 
+function backendConfig(o: MountOpts): object {
+  return o.backend === 'memory'
+    ? { type: 'memory', capacity: o.capacity }
+    : {
+        type: 'passthrough',
+        root: o.source ? resolve(o.source) : undefined,
+        cache: o.cache,
+        writeback: o.writeback,
+        direct_io: o.directIo,
+        xattr: o.xattr,
+        read_only: o.readOnly,
+        uid_map: o.uidMap,
+        gid_map: o.gidMap,
+        max_fds: o.maxFds,
+      };
+}
+
+function validDevice(device: object): DeviceConfig {
+  const r = ConfigSchema.safeParse({ device: [device] });
+  if (!r.success) throw new ConfigError(r.error.issues.map((i) => `${i.path.slice(2).join('.')}: ${i.message}`).join('\n'));
+  return r.data.device[0]!;
+}
+
 function mountDevice(mountPoint: string, o: MountOpts): DeviceConfig {
   const raw = {
     device: [
@@ -61,58 +84,60 @@ function mountDevice(mountPoint: string, o: MountOpts): DeviceConfig {
         default_permissions: o.defaultPermissions,
         read_only: o.readOnly,
         trace: o.debug,
-        backend:
-          o.backend === 'memory'
-            ? { type: 'memory', capacity: o.capacity }
-            : {
-                type: 'passthrough',
-                root: o.source ? resolve(o.source) : undefined,
-                cache: o.cache,
-                writeback: o.writeback,
-                direct_io: o.directIo,
-                xattr: o.xattr,
-                read_only: o.readOnly,
-                uid_map: o.uidMap,
-                gid_map: o.gidMap,
-                max_fds: o.maxFds,
-              },
+        backend: backendConfig(o),
       },
     ],
   };
-  const r = ConfigSchema.safeParse(raw);
-  if (!r.success) throw new ConfigError(r.error.issues.map((i) => `${i.path.slice(2).join('.')}: ${i.message}`).join('\n'));
-  return r.data.device[0]!;
+  return validDevice(raw.device[0]!);
 }
 
 const program = new Command();
 program.name('dpfs').description('File-system virtualization: serve FUSE and virtio-fs devices from TypeScript backends').version('0.1.0');
 
-program
-  .command('mount')
-  .description('mount one backend at a directory through /dev/fuse and serve it until interrupted')
-  .argument('<mountpoint>', 'directory to mount on')
-  .addOption(new Option('-b, --backend <type>', 'backend').choices([...BACKEND_TYPES]).default('memory'))
-  .addOption(new Option('--io <mode>', 'read requests on the event loop (poll) or on blocking reader threads').choices(['poll', 'threads']).default('poll'))
-  .option('-r, --readers <n>', 'reader threads in --io threads mode', intArg, 4)
-  .option('--max-write <size>', 'largest write request', sizeArg, 1024 * 1024)
-  .option('--capacity <size>', 'memory backend capacity', sizeArg, 16 * 1024 ** 3)
-  .option('-s, --source <dir>', 'passthrough: the directory to serve')
-  .addOption(new Option('--cache <mode>', 'passthrough: kernel caching').choices(['never', 'metadata', 'auto', 'always']).default('auto'))
-  .option('--writeback', 'passthrough: kernel write-back caching', false)
-  .option('--direct-io', 'passthrough: bypass the kernel page cache', false)
-  .option('--no-xattr', 'passthrough: no extended attributes')
-  .option('--uid-map <map>', 'passthrough: tenant:host:count[,...] uid ranges', '')
-  .option('--gid-map <map>', 'passthrough: tenant:host:count[,...] gid ranges', '')
-  .option('--max-fds <n>', 'passthrough: bound on cached O_PATH descriptors', intArg, 4096)
-  .option('--default-permissions', 'let the kernel check mode bits as well')
-  .option('--no-default-permissions', 'let the backend alone check permissions')
-  .option('--no-allow-other', 'only the mounting user may access the mount')
-  .option('--read-only', 'mount read-only', false)
-  .option('-d, --debug', 'log every request and reply', false)
-  .action(async (mountPoint: string, o: MountOpts) => {
-    const log = createLogger(o.debug ? 'debug' : undefined);
-    await runDevices([mountDevice(mountPoint, o)], log);
-  });
+/** Backend options shared by the commands that serve one device. */
+function backendOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('-b, --backend <type>', 'backend').choices([...BACKEND_TYPES]).default('memory'))
+    .option('--capacity <size>', 'memory backend capacity', sizeArg, 16 * 1024 ** 3)
+    .option('-s, --source <dir>', 'passthrough: the directory to serve')
+    .addOption(new Option('--cache <mode>', 'passthrough: kernel caching').choices(['never', 'metadata', 'auto', 'always']).default('auto'))
+    .option('--writeback', 'passthrough: kernel write-back caching', false)
+    .option('--direct-io', 'passthrough: bypass the kernel page cache', false)
+    .option('--no-xattr', 'passthrough: no extended attributes')
+    .option('--uid-map <map>', 'passthrough: tenant:host:count[,...] uid ranges', '')
+    .option('--gid-map <map>', 'passthrough: tenant:host:count[,...] gid ranges', '')
+    .option('--max-fds <n>', 'passthrough: bound on cached O_PATH descriptors', intArg, 4096)
+    .option('--read-only', 'export read-only', false)
+    .option('-d, --debug', 'log every request and reply', false);
+}
+
+backendOptions(
+  program
+    .command('mount')
+    .description('mount one backend at a directory through /dev/fuse and serve it until interrupted')
+    .argument('<mountpoint>', 'directory to mount on')
+    .addOption(new Option('--io <mode>', 'read requests on the event loop (poll) or on blocking reader threads').choices(['poll', 'threads']).default('poll'))
+    .option('-r, --readers <n>', 'reader threads in --io threads mode', intArg, 4)
+    .option('--max-write <size>', 'largest write request', sizeArg, 1024 * 1024)
+    .option('--default-permissions', 'let the kernel check mode bits as well')
+    .option('--no-default-permissions', 'let the backend alone check permissions')
+    .option('--no-allow-other', 'only the mounting user may access the mount'),
+).action(async (mountPoint: string, o: MountOpts) => {
+  const log = createLogger(o.debug ? 'debug' : undefined);
+  await runDevices([mountDevice(mountPoint, o)], log);
+});
+
+backendOptions(
+  program
+    .command('vhost-user')
+    .description('serve one backend as a virtio-fs device on a vhost-user socket (QEMU: -device vhost-user-fs-pci)')
+    .argument('<socket>', 'unix socket path for the VMM')
+    .option('-q, --queues <n>', 'request queues (QEMU num-request-queues)', intArg, 1),
+).action(async (socket: string, o: MountOpts & { queues: number }) => {
+  const log = createLogger(o.debug ? 'debug' : undefined);
+  const device = validDevice({ name: 'cli', transport: 'vhost-user', socket: resolve(socket), queues: o.queues, trace: o.debug, backend: backendConfig(o) });
+  await runDevices([device], log);
+});
 
 program
   .command('run')

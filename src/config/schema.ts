@@ -68,7 +68,22 @@ export const FuseDeviceSchema = z
   })
   .strict();
 
-export const DeviceSchema = z.discriminatedUnion('transport', [FuseDeviceSchema]);
+export const VhostUserDeviceSchema = z
+  .object({
+    name: z.string().min(1),
+    transport: z.literal('vhost-user'),
+    /** The unix socket QEMU's vhost-user-fs-pci connects to (its chardev path). */
+    socket: z.string().startsWith('/', { message: 'must be an absolute path' }),
+    /** The mount tag, as given to the VMM (listed for operators; the VMM announces it). */
+    tag: z.string().min(1).max(36).optional(),
+    /** Request queues offered (QEMU's num-request-queues may not exceed it). */
+    queues: z.number().int().min(1).max(64).default(1),
+    trace: z.boolean().default(false),
+    backend: BackendSchema,
+  })
+  .strict();
+
+export const DeviceSchema = z.discriminatedUnion('transport', [FuseDeviceSchema, VhostUserDeviceSchema]);
 
 export const ConfigSchema = z
   .object({
@@ -84,8 +99,9 @@ export const ConfigSchema = z
     cfg.device.forEach((d, i) => {
       if (seen.has(d.name)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['device', i, 'name'], message: `duplicate device name "${d.name}"` });
       seen.set(d.name, i);
-      const mp = cfg.device.findIndex((o, j) => j < i && o.mount_point === d.mount_point);
-      if (mp >= 0) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['device', i, 'mount_point'], message: `also used by device[${mp}]` });
+      const where = (o: (typeof cfg.device)[number]) => (o.transport === 'fuse' ? o.mount_point : o.socket);
+      const mp = cfg.device.findIndex((o, j) => j < i && where(o) === where(d));
+      if (mp >= 0) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['device', i, d.transport === 'fuse' ? 'mount_point' : 'socket'], message: `also used by device[${mp}]` });
     });
   });
 

@@ -127,7 +127,9 @@ export class PassthroughFs implements FileSystem {
     }
   }
 
+  /** Opens the export; once only, though each new FUSE session (a rebooted guest) calls it. */
   async init(): Promise<void> {
+    if (this.table.size > 0) return;
     // The tenant's kernel applied the caller's umask already; ours must not apply again.
     process.umask(0);
     const root = await sys.lookup(null, AT_FDCWD, this.opts.root, O_DIRECTORY);
