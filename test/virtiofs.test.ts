@@ -97,9 +97,11 @@ test('a guest mounts the memory backend over virtio-fs and runs the workload', {
 test('a guest mounts the passthrough backend; the host sees what it wrote', { skip, timeout: 300000 }, async () => {
   const src = mkdtempSync(join(tmpdir(), 'dpfs-vsrc-'));
   try {
-    await withDevice(new PassthroughFs({ root: src }), async (socket) => {
+    await withDevice(new PassthroughFs({ root: src }), async (socket, dev) => {
       const r = await runGuest({ socket, tag: 'dpfs', workload: WORKLOAD, timeoutMs: 240000, cpus: 2, requestQueues: 1 });
       const c = assertWorkload(r.output);
+      // Reading the 64 MiB file (checksums, cp) went from the host file into guest pages directly.
+      assert.ok(dev.zeroCopyBytes >= 64 * 1024 * 1024, `zero-copy READ bytes: ${dev.zeroCopyBytes}`);
       const hostSum = createHash('sha256').update(readFileSync(join(src, 'big'))).digest('hex');
       assert.equal(hostSum, c.get('big'), 'the host file has the guest checksum');
       assert.equal(statSync(join(src, 'hard')).nlink, 2);

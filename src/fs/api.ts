@@ -234,6 +234,11 @@ export interface FileSystem {
   /** openFlags: FUSE_OPEN_KILL_SUIDGID when O_TRUNC must also clear setuid/setgid. */
   open?(ctx: Ctx, ino: number, flags: number, openFlags?: number): R<Opened>;
   read?(ctx: Ctx, ino: number, fh: number, offset: number, size: number, info: ReadInfo): R<Uint8Array>;
+  /**
+   * Optional zero-copy READ: fill `dest` (in order; their total is the requested size) and
+   * return the bytes read. Transports that can (virtio-fs: guest memory) use it instead of read.
+   */
+  readInto?(ctx: Ctx, ino: number, fh: number, offset: number, dest: Uint8Array[], info: ReadInfo): R<number>;
   /** Returns the number of bytes written. */
   write?(ctx: Ctx, ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): R<number>;
   statfs?(ctx: Ctx, ino: number): R<StatFs>;

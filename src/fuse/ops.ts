@@ -18,7 +18,7 @@ import {
   writeStatfsOut,
   writeStatxOut,
 } from './reply-codec.js';
-import type { Session } from './session.js';
+import type { ReplyTarget, Session } from './session.js';
 import { Writer } from './wire.js';
 
 export interface OpContext {
@@ -28,6 +28,19 @@ export interface OpContext {
   info: InitInfo;
   ctx: RequestContext;
   session: Session;
+  /** Where READ data may be written in place, when the transport offers it. */
+  target?: ReplyTarget;
+}
+
+/** The first `size` bytes of a list of buffers. */
+function limit(bufs: Uint8Array[], size: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of bufs) {
+    if (size <= 0) break;
+    out.push(b.length > size ? b.subarray(0, size) : b);
+    size -= b.length;
+  }
+  return out;
 }
 
 /** Largest READ/READDIR/GETXATTR size honoured; the kernel never asks for more than max_pages. */
@@ -111,7 +124,7 @@ class WireDirSink implements DirSink {
   }
 }
 
-export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | void> {
+export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | { placed: number } | void> {
   const { fs, ctx, args: a, header: h } = o;
   const ino = h.nodeid;
   switch (op) {
@@ -174,7 +187,15 @@ export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | vo
       const size = a.size as number;
       checkSize(size);
       const lockOwner = (a.read_flags as number) & O.FUSE_READ_LOCKOWNER ? (a.lock_owner as bigint) : undefined;
-      const data = await method(fs, 'read')(ctx, ino, a.fh as number, a.offset as number, size, { flags: a.flags as number, lockOwner });
+      const info = { flags: a.flags as number, lockOwner };
+      if (o.target && fs.readInto) {
+        // Straight into the transport's buffers (guest memory): no copy on our side.
+        const dest = limit(o.target.payload, size);
+        let room = 0;
+        for (const d of dest) room += d.length;
+        if (room >= size) return { placed: Math.min(size, await fs.readInto(ctx, ino, a.fh as number, a.offset as number, dest, info)) };
+      }
+      const data = await method(fs, 'read')(ctx, ino, a.fh as number, a.offset as number, size, info);
       return [data.length > size ? data.subarray(0, size) : data];
     }
     case Opcode.FUSE_WRITE: {

@@ -14,8 +14,21 @@ import { runOp, type OpContext } from './ops.js';
 import { Reader, WireError, Writer } from './wire.js';
 import { wantedFlags } from './capabilities.js';
 
-/** Sends one reply (or notification) as a single message: the chunks are written together. */
-export type SendFn = (chunks: Uint8Array[]) => void;
+/**
+ * Sends one reply (or notification) as a single message: the chunks are written together.
+ * `placed` counts payload bytes a backend already wrote into the request's ReplyTarget;
+ * they follow the chunks.
+ */
+export type SendFn = (chunks: Uint8Array[], placed?: number) => void;
+
+/**
+ * Where a transport lets reply data be written in place (virtio-fs: the guest's writable
+ * buffers, after the 16-byte out header), so READ data can go straight from the backend
+ * into guest memory.
+ */
+export interface ReplyTarget {
+  payload: Uint8Array[];
+}
 
 export interface TransportInfo {
   /** For logs: "devfuse", "virtio-fs". */
@@ -98,7 +111,7 @@ export class Session {
    * Handles one request buffer. `send` is called at most once, with the full reply.
    * Never throws; never rejects.
    */
-  handle(buf: Uint8Array, send: SendFn): void {
+  handle(buf: Uint8Array, send: SendFn, target?: ReplyTarget): void {
     this.stats.requests++;
     let h: InHeader;
     try {
@@ -109,7 +122,7 @@ export class Session {
     }
     const reply = this.replier(h, send);
     try {
-      this.route(h, buf, reply);
+      this.route(h, buf, reply, target);
     } catch (err) {
       // Decoding errors land here; anything a backend throws is caught in runRequest.
       if (err instanceof WireError) {
@@ -143,13 +156,13 @@ export class Session {
 
   private replier(h: InHeader, send: SendFn): Reply {
     let done = false;
-    const finish = (error: number, body: Uint8Array[]) => {
+    const finish = (error: number, body: Uint8Array[], placed = 0) => {
       if (done) {
         this.log.error({ op: opcodeName(h.opcode), unique: h.unique }, 'second reply to one request suppressed');
         return;
       }
       done = true;
-      let len = SIZE.out_header;
+      let len = SIZE.out_header + placed;
       for (const b of body) len += b.length;
       const w = new Writer(SIZE.out_header);
       writeOutHeader(w, len, error ? -error : 0, h.unique);
@@ -160,10 +173,10 @@ export class Session {
         );
       }
       if (error) this.stats.errors++;
-      this.safeSend(send, [w.finish(), ...body]);
+      this.safeSend(send, [w.finish(), ...body], placed);
     };
     return {
-      ok: (body = []) => finish(0, body),
+      ok: (body = [], placed = 0) => finish(0, body, placed),
       error: (errno) => finish(errno > 0 && errno < 4096 ? errno : Errno.EIO, []),
       get done() {
         return done;
@@ -171,9 +184,9 @@ export class Session {
     };
   }
 
-  private safeSend(send: SendFn, chunks: Uint8Array[]): void {
+  private safeSend(send: SendFn, chunks: Uint8Array[], placed = 0): void {
     try {
-      send(chunks);
+      send(chunks, placed);
     } catch (err) {
       const errno = errnoOf(err);
       // ENOENT: the kernel already dropped the request (interrupted); nothing to do.
@@ -181,7 +194,7 @@ export class Session {
     }
   }
 
-  private route(h: InHeader, buf: Uint8Array, reply: Reply): void {
+  private route(h: InHeader, buf: Uint8Array, reply: Reply, target?: ReplyTarget): void {
     const op = h.opcode;
     if (op === FUSE_INIT_BSWAP_RESERVED || op === CUSE_INIT_BSWAP_RESERVED) {
       this.break('peer speaks big-endian FUSE; dpfs supports little-endian peers only');
@@ -229,10 +242,10 @@ export class Session {
       void this.runDestroy(reply);
       return;
     }
-    void this.runRequest(h, op, args, ext.groups ?? [], reply);
+    void this.runRequest(h, op, args, ext.groups ?? [], reply, target);
   }
 
-  private async runRequest(h: InHeader, op: Opcode, args: Record<string, unknown>, groups: number[], reply: Reply): Promise<void> {
+  private async runRequest(h: InHeader, op: Opcode, args: Record<string, unknown>, groups: number[], reply: Reply, target?: ReplyTarget): Promise<void> {
     const intr = new Interruptible();
     const tracked = needsReply(op);
     if (tracked) this.inflight.set(h.unique, intr);
@@ -259,10 +272,14 @@ export class Session {
         umask: typeof args.umask === 'number' ? args.umask : 0,
       },
       session: this,
+      target,
     };
     try {
       const body = await runOp(op, octx);
-      if (tracked) reply.ok(body ?? []);
+      if (tracked) {
+        if (body && 'placed' in body) reply.ok([], body.placed);
+        else reply.ok(body ?? []);
+      }
     } catch (err) {
       if (!tracked) {
         this.log.warn({ op: opcodeName(op), err: (err as Error)?.message }, 'request without reply failed');
@@ -450,7 +467,7 @@ class Interruptible {
 }
 
 export interface Reply {
-  ok(body?: Uint8Array[]): void;
+  ok(body?: Uint8Array[], placed?: number): void;
   error(errno: number): void;
   readonly done: boolean;
 }

@@ -6,7 +6,7 @@
  * swapped in. Every call runs off the event loop with the caller's fsuid/fsgid/groups,
  * so the host kernel checks permissions and assigns ownership exactly as for that user.
  */
-import { read as fsRead, write as fsWrite } from 'node:fs';
+import { read as fsRead, readv as fsReadv, write as fsWrite } from 'node:fs';
 import type {
   Attr,
   AttrReply,
@@ -349,6 +349,12 @@ export class PassthroughFs implements FileSystem {
     const buf = Buffer.allocUnsafe(size);
     const n = await preadFd(h.fd, buf, offset);
     return buf.subarray(0, n);
+  }
+
+  /** preadv straight into the destination (guest memory over virtio-fs). */
+  readInto(_ctx: RequestContext, _ino: number, fh: number, offset: number, dest: Uint8Array[], _info: ReadInfo): Promise<number> {
+    const h = this.handle(fh);
+    return new Promise((resolve, reject) => fsReadv(h.fd, dest, offset, (err, n) => (err ? reject(err) : resolve(n))));
   }
 
   async write(ctx: RequestContext, _ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): Promise<number> {

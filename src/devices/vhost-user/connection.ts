@@ -27,8 +27,11 @@ import { ChainError, type Chain, Virtqueue } from './virtqueue.js';
 
 /** What a connection asks of the device that owns it. */
 export interface RequestSink {
-  /** Handles one FUSE request; `reply` is called at most once with the reply bytes. */
-  handle(request: Buffer, reply: (chunks: Uint8Array[]) => void): void;
+  /**
+   * Handles one FUSE request; `reply` is called at most once with the reply bytes, of which
+   * `placed` payload bytes were already written into `target` (the guest's buffers).
+   */
+  handle(request: Buffer, reply: (chunks: Uint8Array[], placed?: number) => void, target?: { payload: Uint8Array[] }): void;
 }
 
 interface Vring {
@@ -61,7 +64,7 @@ export class VhostUserConnection {
   private closed = false;
   private endResolve!: () => void;
   readonly ended = new Promise<void>((r) => (this.endResolve = r));
-  readonly stats = { requests: 0, badChains: 0 };
+  readonly stats = { requests: 0, badChains: 0, zeroCopyBytes: 0 };
 
   constructor(
     private readonly fd: number,
@@ -405,7 +408,17 @@ export class VhostUserConnection {
       vq.push(chain.head, len);
       this.scheduleNotify(index);
     };
-    this.sink.handle(request, (chunks) => complete(scatter(chunks, chain.writable)));
+    // Reply payload may be written in place after the out header (zero-copy READ).
+    const first = chain.writable[0];
+    const target = first && first.length >= 16 ? { payload: [first.subarray(16), ...chain.writable.slice(1)].filter((b) => b.length > 0) } : undefined;
+    this.sink.handle(
+      request,
+      (chunks, placed = 0) => {
+        this.stats.zeroCopyBytes += placed;
+        complete(scatter(chunks, chain.writable) + placed);
+      },
+      target,
+    );
     // Requests that get no reply (FORGET, BATCH_FORGET) still return their chain.
     const op = request.length >= 8 ? request.readUInt32LE(4) : 0;
     if (!done && (op === Opcode.FUSE_FORGET || op === Opcode.FUSE_BATCH_FORGET || request.length < 16)) complete(0);

@@ -29,6 +29,11 @@ export class VhostUserFsDevice implements RequestSink {
   private readonly log: Logger;
   private stopped = false;
   connections = 0;
+  /** READ payload bytes written straight into guest memory, over all connections. */
+  get zeroCopyBytes(): number {
+    return this.pastZeroCopy + (this.connection?.stats.zeroCopyBytes ?? 0);
+  }
+  private pastZeroCopy = 0;
 
   constructor(readonly options: VhostUserFsOptions) {
     this.log = (options.log ?? silentLogger).child({ device: 'vhost-user-fs', socket: options.socketPath });
@@ -63,19 +68,20 @@ export class VhostUserFsDevice implements RequestSink {
       this.connection = conn;
       this.log.info({}, 'VMM connected');
       void conn.ended.then(() => {
+        this.pastZeroCopy += conn.stats.zeroCopyBytes;
         if (this.connection === conn) this.connection = undefined;
         this.log.info({}, 'VMM disconnected');
       });
     }
   }
 
-  handle(request: Buffer, reply: (chunks: Uint8Array[]) => void): void {
+  handle(request: Buffer, reply: (chunks: Uint8Array[], placed?: number) => void, target?: { payload: Uint8Array[] }): void {
     // A guest that boots again starts a new FUSE session on the same device.
     if (request.length >= 8 && request.readUInt32LE(4) === Opcode.FUSE_INIT && this.session.state !== 'awaiting-init') {
       this.log.info({}, 'new FUSE session (guest re-initialised)');
       this.session = this.newSession();
     }
-    this.session.handle(request, reply);
+    this.session.handle(request, reply, target);
   }
 
   async stop(): Promise<void> {
