@@ -128,6 +128,7 @@ test('passthrough: serves far more inodes than the descriptor limit with bounded
 test('passthrough: escapes through symlinks, "..", /proc reopen and renames all fail', async () => {
   const outside = mkdtempSync(join(tmpdir(), 'dpfs-outside-'));
   const src = mkdtempSync(join(tmpdir(), 'dpfs-src-'));
+  const umask = process.umask(); // the backend zeroes the process umask, as a daemon must
   try {
     writeFileSync(join(outside, 'secret'), 'TOP SECRET');
     mkdirSync(join(outside, 'dir'));
@@ -169,6 +170,7 @@ test('passthrough: escapes through symlinks, "..", /proc reopen and renames all 
     assert.equal(readFileSync(join(outside, 'secret'), 'utf8'), 'TOP SECRET');
     assert.deepEqual(readdirSync(join(outside, 'dir')), [], 'nothing was created outside');
   } finally {
+    process.umask(umask);
     rmSync(outside, { recursive: true, force: true });
     rmSync(src, { recursive: true, force: true });
   }
@@ -178,24 +180,31 @@ test('passthrough: a directory swapped for a symlink mid-operation never leads o
   const outside = mkdtempSync(join(tmpdir(), 'dpfs-outside-'));
   try {
     await withPassthrough(async (dir, src) => {
-      // One process flips src/d between a real directory and a symlink to the outside,
-      // on the host and through the mount; the others keep creating and writing through it.
+      // One process flips src/d between a real directory and a symlink to the outside, on
+      // the host and through the mount; the tenant keeps creating and writing through d.
+      // The tenant runs in its own mount namespace where the outside directory is an empty
+      // tmpfs: when its kernel follows the symlink itself, it lands there (as a VM's kernel
+      // would land in its own tree). Only the daemon could put files in the real one.
       const out = await sh(
         `
-        cd "${dir}" && mkdir real
+        cd "${dir}" && mkdir real && ln -s "${outside}" "${src}/planted"
         ( end=$((SECONDS + 6)); while [ $SECONDS -lt $end ]; do
-            mv -T real d 2>/dev/null; mv -T d real 2>/dev/null
-            ln -sfn "${outside}" "${src}/d" 2>/dev/null; rm -f "${src}/d"
+            mv -T real d 2>/dev/null; sleep 0.02; mv -T d real 2>/dev/null
+            ln -sfn "${outside}" "${src}/d" 2>/dev/null; sleep 0.02; rm -f "${src}/d"
           done ) &
-        ( end=$((SECONDS + 6)); i=0; while [ $SECONDS -lt $end ]; do
+        unshare -m --propagation private sh -c '
+          mount -t tmpfs tenant-view "${outside}" || exit 1
+          cd "${dir}"; echo x > planted/f0; mkdir planted/m0; ln planted/f0 planted/l0; : > planted/f0
+          end=$(($(date +%s) + 6)); i=0
+          while [ $(date +%s) -lt $end ]; do
             i=$((i + 1)); echo x > "d/f$i" 2>/dev/null; mkdir "d/m$i" 2>/dev/null; : > d/t 2>/dev/null; ln d/t "d/l$i" 2>/dev/null
-          done ) &
+          done; true' &
         wait; echo done
         `,
         { timeout: 60000 },
       );
       assert.equal(out.trim(), 'done');
-    });
+    }, ['--cache', 'never']); // no cached names: every walk through d asks the daemon
     // Any file the tenant made "through d" while d pointed outside must not exist outside.
     assert.deepEqual(readdirSync(outside), [], 'nothing escaped');
   } finally {

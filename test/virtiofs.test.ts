@@ -96,6 +96,7 @@ test('a guest mounts the memory backend over virtio-fs and runs the workload', {
 
 test('a guest mounts the passthrough backend; the host sees what it wrote', { skip, timeout: 300000 }, async () => {
   const src = mkdtempSync(join(tmpdir(), 'dpfs-vsrc-'));
+  const umask = process.umask(); // the backend zeroes the process umask, as a daemon must
   try {
     await withDevice(new PassthroughFs({ root: src }), async (socket, dev) => {
       const r = await runGuest({ socket, tag: 'dpfs', workload: WORKLOAD, timeoutMs: 240000, cpus: 2, requestQueues: 1 });
@@ -109,6 +110,7 @@ test('a guest mounts the passthrough backend; the host sees what it wrote', { sk
       assert.equal(existsSync(join(src, 'big.copy')), false);
     });
   } finally {
+    process.umask(umask);
     rmSync(src, { recursive: true, force: true });
   }
 });
