@@ -16,7 +16,7 @@ import { PassthroughFs } from '../src/backends/passthrough/passthrough-fs.js';
 import { VhostUserFsDevice } from '../src/devices/vhost-user/device.js';
 import { Req, encodeRequest, u64Payload } from '../src/devices/vhost-user/protocol.js';
 import type { FileSystem } from '../src/fs/api.js';
-import { guestToolsAvailable, runGuest } from './helpers/guest.js';
+import { findKernel, guestToolsAvailable, runGuest } from './helpers/guest.js';
 
 const skip = guestToolsAvailable() ? false : 'needs qemu-system-x86, linux-image-amd64, busybox-static and cpio';
 const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
@@ -68,10 +68,10 @@ function assertWorkload(output: string): Map<string, string> {
   return c;
 }
 
-async function withDevice(fs: FileSystem, fn: (socket: string, dev: VhostUserFsDevice) => Promise<void>): Promise<void> {
+async function withDevice(fs: FileSystem, fn: (socket: string, dev: VhostUserFsDevice) => Promise<void>, requestQueues = 1): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-vhost-'));
   const socket = join(dir, 'vfs.sock');
-  const dev = new VhostUserFsDevice({ socketPath: socket, fs });
+  const dev = new VhostUserFsDevice({ socketPath: socket, fs, requestQueues });
   dev.start();
   try {
     await fn(socket, dev);
@@ -113,6 +113,23 @@ test('a guest mounts the passthrough backend; the host sees what it wrote', { sk
     process.umask(umask);
     rmSync(src, { recursive: true, force: true });
   }
+});
+
+test('a guest with 2 vCPUs and 2 request queues (spread by kernels that do, 6.11+)', { skip, timeout: 300000 }, async () => {
+  await withDevice(
+    new MemoryFs(),
+    async (socket, dev) => {
+      const work = 'for c in 0 1; do taskset -c $c sh -c "i=0; while [ \\$i -lt 200 ]; do echo \\$i > f$c-\\$i; i=\\$((i + 1)); done" & done; wait; echo "CHECK files $(ls | wc -l)"\n';
+      const r = await runGuest({ socket, tag: 'dpfs', workload: work, timeoutMs: 240000, cpus: 2, requestQueues: 2 });
+      assert.equal(checks(r.output).get('files'), '400', r.output.slice(-2000));
+      const [, q1 = 0, q2 = 0] = dev.perQueue;
+      assert.ok(q1 + q2 > 400, `requests per queue: ${dev.perQueue.join(', ')}`);
+      // Older guest drivers (Debian 12's 6.1) send every request on the first request queue.
+      const [major, minor] = (findKernel()!.vmlinuz.match(/vmlinuz-(\d+)\.(\d+)/) ?? []).slice(1).map(Number);
+      if (major! > 6 || (major === 6 && minor! >= 11)) assert.ok(q1 > 50 && q2 > 50, `requests per queue: ${dev.perQueue.join(', ')}`);
+    },
+    2,
+  );
 });
 
 test('the same workload passes against virtiofsd (proves the test)', { skip: skip || (existsSync(VIRTIOFSD) ? false : 'no virtiofsd'), timeout: 300000 }, async () => {

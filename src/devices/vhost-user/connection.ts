@@ -64,7 +64,7 @@ export class VhostUserConnection {
   private closed = false;
   private endResolve!: () => void;
   readonly ended = new Promise<void>((r) => (this.endResolve = r));
-  readonly stats = { requests: 0, badChains: 0, zeroCopyBytes: 0 };
+  readonly stats = { requests: 0, badChains: 0, zeroCopyBytes: 0, perQueue: [] as number[] };
 
   constructor(
     private readonly fd: number,
@@ -398,6 +398,7 @@ export class VhostUserConnection {
 
   private serve(index: number, generation: number, vq: Virtqueue, chain: Chain): void {
     this.stats.requests++;
+    this.stats.perQueue[index] = (this.stats.perQueue[index] ?? 0) + 1;
     const request = Buffer.concat(chain.readable); // a private copy: the guest cannot change it under us
     let done = false;
     const complete = (len: number) => {

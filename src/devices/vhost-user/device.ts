@@ -29,6 +29,8 @@ export class VhostUserFsDevice implements RequestSink {
   private readonly log: Logger;
   private stopped = false;
   connections = 0;
+  /** Requests served per queue (0: hiprio), over all connections. */
+  readonly perQueue: number[] = [];
   /** READ payload bytes written straight into guest memory, over all connections. */
   get zeroCopyBytes(): number {
     return this.pastZeroCopy + (this.connection?.stats.zeroCopyBytes ?? 0);
@@ -69,6 +71,7 @@ export class VhostUserFsDevice implements RequestSink {
       this.log.info({}, 'VMM connected');
       void conn.ended.then(() => {
         this.pastZeroCopy += conn.stats.zeroCopyBytes;
+        conn.stats.perQueue.forEach((n, i) => (this.perQueue[i] = (this.perQueue[i] ?? 0) + n));
         if (this.connection === conn) this.connection = undefined;
         this.log.info({}, 'VMM disconnected');
       });
