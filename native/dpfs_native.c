@@ -20,6 +20,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"recvMsg", NULL, js_recv_msg, NULL, NULL, NULL, napi_default, NULL},
       {"sendMsg", NULL, js_send_msg, NULL, NULL, NULL, napi_default, NULL},
       {"mapShared", NULL, js_map_shared, NULL, NULL, NULL, napi_default, NULL},
+      {"connectUnix", NULL, js_connect_unix, NULL, NULL, NULL, napi_default, NULL},
+      {"memfdCreate", NULL, js_memfd_create, NULL, NULL, NULL, napi_default, NULL},
+      {"eventfd", NULL, js_eventfd, NULL, NULL, NULL, napi_default, NULL},
   };
   fsop_module_init();
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -5,7 +5,10 @@
  *   recvMsg(fd, buf) -> {n, fds} | null
  *                                   one recvmsg: bytes and the descriptors that came with
  *                                   exactly those bytes (null: nothing pending; n 0: closed)
- *   sendMsg(fd, buf) -> n           one sendmsg
+ *   sendMsg(fd, buf, fds?) -> n     one sendmsg, with descriptors (the VMM side, for the
+ *                                   guest-driver harness)
+ *   connectUnix(path) -> fd         a non-blocking connection to a vhost-user socket
+ *   memfdCreate(name, size) -> fd   guest memory to share; eventfd() -> fd  kick/call
  *   mapShared(fd, size, offset) -> ArrayBuffer
  *                                   mmap(MAP_SHARED) of guest memory; unmapped when the
  *                                   ArrayBuffer is garbage-collected, never before
@@ -13,6 +16,7 @@
 #include "common.h"
 
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -105,18 +109,103 @@ napi_value js_recv_msg(napi_env env, napi_callback_info info) {
 }
 
 napi_value js_send_msg(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   int32_t fd;
   void *data;
   size_t len;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_value_int32(env, argv[0], &fd));
   CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
-  ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
-  if (n < 0) return throw_errno(env, errno, "send");
+  int fds[MAX_FDS];
+  uint32_t nfds = 0;
+  if (argc >= 3) {
+    napi_valuetype t;
+    CHECK(napi_typeof(env, argv[2], &t));
+    if (t == napi_object) {
+      CHECK(napi_get_array_length(env, argv[2], &nfds));
+      if (nfds > MAX_FDS) return throw_errno(env, EINVAL, "sendmsg");
+      for (uint32_t i = 0; i < nfds; i++) {
+        napi_value e;
+        CHECK(napi_get_element(env, argv[2], i, &e));
+        CHECK(napi_get_value_int32(env, e, &fds[i]));
+      }
+    }
+  }
+  struct iovec iov = {.iov_base = data, .iov_len = len};
+  char control[CMSG_SPACE(MAX_FDS * sizeof(int))];
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+  }
+  ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  if (n < 0) return throw_errno(env, errno, "sendmsg");
   napi_value v;
   napi_create_int32(env, (int32_t)n, &v);
+  return v;
+}
+
+napi_value js_connect_unix(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = argc == 1 ? get_string(env, argv[0]) : NULL;
+  if (!path) return throw_errno(env, EINVAL, "connectUnix");
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) {
+    free(path);
+    return throw_errno(env, ENAMETOOLONG, "connectUnix");
+  }
+  strcpy(sa.sun_path, path);
+  free(path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket");
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, e, "connect");
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  napi_value v;
+  napi_create_int32(env, fd, &v);
+  return v;
+}
+
+napi_value js_memfd_create(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  double size;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *name = argc == 2 ? get_string(env, argv[0]) : NULL;
+  if (!name || napi_get_value_double(env, argv[1], &size) != napi_ok || size <= 0) {
+    free(name);
+    return throw_errno(env, EINVAL, "memfd_create");
+  }
+  int fd = memfd_create(name, MFD_CLOEXEC);
+  free(name);
+  if (fd < 0) return throw_errno(env, errno, "memfd_create");
+  if (ftruncate(fd, (off_t)size) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, e, "ftruncate");
+  }
+  napi_value v;
+  napi_create_int32(env, fd, &v);
+  return v;
+}
+
+napi_value js_eventfd(napi_env env, napi_callback_info info) {
+  (void)info;
+  int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) return throw_errno(env, errno, "eventfd");
+  napi_value v;
+  napi_create_int32(env, fd, &v);
   return v;
 }
 

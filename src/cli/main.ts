@@ -28,7 +28,7 @@ function sizeArg(v: string): number {
 }
 
 interface MountOpts {
-  backend: 'memory' | 'passthrough';
+  backend: (typeof BACKEND_TYPES)[number];
   source?: string;
   cache: 'never' | 'metadata' | 'auto' | 'always';
   writeback: boolean;
@@ -48,6 +48,7 @@ interface MountOpts {
 }
 
 function backendConfig(o: MountOpts): object {
+  if (o.backend === 'null') return { type: 'null' };
   return o.backend === 'memory'
     ? { type: 'memory', capacity: o.capacity }
     : {

@@ -49,7 +49,10 @@ export const PassthroughBackendSchema = z
   })
   .strict();
 
-export const BackendSchema = z.discriminatedUnion('type', [MemoryBackendSchema, PassthroughBackendSchema]);
+/** Answers without storage: measures the framework's own overhead. */
+export const NullBackendSchema = z.object({ type: z.literal('null') }).strict();
+
+export const BackendSchema = z.discriminatedUnion('type', [MemoryBackendSchema, PassthroughBackendSchema, NullBackendSchema]);
 
 export const FuseDeviceSchema = z
   .object({

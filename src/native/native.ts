@@ -18,7 +18,12 @@ export interface NativeAddon {
   acceptUnix(fd: number): number;
   /** One recvmsg: null when nothing is pending; n 0 when the peer closed. */
   recvMsg(fd: number, buf: Buffer): { n: number; fds: number[]; truncated: boolean } | null;
-  sendMsg(fd: number, buf: Buffer): number;
+  sendMsg(fd: number, buf: Buffer, fds?: number[]): number;
+  /** A connection to a unix socket (made blocking, then switched to non-blocking). */
+  connectUnix(path: string): number;
+  memfdCreate(name: string, size: number): number;
+  /** A non-blocking eventfd. */
+  eventfd(): number;
   /** mmap(MAP_SHARED) of fd; unmapped only when the ArrayBuffer is collected. */
   mapShared(fd: number, size: number, offset: number): ArrayBuffer;
 }

@@ -1,0 +1,303 @@
+/**
+ * A software "guest driver": the VMM and the guest kernel's virtio-fs driver in one, so a
+ * vhost-user-fs backend (dpfs or virtiofsd) can be benchmarked and attacked without a VM.
+ * It creates guest memory (a memfd), negotiates over the socket, lays out split
+ * virtqueues, places FUSE requests in descriptor chains (direct or indirect), kicks, and
+ * collects replies from the used ring.
+ */
+import { closeSync, readSync, writeSync } from 'node:fs';
+import { native } from '../native/native.js';
+import { F, HEADER_SIZE, PF, Req, encodeRequest, u64Payload } from '../devices/vhost-user/protocol.js';
+
+export interface DriverOptions {
+  socket: string;
+  /** Request queues (the device also gets the hiprio queue 0). */
+  queues?: number;
+  queueSize?: number;
+  /** Requests in flight per queue (and buffer slots laid out for them). */
+  depth?: number;
+  eventIdx?: boolean;
+  indirect?: boolean;
+  /** Room for a request's payload (WRITE data) and for a reply, per slot. */
+  slotBytes?: number;
+}
+
+const VMM_VA_BASE = 0x7f00_0000_0000; // any address the backend must translate, like QEMU's
+const DESC_F_NEXT = 1;
+const DESC_F_WRITE = 2;
+const DESC_F_INDIRECT = 4;
+const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+
+interface Slot {
+  head: number;
+  /** Offsets into guest memory of the request and reply areas, and an indirect table. */
+  req: number;
+  rep: number;
+  table: number;
+  resolve?: (r: Buffer) => void;
+}
+
+class DriverQueue {
+  readonly desc: DataView;
+  readonly avail16: Uint16Array;
+  readonly used16: Uint16Array;
+  readonly used32: Uint32Array;
+  availIdx = 0;
+  lastUsed = 0;
+  readonly free: Slot[] = [];
+  readonly byHead = new Map<number, Slot>();
+  readonly waiters: Array<() => void> = [];
+  kickFd = native().eventfd();
+  callFd = native().eventfd();
+  watch?: unknown;
+
+  constructor(
+    mem: ArrayBuffer,
+    readonly num: number,
+    readonly descOff: number,
+    readonly availOff: number,
+    readonly usedOff: number,
+  ) {
+    this.desc = new DataView(mem, descOff, 16 * num);
+    this.avail16 = new Uint16Array(mem, availOff, 3 + num);
+    this.used16 = new Uint16Array(mem, usedOff, 2 + 4 * num + 1);
+    this.used32 = new Uint32Array(mem, usedOff + 4, 2 * num);
+  }
+}
+
+export class GuestDriver {
+  private fd = -1;
+  private memFd = -1;
+  private mem!: ArrayBuffer;
+  private bytes!: Uint8Array;
+  readonly queues: DriverQueue[] = [];
+  private readonly o: Required<DriverOptions>;
+  private replyWaiter?: { resolve: (b: Buffer) => void; reject: (e: Error) => void };
+  private sockWatch?: unknown;
+  private rx = Buffer.alloc(0);
+  private closed = false;
+
+  constructor(opts: DriverOptions) {
+    this.o = { queues: 1, queueSize: 256, depth: 32, eventIdx: true, indirect: false, slotBytes: 1024 * 1024 + 8192, ...opts };
+    if (this.o.depth > this.o.queueSize / 2) throw new Error('depth must leave two descriptors per request');
+  }
+
+  /** Lays out memory and negotiates the device; resolves when every queue is running. */
+  async connect(): Promise<void> {
+    const nq = 1 + this.o.queues;
+    const ringBytes = (n: number) => 16 * n + 4096 + (6 + 2 * n) + 4096 + (6 + 8 * n) + 4096;
+    const slotsBytes = this.o.depth * (2 * this.o.slotBytes + 4096);
+    const size = Math.ceil((nq * (ringBytes(this.o.queueSize) + slotsBytes)) / 0x200000 + 1) * 0x200000;
+    this.memFd = native().memfdCreate('dpfs-guest', size);
+    this.mem = native().mapShared(this.memFd, size, 0);
+    this.bytes = new Uint8Array(this.mem);
+    let off = 4096;
+    const align = (a: number) => (off = Math.ceil(off / a) * a);
+    for (let q = 0; q < nq; q++) {
+      const n = this.o.queueSize;
+      align(4096);
+      const descOff = off;
+      off += 16 * n;
+      align(4096);
+      const availOff = off;
+      off += 6 + 2 * n;
+      align(4096);
+      const usedOff = off;
+      off += 6 + 8 * n;
+      const dq = new DriverQueue(this.mem, n, descOff, availOff, usedOff);
+      for (let s = 0; s < this.o.depth; s++) {
+        align(4096);
+        const slot: Slot = { head: s * 2, req: off, rep: off + this.o.slotBytes, table: off + 2 * this.o.slotBytes };
+        off += 2 * this.o.slotBytes + 4096;
+        dq.free.push(slot);
+        dq.byHead.set(slot.head, slot);
+      }
+      this.queues.push(dq);
+    }
+    if (off > size) throw new Error('guest memory layout overflow');
+
+    this.fd = native().connectUnix(this.o.socket);
+    this.sockWatch = native().watch(this.fd, () => this.onSocket());
+    const features = (await this.call(Req.GET_FEATURES)).readBigUInt64LE(0);
+    let want = F.VIRTIO_F_VERSION_1 | F.VHOST_USER_F_PROTOCOL_FEATURES;
+    if (this.o.eventIdx) want |= F.VIRTIO_RING_F_EVENT_IDX;
+    if (this.o.indirect) want |= F.VIRTIO_RING_F_INDIRECT_DESC;
+    if ((features & want) !== want) throw new Error(`device lacks features 0x${(want & ~features).toString(16)}`);
+    this.send(Req.SET_FEATURES, u64Payload(want));
+    const pf = (await this.call(Req.GET_PROTOCOL_FEATURES)).readBigUInt64LE(0);
+    this.send(Req.SET_PROTOCOL_FEATURES, u64Payload(pf & (PF.MQ | PF.REPLY_ACK)));
+    if (pf & PF.MQ) {
+      const max = Number((await this.call(Req.GET_QUEUE_NUM)).readBigUInt64LE(0));
+      if (max < nq) throw new Error(`device offers ${max} queues, ${nq} needed`);
+    }
+    this.send(Req.SET_OWNER, Buffer.alloc(0));
+    const table = Buffer.alloc(8 + 32);
+    table.writeUInt32LE(1, 0);
+    table.writeBigUInt64LE(0n, 8); // guest-physical address
+    table.writeBigUInt64LE(BigInt(size), 16);
+    table.writeBigUInt64LE(BigInt(VMM_VA_BASE), 24);
+    table.writeBigUInt64LE(0n, 32);
+    this.send(Req.SET_MEM_TABLE, table, [this.memFd]);
+    this.queues.forEach((dq, q) => {
+      const st = Buffer.alloc(8);
+      st.writeUInt32LE(q, 0);
+      st.writeUInt32LE(dq.num, 4);
+      this.send(Req.SET_VRING_NUM, st);
+      const addr = Buffer.alloc(40);
+      addr.writeUInt32LE(q, 0);
+      addr.writeBigUInt64LE(BigInt(VMM_VA_BASE + dq.descOff), 8);
+      addr.writeBigUInt64LE(BigInt(VMM_VA_BASE + dq.usedOff), 16);
+      addr.writeBigUInt64LE(BigInt(VMM_VA_BASE + dq.availOff), 24);
+      this.send(Req.SET_VRING_ADDR, addr);
+      const base = Buffer.alloc(8);
+      base.writeUInt32LE(q, 0);
+      this.send(Req.SET_VRING_BASE, base);
+      this.send(Req.SET_VRING_CALL, u64Payload(BigInt(q)), [dq.callFd]);
+      this.send(Req.SET_VRING_KICK, u64Payload(BigInt(q)), [dq.kickFd]);
+      const en = Buffer.alloc(8);
+      en.writeUInt32LE(q, 0);
+      en.writeUInt32LE(1, 4);
+      this.send(Req.SET_VRING_ENABLE, en);
+      dq.watch = native().watch(dq.callFd, () => this.onCall(dq));
+    });
+    // A round trip proves the device has taken every message above.
+    await this.call(Req.GET_FEATURES);
+  }
+
+  /** Sends a raw message (tests and the fuzzer use this for hostile ones). */
+  send(req: number, payload: Buffer, fds?: number[], flags?: number): void {
+    native().sendMsg(this.fd, encodeRequest(req, payload, flags), fds);
+  }
+
+  private call(req: number, payload = Buffer.alloc(0)): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      this.replyWaiter = { resolve, reject };
+      this.send(req, payload);
+    });
+  }
+
+  private onSocket(): void {
+    const buf = Buffer.alloc(4096);
+    for (;;) {
+      const r = native().recvMsg(this.fd, buf);
+      if (r === null) break;
+      for (const fd of r.fds) closeSync(fd);
+      if (r.n === 0) {
+        this.closed = true;
+        this.replyWaiter?.reject(new Error('device closed the connection'));
+        this.replyWaiter = undefined;
+        if (this.sockWatch) native().unwatch(this.sockWatch);
+        this.sockWatch = undefined;
+        return;
+      }
+      this.rx = Buffer.concat([this.rx, buf.subarray(0, r.n)]);
+    }
+    while (this.rx.length >= HEADER_SIZE && this.rx.length >= HEADER_SIZE + this.rx.readUInt32LE(8)) {
+      const size = this.rx.readUInt32LE(8);
+      const payload = Buffer.from(this.rx.subarray(HEADER_SIZE, HEADER_SIZE + size));
+      this.rx = this.rx.subarray(HEADER_SIZE + size);
+      const w = this.replyWaiter;
+      this.replyWaiter = undefined;
+      w?.resolve(payload);
+    }
+  }
+
+  get connected(): boolean {
+    return !this.closed;
+  }
+
+  /** Sends one FUSE request on request queue `q` (1-based; 0 is hiprio) and resolves with the reply. */
+  async request(q: number, req: Uint8Array, replyBytes: number): Promise<Buffer> {
+    const dq = this.queues[q]!;
+    while (dq.free.length === 0) await new Promise<void>((r) => dq.waiters.push(r));
+    const slot = dq.free.pop()!;
+    if (req.length > this.o.slotBytes || replyBytes > this.o.slotBytes) throw new Error('request or reply larger than a slot');
+    this.bytes.set(req, slot.req);
+    return new Promise((resolve) => {
+      slot.resolve = resolve;
+      this.post(dq, slot, req.length, replyBytes);
+    });
+  }
+
+  private post(dq: DriverQueue, slot: Slot, reqLen: number, repLen: number): void {
+    const put = (dv: DataView, i: number, addr: number, len: number, flags: number, next: number) => {
+      dv.setBigUint64(i * 16, BigInt(addr), true);
+      dv.setUint32(i * 16 + 8, len, true);
+      dv.setUint16(i * 16 + 12, flags, true);
+      dv.setUint16(i * 16 + 14, next, true);
+    };
+    if (this.o.indirect) {
+      const table = new DataView(this.mem, slot.table, 32);
+      put(table, 0, slot.req, reqLen, DESC_F_NEXT, 1);
+      put(table, 1, slot.rep, repLen, DESC_F_WRITE, 0);
+      put(dq.desc, slot.head, slot.table, 32, DESC_F_INDIRECT, 0);
+    } else {
+      put(dq.desc, slot.head, slot.req, reqLen, DESC_F_NEXT, slot.head + 1);
+      put(dq.desc, slot.head + 1, slot.rep, repLen, DESC_F_WRITE, 0);
+    }
+    this.publish(dq, slot.head);
+  }
+
+  /** Makes a chain head available and kicks, as the driver would (event-idx aware). */
+  publish(dq: DriverQueue, head: number): void {
+    const old = dq.availIdx;
+    Atomics.store(dq.avail16, 2 + (dq.availIdx % dq.num), head);
+    dq.availIdx = (dq.availIdx + 1) & 0xffff;
+    Atomics.store(dq.avail16, 1, dq.availIdx);
+    let kick: boolean;
+    if (this.o.eventIdx) {
+      const availEvent = Atomics.load(dq.used16, 2 + 4 * dq.num);
+      kick = ((dq.availIdx - availEvent - 1) & 0xffff) < ((dq.availIdx - old) & 0xffff);
+    } else {
+      kick = (Atomics.load(dq.used16, 0) & 1) === 0; // VIRTQ_USED_F_NO_NOTIFY
+    }
+    if (kick) writeSync(dq.kickFd, ONE);
+  }
+
+  /** Raw access for the fuzzer: the descriptor table and guest memory of a queue. */
+  raw(q: number): { desc: DataView; bytes: Uint8Array; num: number; scratch: number } {
+    const dq = this.queues[q]!;
+    const slot = dq.byHead.get(0)!;
+    return { desc: dq.desc, bytes: this.bytes, num: dq.num, scratch: slot.req };
+  }
+
+  private onCall(dq: DriverQueue): void {
+    try {
+      readSync(dq.callFd, Buffer.alloc(8));
+    } catch {
+      /* spurious */
+    }
+    for (;;) {
+      const usedIdx = Atomics.load(dq.used16, 1);
+      while (dq.lastUsed !== usedIdx) {
+        const e = dq.lastUsed % dq.num;
+        const head = dq.used32[e * 2]!;
+        const len = dq.used32[e * 2 + 1]!;
+        dq.lastUsed = (dq.lastUsed + 1) & 0xffff;
+        const slot = dq.byHead.get(head);
+        if (!slot?.resolve) continue;
+        const r = slot.resolve;
+        slot.resolve = undefined;
+        const reply = Buffer.from(this.bytes.subarray(slot.rep, slot.rep + Math.min(len, this.o.slotBytes)));
+        dq.free.push(slot);
+        dq.waiters.shift()?.();
+        r(reply);
+      }
+      // used_event: interrupt me for the next completion.
+      if (this.o.eventIdx) Atomics.store(dq.avail16, 2 + dq.num, dq.lastUsed);
+      if (Atomics.load(dq.used16, 1) === dq.lastUsed) return;
+    }
+  }
+
+  close(): void {
+    for (const dq of this.queues) {
+      if (dq.watch) native().unwatch(dq.watch);
+      closeSync(dq.kickFd);
+      closeSync(dq.callFd);
+    }
+    if (this.sockWatch) native().unwatch(this.sockWatch);
+    if (this.fd >= 0) closeSync(this.fd);
+    if (this.memFd >= 0) closeSync(this.memFd);
+    this.fd = this.memFd = -1;
+  }
+}
