@@ -33,9 +33,8 @@ export class Virtqueue {
   private readonly usedDv: DataView;
   private readonly used16: Uint16Array;
   private readonly used32: Uint32Array;
-  /** The driver's index at our last notification decision (event-idx). */
+  /** The used index at our last notification decision (event-idx). */
   private signalledUsed = 0;
-  private signalledValid = false;
 
   constructor(
     private readonly mem: GuestMemory,
@@ -58,7 +57,7 @@ export class Virtqueue {
   setBase(lastAvail: number): void {
     this.lastAvail = lastAvail & 0xffff;
     this.usedIdx = Atomics.load(this.used16, 1);
-    this.signalledValid = false;
+    this.signalledUsed = this.usedIdx;
   }
 
   hasWork(): boolean {
@@ -144,9 +143,9 @@ export class Virtqueue {
     }
     const usedEvent = Atomics.load(this.avail16, 2 + this.num);
     const newIdx = this.usedIdx;
-    const old = this.signalledValid ? this.signalledUsed : (newIdx - 1) & 0xffff;
+    // Everything pushed since the last decision counts, however many completions it batched.
+    const old = this.signalledUsed;
     this.signalledUsed = newIdx;
-    this.signalledValid = true;
     // vring_need_event: notify if used_event lies in (old, new].
     return ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - old) & 0xffff);
   }

@@ -1,0 +1,223 @@
+/**
+ * virtio-fs device benchmark without a VM: the guest-driver harness drives dpfs and
+ * Debian's virtiofsd (C) over vhost-user, in the same run, over the same tmpfs directory;
+ * then dpfs's null backend (the framework's own cost) on 1 and N request queues.
+ *
+ * Per row: ops/s or MiB/s, latency p50/p99/p99.9 (HDR histogram), CPU µs of the serving
+ * process per operation (from /proc), and the ratio dpfs/virtiofsd. Writes a JSON result and
+ * an SVG chart at the end.
+ *
+ *   npm run bench:virtiofs
+ *   node dist/bench/virtiofs-bench.js --seconds 3 --queues 2 --out bench-results
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as hdr from 'hdr-histogram-js';
+import { projectRoot } from '../src/native/native.js';
+import { FuseClient } from '../src/harness/fuse-client.js';
+import { GuestDriver } from '../src/harness/guest-driver.js';
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 && args[i + 1] ? args[i + 1]! : dflt;
+};
+const SECONDS = Number(opt('seconds', '3'));
+const QUEUES = Number(opt('queues', '2'));
+const OUT = opt('out', 'bench-results');
+const VIRTIOFSD = opt('virtiofsd', '/usr/lib/qemu/virtiofsd');
+const FILE_BYTES = 64 * 1024 * 1024;
+const CLK_TCK = 100;
+
+interface Row {
+  workload: string;
+  unit: string;
+  value: number;
+  p50: number;
+  p99: number;
+  p999: number;
+  cpuUsPerOp: number;
+}
+
+interface Server {
+  name: string;
+  proc: ChildProcess;
+  socket: string;
+}
+
+const progress = (m: string) => process.stderr.write(`${m}\n`);
+
+function cpuTicks(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(f[11]) + Number(f[12]);
+}
+
+async function startServer(name: string, cmd: string, cmdArgs: string[], socket: string): Promise<Server> {
+  const proc = spawn(cmd, cmdArgs, { stdio: 'ignore', env: { ...process.env, DPFS_LOG: 'warn' } });
+  for (let i = 0; i < 200 && !existsSync(socket); i++) {
+    if (proc.exitCode !== null) throw new Error(`${name} exited (${proc.exitCode})`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  if (!existsSync(socket)) throw new Error(`${name} did not create ${socket}`);
+  return { name, proc, socket };
+}
+
+async function stopServer(s: Server): Promise<void> {
+  s.proc.kill('SIGTERM');
+  await Promise.race([new Promise((r) => (s.proc.exitCode !== null ? r(null) : s.proc.once('exit', r))), new Promise((r) => setTimeout(r, 3000))]);
+  if (s.proc.exitCode === null) s.proc.kill('SIGKILL');
+}
+
+/** Runs `op` from `depth` concurrent loops for SECONDS over `queues` queues; returns the row. */
+async function run(server: Server, clients: FuseClient[], workload: string, unit: 'IOPS' | 'MiB/s' | 'ops/s', depth: number, bytesPerOp: number, op: (c: FuseClient, i: number) => Promise<void>): Promise<Row> {
+  const h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
+  let ops = 0;
+  const until = Date.now() + SECONDS * 1000;
+  const cpu0 = cpuTicks(server.proc.pid!);
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: depth }, async (_, w) => {
+      const c = clients[w % clients.length]!;
+      for (let i = w; Date.now() < until; i += depth) {
+        const s = process.hrtime.bigint();
+        await op(c, i);
+        h.recordValue(Number(process.hrtime.bigint() - s) / 1000);
+        ops++;
+      }
+    }),
+  );
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  const cpu = (cpuTicks(server.proc.pid!) - cpu0) / CLK_TCK;
+  const rate = unit === 'MiB/s' ? (ops * bytesPerOp) / secs / (1024 * 1024) : ops / secs;
+  const row = { workload, unit, value: rate, p50: h.getValueAtPercentile(50), p99: h.getValueAtPercentile(99), p999: h.getValueAtPercentile(99.9), cpuUsPerOp: (cpu * 1e6) / ops };
+  progress(`    ${workload.padEnd(28)} ${row.value.toFixed(0).padStart(8)} ${unit}  p50 ${row.p50}µs p99 ${row.p99}µs`);
+  return row;
+}
+
+function check(r: { error: number; body: Buffer }, what: string): void {
+  if (r.error) throw new Error(`${what}: errno ${-r.error}`);
+}
+
+async function suite(server: Server, queues: number, fileName: string, quick: boolean): Promise<Row[]> {
+  const drv = new GuestDriver({ socket: server.socket, queues, depth: 32, queueSize: 256, slotBytes: 1024 * 1024 + 4096 });
+  await drv.connect();
+  try {
+    const base = new FuseClient(drv, 1);
+    await base.init();
+    const clients = Array.from({ length: queues }, (_, q) => new FuseClient(drv, q + 1));
+    const ino = await base.lookup(1, fileName);
+    const fh = await base.open(ino, 2 /* O_RDWR */);
+    const blocks4k = FILE_BYTES / 4096;
+    const rand = (i: number) => ((i * 2654435761) >>> 0) % blocks4k;
+    const data4k = Buffer.alloc(4096, 7);
+    const data64k = Buffer.alloc(65536, 9);
+    const data1m = Buffer.alloc(1024 * 1024, 3);
+    const rows: Row[] = [];
+    const read = (size: number, at: (i: number) => number) => async (c: FuseClient, i: number) => check(await c.read(ino, fh, at(i), size), 'READ');
+    const write = (buf: Buffer, at: (i: number) => number) => async (c: FuseClient, i: number) => check(await c.write(ino, fh, at(i), buf), 'WRITE');
+    rows.push(await run(server, clients, '4 KiB random read QD1', 'IOPS', 1, 4096, read(4096, (i) => rand(i) * 4096)));
+    rows.push(await run(server, clients, '4 KiB random read QD32', 'IOPS', 32, 4096, read(4096, (i) => rand(i) * 4096)));
+    if (!quick) {
+      rows.push(await run(server, clients, '4 KiB random write QD1', 'IOPS', 1, 4096, write(data4k, (i) => rand(i) * 4096)));
+      rows.push(await run(server, clients, '4 KiB random write QD32', 'IOPS', 32, 4096, write(data4k, (i) => rand(i) * 4096)));
+      rows.push(await run(server, clients, '64 KiB sequential read', 'MiB/s', 4, 65536, read(65536, (i) => (i * 65536) % FILE_BYTES)));
+      rows.push(await run(server, clients, '64 KiB sequential write', 'MiB/s', 4, 65536, write(data64k, (i) => (i * 65536) % FILE_BYTES)));
+      rows.push(await run(server, clients, '1 MiB sequential read', 'MiB/s', 4, 1 << 20, read(1 << 20, (i) => (i << 20) % FILE_BYTES)));
+      rows.push(await run(server, clients, '1 MiB sequential write', 'MiB/s', 4, 1 << 20, write(data1m, (i) => (i << 20) % FILE_BYTES)));
+      rows.push(
+        await run(server, clients, 'LOOKUP+GETATTR', 'ops/s', 8, 0, async (c) => {
+          const n = await c.lookup(1, fileName);
+          check(await c.getattr(n), 'GETATTR');
+          await c.forget(n, 1);
+        }),
+      );
+    }
+    return rows;
+  } finally {
+    drv.close();
+  }
+}
+
+function svg(results: Record<string, Row[]>): string {
+  const names = Object.keys(results);
+  const rows = results[names[0]!]!.map((r) => r.workload);
+  const w = 900;
+  const rowH = 16 * names.length + 14;
+  const h = 40 + rows.length * rowH;
+  const colors = ['#2f6fd0', '#d07a2f', '#3a9a4a', '#9a3a8a'];
+  let out = `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif" font-size="11">`;
+  out += `<text x="10" y="18" font-size="14">virtio-fs over vhost-user: throughput relative to virtiofsd (1.0 = equal)</text>`;
+  names.forEach((n, i) => (out += `<rect x="${520 + i * 95}" y="26" width="10" height="10" fill="${colors[i % 4]}"/><text x="${534 + i * 95}" y="35">${n}</text>`));
+  rows.forEach((label, ri) => {
+    const y0 = 44 + ri * rowH;
+    out += `<text x="10" y="${y0 + 12}">${label}</text>`;
+    const ref = results.virtiofsd?.[ri]?.value ?? 1;
+    names.forEach((n, i) => {
+      const v = results[n]![ri]?.value;
+      if (v === undefined) return;
+      const ratio = v / ref;
+      const bw = Math.min(640, ratio * 160);
+      out += `<rect x="200" y="${y0 + i * 16}" width="${bw.toFixed(1)}" height="13" fill="${colors[i % 4]}"/><text x="${205 + bw}" y="${y0 + i * 16 + 11}">${ratio.toFixed(2)}x</text>`;
+    });
+  });
+  out += `<line x1="360" y1="40" x2="360" y2="${h}" stroke="#888" stroke-dasharray="3,3"/></svg>\n`;
+  return out;
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync('/dev/shm/dpfs-vbench-');
+  const src = join(dir, 'src');
+  mkdirSync(src);
+  writeFileSync(join(src, 'data'), Buffer.alloc(FILE_BYTES, 1));
+  const cli = join(projectRoot, 'dist/src/cli/main.js');
+  const results: Record<string, Row[]> = {};
+  try {
+    const targets: [string, string, (sock: string) => string[], number, string, boolean][] = [
+      ['dpfs', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'passthrough', '-s', src], 1, 'data', false],
+    ];
+    if (existsSync(VIRTIOFSD)) targets.push(['virtiofsd', VIRTIOFSD, (s) => [`--socket-path=${s}`, '-o', `source=${src}`, '-o', 'cache=auto'], 1, 'data', false]);
+    else progress(`(no ${VIRTIOFSD}: the C reference is skipped)`);
+    targets.push(['dpfs-null', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES)], 1, 'null', false]);
+    targets.push([`dpfs-null-${QUEUES}q`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES)], QUEUES, 'null', true]);
+    for (const [name, cmd, argv, queues, file, quick] of targets) {
+      progress(`${name} (${queues} request queue${queues > 1 ? 's' : ''})`);
+      const sock = join(dir, `${name}.sock`);
+      const server = await startServer(name, cmd, argv(sock), sock);
+      try {
+        results[name] = await suite(server, queues, file, quick);
+      } finally {
+        await stopServer(server);
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const ref = results.virtiofsd;
+  const head = ['workload', ...Object.keys(results).map((n) => n), ...(ref ? ['dpfs/virtiofsd'] : []), 'CPU µs/op dpfs', ...(ref ? ['CPU µs/op virtiofsd'] : []), 'p99 µs dpfs', ...(ref ? ['p99 µs virtiofsd'] : [])];
+  const lines = [head];
+  results.dpfs!.forEach((r, i) => {
+    lines.push([
+      r.workload,
+      ...Object.values(results).map((rs) => (rs[i] ? `${rs[i]!.value.toFixed(0)} ${r.unit}` : '-')),
+      ...(ref ? [`${(r.value / ref[i]!.value).toFixed(2)}x`] : []),
+      r.cpuUsPerOp.toFixed(1),
+      ...(ref ? [ref[i]!.cpuUsPerOp.toFixed(1)] : []),
+      String(r.p99),
+      ...(ref ? [String(ref[i]!.p99)] : []),
+    ]);
+  });
+  const widths = head.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
+  console.log('\n' + lines.map((l) => l.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ')).join('\n'));
+  console.log('\nThe harness and the server share this machine\'s cores; compare ratios, not absolute figures.');
+  mkdirSync(OUT, { recursive: true });
+  writeFileSync(join(OUT, 'virtiofs-bench.json'), JSON.stringify({ date: new Date().toISOString(), seconds: SECONDS, queues: QUEUES, results }, null, 2));
+  writeFileSync(join(OUT, 'virtiofs-bench.svg'), svg(results));
+  console.log(`wrote ${join(OUT, 'virtiofs-bench.json')} and ${join(OUT, 'virtiofs-bench.svg')}`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
