@@ -11,7 +11,7 @@
  *   node dist/bench/virtiofs-bench.js --seconds 3 --queues 2 --out bench-results
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as hdr from 'hdr-histogram-js';
 import { projectRoot } from '../src/native/native.js';
@@ -48,10 +48,21 @@ interface Server {
 
 const progress = (m: string) => process.stderr.write(`${m}\n`);
 
+/** utime+stime of a process and its descendants (virtiofsd serves from a sandboxed child). */
 function cpuTicks(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(f[11]) + Number(f[12]);
+  let total = 0;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    total = Number(f[11]) + Number(f[12]);
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const kids = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
+      for (const k of kids ? kids.split(' ') : []) total += cpuTicks(Number(k));
+    }
+  } catch {
+    /* exited meanwhile */
+  }
+  return total;
 }
 
 async function startServer(name: string, cmd: string, cmdArgs: string[], socket: string): Promise<Server> {
@@ -124,8 +135,8 @@ async function suite(server: Server, queues: number, fileName: string, quick: bo
       rows.push(await run(server, clients, '4 KiB random write QD32', 'IOPS', 32, 4096, write(data4k, (i) => rand(i) * 4096)));
       rows.push(await run(server, clients, '64 KiB sequential read', 'MiB/s', 4, 65536, read(65536, (i) => (i * 65536) % FILE_BYTES)));
       rows.push(await run(server, clients, '64 KiB sequential write', 'MiB/s', 4, 65536, write(data64k, (i) => (i * 65536) % FILE_BYTES)));
-      rows.push(await run(server, clients, '1 MiB sequential read', 'MiB/s', 4, 1 << 20, read(1 << 20, (i) => (i << 20) % FILE_BYTES)));
-      rows.push(await run(server, clients, '1 MiB sequential write', 'MiB/s', 4, 1 << 20, write(data1m, (i) => (i << 20) % FILE_BYTES)));
+      rows.push(await run(server, clients, '1 MiB sequential read', 'MiB/s', 4, 1 << 20, read(1 << 20, (i) => (i * 1048576) % FILE_BYTES)));
+      rows.push(await run(server, clients, '1 MiB sequential write', 'MiB/s', 4, 1 << 20, write(data1m, (i) => (i * 1048576) % FILE_BYTES)));
       rows.push(
         await run(server, clients, 'LOOKUP+GETATTR', 'ops/s', 8, 0, async (c) => {
           const n = await c.lookup(1, fileName);

@@ -4,7 +4,7 @@
  * descriptor chains after each of which the device must still serve a well-formed request.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -16,7 +16,9 @@ import { Opcode } from '../src/fuse/opcodes.js';
 import { encodeRequest } from '../src/fuse/request-codec.js';
 import { RequestSpecs } from '../src/fuse/request-specs.js';
 import { FuseClient } from '../src/harness/fuse-client.js';
+import { fuzz } from '../src/harness/fuzz.js';
 import { type DriverOptions, GuestDriver } from '../src/harness/guest-driver.js';
+import { startDaemon, stopDaemon, waitFor } from './helpers/daemon.js';
 
 async function withHarness(fs: FileSystem, opts: Partial<DriverOptions>, fn: (c: FuseClient, drv: GuestDriver, dev: VhostUserFsDevice) => Promise<void>): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-harness-'));
@@ -121,4 +123,33 @@ test('two request queues serve requests independently', async () => {
     const per = dev.connection!.stats.perQueue;
     assert.ok(per[1]! >= 50 && per[2]! >= 50, `per queue: ${per.join(', ')}`);
   });
+});
+
+test('an indirect table outside guest memory is a bad chain, not a broken ring (found by the fuzzer)', async () => {
+  await withHarness(new NullFs(), { indirect: true }, async (c, drv, dev) => {
+    const { desc, num } = drv.raw(1);
+    const head = num - 1;
+    desc.setBigUint64(head * 16, BigInt(2 ** 52), true);
+    desc.setUint32(head * 16 + 8, 16, true);
+    desc.setUint16(head * 16 + 12, 4, true); // INDIRECT
+    drv.publish(drv.queues[1]!, head);
+    assert.equal((await c.getattr(1)).error, 0);
+    assert.equal(dev.connection?.stats.badChains, 1);
+  });
+});
+
+test('fuzzing: random hostile chains, FUSE and vhost-user messages never stop the daemon (bounded run)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'dpfs-fuzz-'));
+  const socket = join(dir, 'vfs.sock');
+  const d = startDaemon(['vhost-user', socket, '-b', 'memory']);
+  try {
+    await waitFor(() => existsSync(socket), 'device socket');
+    const res = await fuzz(socket, { cases: 400, seed: 20261127 });
+    assert.deepEqual(res.failures, []);
+    assert.equal(res.cases, 400);
+    assert.equal(d.child.exitCode, null, `daemon still running: ${d.stderr().slice(-500)}`);
+  } finally {
+    await stopDaemon(d, []);
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -95,7 +95,12 @@ export class Virtqueue {
         if (indirect) throw new ChainError(head, 'indirect table inside an indirect table');
         if (flags & VIRTQ_DESC_F_NEXT) throw new ChainError(head, 'indirect descriptor with NEXT');
         if (len === 0 || len % 16) throw new ChainError(head, `indirect table length ${len}`);
-        const table = this.mem.slice(addr, len);
+        let table: Uint8Array;
+        try {
+          table = this.mem.slice(addr, len);
+        } catch (err) {
+          throw new ChainError(head, (err as Error).message);
+        }
         dv = new DataView(table.buffer, table.byteOffset, len);
         size = len / 16;
         indirect = true;
