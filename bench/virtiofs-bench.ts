@@ -27,6 +27,8 @@ const SECONDS = Number(opt('seconds', '3'));
 const QUEUES = Number(opt('queues', '2'));
 const OUT = opt('out', 'bench-results');
 const VIRTIOFSD = opt('virtiofsd', '/usr/lib/qemu/virtiofsd');
+/** Which servers to run: dpfs (passthrough), virtiofsd, null (1 and --queues request queues). */
+const TARGETS = new Set(opt('targets', 'dpfs,virtiofsd,null').split(','));
 const FILE_BYTES = 64 * 1024 * 1024;
 const CLK_TCK = 100;
 
@@ -185,13 +187,14 @@ async function main(): Promise<void> {
   const cli = join(projectRoot, 'dist/src/cli/main.js');
   const results: Record<string, Row[]> = {};
   try {
-    const targets: [string, string, (sock: string) => string[], number, string, boolean][] = [
-      ['dpfs', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'passthrough', '-s', src], 1, 'data', false],
-    ];
-    if (existsSync(VIRTIOFSD)) targets.push(['virtiofsd', VIRTIOFSD, (s) => [`--socket-path=${s}`, '-o', `source=${src}`, '-o', 'cache=auto'], 1, 'data', false]);
-    else progress(`(no ${VIRTIOFSD}: the C reference is skipped)`);
-    targets.push(['dpfs-null', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES)], 1, 'null', false]);
-    targets.push([`dpfs-null-${QUEUES}q`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES)], QUEUES, 'null', true]);
+    const targets: [string, string, (sock: string) => string[], number, string, boolean][] = [];
+    if (TARGETS.has('dpfs')) targets.push(['dpfs', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'passthrough', '-s', src], 1, 'data', false]);
+    if (TARGETS.has('virtiofsd') && existsSync(VIRTIOFSD)) targets.push(['virtiofsd', VIRTIOFSD, (s) => [`--socket-path=${s}`, '-o', `source=${src}`, '-o', 'cache=auto'], 1, 'data', false]);
+    else if (TARGETS.has('virtiofsd')) progress(`(no ${VIRTIOFSD}: the C reference is skipped)`);
+    if (TARGETS.has('null')) {
+      targets.push(['dpfs-null', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES)], 1, 'null', !TARGETS.has('dpfs')]);
+      if (QUEUES > 1) targets.push([`dpfs-null-${QUEUES}q`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES)], QUEUES, 'null', true]);
+    }
     for (const [name, cmd, argv, queues, file, quick] of targets) {
       progress(`${name} (${queues} request queue${queues > 1 ? 's' : ''})`);
       const sock = join(dir, `${name}.sock`);
@@ -205,10 +208,12 @@ async function main(): Promise<void> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+  const first = Object.values(results)[0]!;
   const ref = results.virtiofsd;
-  const head = ['workload', ...Object.keys(results).map((n) => n), ...(ref ? ['dpfs/virtiofsd'] : []), 'CPU µs/op dpfs', ...(ref ? ['CPU µs/op virtiofsd'] : []), 'p99 µs dpfs', ...(ref ? ['p99 µs virtiofsd'] : [])];
+  const firstName = Object.keys(results)[0]!;
+  const head = ['workload', ...Object.keys(results), ...(ref ? [`${firstName}/virtiofsd`] : []), `CPU µs/op ${firstName}`, ...(ref ? ['CPU µs/op virtiofsd'] : []), `p99 µs ${firstName}`, ...(ref ? ['p99 µs virtiofsd'] : [])];
   const lines = [head];
-  results.dpfs!.forEach((r, i) => {
+  first.forEach((r, i) => {
     lines.push([
       r.workload,
       ...Object.values(results).map((rs) => (rs[i] ? `${rs[i]!.value.toFixed(0)} ${r.unit}` : '-')),
