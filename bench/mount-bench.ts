@@ -174,22 +174,30 @@ function table(dpfs: Row[], refs: [string, Row[]][]): string {
 
 const CLI = join(projectRoot, 'dist/src/cli/main.js');
 
+type Launch = [name: string, launch: () => Promise<Target>];
+
+/** Mounts each target in turn, runs every workload on it, and always unmounts it. */
+async function runTargets(targets: Launch[]): Promise<Record<string, Row[]>> {
+  const results: Record<string, Row[]> = {};
+  for (const [name, launch] of targets) {
+    const t = await launch();
+    try {
+      results[name] = await runAll(t);
+    } finally {
+      await stop(t);
+    }
+  }
+  return results;
+}
+
+const bindfs = (shm: string): Launch => ['bindfs', () => start('bindfs', 'bindfs', (d) => ['-f', '-o', 'allow_other', shm, d])];
+
 async function benchMemory(): Promise<object> {
   progress('memory backend vs bindfs over tmpfs');
-  const results: Record<string, Row[]> = {};
   const shm = mkdtempSync('/dev/shm/bench-src-');
+  let results: Record<string, Row[]>;
   try {
-    for (const [name, launch] of [
-      ['dpfs', () => start('dpfs memory', process.execPath, (d) => [CLI, 'mount', d, '--capacity', '8GiB'])],
-      ['bindfs', () => start('bindfs', 'bindfs', (d) => ['-f', '-o', 'allow_other', shm, d])],
-    ] as const) {
-      const t = await launch();
-      try {
-        results[name] = await runAll(t);
-      } finally {
-        await stop(t);
-      }
-    }
+    results = await runTargets([['dpfs', () => start('dpfs memory', process.execPath, (d) => [CLI, 'mount', d, '--capacity', '8GiB'])], bindfs(shm)]);
   } finally {
     rmSync(shm, { recursive: true, force: true });
   }
@@ -199,9 +207,8 @@ async function benchMemory(): Promise<object> {
 }
 
 async function benchPassthrough(): Promise<object> {
-  const refs: [string, () => Promise<Target>][] = [];
   const shm = mkdtempSync('/dev/shm/bench-src-');
-  refs.push(['bindfs', () => start('bindfs', 'bindfs', (d) => ['-f', '-o', 'allow_other', shm, d])]);
+  const refs: Launch[] = [bindfs(shm)];
   if (LIBFUSE && existsSync(LIBFUSE)) {
     const libDir = join(dirname(LIBFUSE), '..', 'lib');
     refs.push(['libfuse', () => start('libfuse passthrough', LIBFUSE, (d) => ['-f', '-o', `source=${shm},allow_other`, d], { LD_LIBRARY_PATH: libDir })]);
@@ -209,17 +216,9 @@ async function benchPassthrough(): Promise<object> {
     progress('  (libfuse passthrough example not given: --libfuse PATH to compare with it too)');
   }
   progress(`passthrough backend vs ${refs.map(([n]) => n).join(' and ')} over the same tmpfs directory`);
-  const results: Record<string, Row[]> = {};
+  let results: Record<string, Row[]>;
   try {
-    const all: [string, () => Promise<Target>][] = [['dpfs', () => start('dpfs passthrough', process.execPath, (d) => [CLI, 'mount', d, '-b', 'passthrough', '-s', shm])], ...refs];
-    for (const [name, launch] of all) {
-      const t = await launch();
-      try {
-        results[name] = await runAll(t);
-      } finally {
-        await stop(t);
-      }
-    }
+    results = await runTargets([['dpfs', () => start('dpfs passthrough', process.execPath, (d) => [CLI, 'mount', d, '-b', 'passthrough', '-s', shm])], ...refs]);
   } finally {
     rmSync(shm, { recursive: true, force: true });
   }

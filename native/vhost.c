@@ -24,19 +24,25 @@
 
 #define MAX_FDS 8
 
-napi_value js_listen_unix(napi_env env, napi_callback_info info) {
+/* Fills a unix socket address from the single path argument; 0, or an errno. */
+static int unix_addr_arg(napi_env env, napi_callback_info info, struct sockaddr_un *sa) {
   size_t argc = 1;
   napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  char *path = argc == 1 ? get_string(env, argv[0]) : NULL;
-  if (!path) return throw_errno(env, EINVAL, "listenUnix");
-  struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  if (strlen(path) >= sizeof sa.sun_path) {
-    free(path);
-    return throw_errno(env, ENAMETOOLONG, "listenUnix");
-  }
-  strcpy(sa.sun_path, path);
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1) return EINVAL;
+  char *path = get_string(env, argv[0]);
+  if (!path) return EINVAL;
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  int err = strlen(path) >= sizeof sa->sun_path ? ENAMETOOLONG : 0;
+  if (!err) strcpy(sa->sun_path, path);
   free(path);
+  return err;
+}
+
+napi_value js_listen_unix(napi_env env, napi_callback_info info) {
+  struct sockaddr_un sa;
+  int err = unix_addr_arg(env, info, &sa);
+  if (err) return throw_errno(env, err, "listenUnix");
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket");
   unlink(sa.sun_path);
@@ -152,18 +158,9 @@ napi_value js_send_msg(napi_env env, napi_callback_info info) {
 }
 
 napi_value js_connect_unix(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  char *path = argc == 1 ? get_string(env, argv[0]) : NULL;
-  if (!path) return throw_errno(env, EINVAL, "connectUnix");
-  struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  if (strlen(path) >= sizeof sa.sun_path) {
-    free(path);
-    return throw_errno(env, ENAMETOOLONG, "connectUnix");
-  }
-  strcpy(sa.sun_path, path);
-  free(path);
+  struct sockaddr_un sa;
+  int err = unix_addr_arg(env, info, &sa);
+  if (err) return throw_errno(env, err, "connectUnix");
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket");
   if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
