@@ -4,6 +4,7 @@
  *   poll.c   fd readiness on the calling thread's event loop
  *   fsops.c  *at() system calls run on libuv's pool with the caller's credentials
  *   vhost.c  unix sockets with descriptor passing, shared guest-memory mappings
+ *   fusedev.c  kernel FUSE passthrough backing files (/dev/fuse ioctls)
  * Errors are thrown (or rejected) as Errors carrying `code`, `errno` and `syscall`.
  */
 #include "common.h"
@@ -23,6 +24,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"connectUnix", NULL, js_connect_unix, NULL, NULL, NULL, napi_default, NULL},
       {"memfdCreate", NULL, js_memfd_create, NULL, NULL, NULL, napi_default, NULL},
       {"eventfd", NULL, js_eventfd, NULL, NULL, NULL, napi_default, NULL},
+      {"backingOpen", NULL, js_backing_open, NULL, NULL, NULL, napi_default, NULL},
+      {"backingClose", NULL, js_backing_close, NULL, NULL, NULL, napi_default, NULL},
   };
   fsop_module_init();
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

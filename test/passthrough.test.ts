@@ -265,3 +265,22 @@ PY
     assert.ok(Number(du) >= 1024 && Number(du) < 2048, `fallocated 1 MiB on the host (${du} KiB)`);
   });
 });
+
+test('passthrough: the kernel does reads and writes of open files itself (FUSE passthrough)', async () => {
+  await withPassthrough(
+    async (dir, src, d) => {
+      const out = await sh(
+        `
+        dd if=/dev/urandom of="${dir}/k" bs=1M count=8 status=none
+        a=$(sha256sum < "${dir}/k"); b=$(sha256sum < "${src}/k"); [ "$a" = "$b" ] && echo same
+        exec 3<>"${dir}/k"; cat "${dir}/k" > /dev/null; exec 3>&-   # two opens of one inode share its backing file
+        `,
+      );
+      assert.equal(out.trim(), 'same');
+      const log = d.stderr();
+      assert.match(log, /"op":"FUSE_CREATE"/, 'the trace is on');
+      assert.doesNotMatch(log, /"op":"FUSE_(WRITE|READ)"/, 'no READ or WRITE reached the daemon');
+    },
+    ['--debug'],
+  );
+});

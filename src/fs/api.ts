@@ -59,8 +59,10 @@ export interface AttrReply {
 
 export interface Opened {
   fh: number;
-  /** FOPEN_* flags (direct I/O, keep cache, nonseekable, ...). */
+  /** FOPEN_* flags (direct I/O, keep cache, nonseekable, passthrough...). */
   flags?: number;
+  /** With FOPEN_PASSTHROUGH: the id from InitInfo.passthrough.open() of the backing file. */
+  backingId?: number;
 }
 
 export interface Created {
@@ -176,6 +178,13 @@ export interface IoctlReply {
   data?: Uint8Array;
 }
 
+/** Kernel FUSE passthrough (Linux 6.9+, /dev/fuse): the kernel does I/O on a backing file. */
+export interface KernelPassthrough {
+  /** Registers an open file; answer an OPEN with FOPEN_PASSTHROUGH and this id. */
+  open(fd: number): number;
+  close(id: number): void;
+}
+
 export interface InitInfo {
   /** Negotiated protocol minor version. */
   minor: number;
@@ -183,6 +192,8 @@ export interface InitInfo {
   flags: bigint;
   maxWrite: number;
   maxReadahead: number;
+  /** Present when kernel passthrough was negotiated. */
+  passthrough?: KernelPassthrough;
 }
 
 /** What a backend can do beyond plain methods; all default to false/undefined. */
@@ -206,6 +217,8 @@ export interface FsCapabilities {
    * (FUSE_POSIX_ACL; implies default_permissions).
    */
   posixAcl?: boolean;
+  /** Open files may be handed to the kernel for I/O (FUSE_PASSTHROUGH), where the transport can. */
+  kernelPassthrough?: boolean;
 }
 
 type Ctx = RequestContext;

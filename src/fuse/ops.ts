@@ -180,7 +180,7 @@ export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | { 
     case Opcode.FUSE_OPENDIR: {
       const r = await method(fs, op === Opcode.FUSE_OPEN ? 'open' : 'opendir')(ctx, ino, a.flags as number, a.open_flags as number);
       const w = new Writer(SIZE.open_out);
-      writeOpenOut(w, r.fh, r.flags ?? 0);
+      writeOpenOut(w, r.fh, r.flags ?? 0, r.backingId);
       return [w.finish()];
     }
     case Opcode.FUSE_READ: {
@@ -285,7 +285,7 @@ export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | { 
           : await method(fs, 'tmpfile')(ctx, ino, a.mode as number, a.flags as number);
       const w = new Writer(SIZE.entry_out + SIZE.open_out);
       writeEntryOut(w, r.entry);
-      writeOpenOut(w, r.open.fh, r.open.flags ?? 0);
+      writeOpenOut(w, r.open.fh, r.open.flags ?? 0, r.open.backingId);
       return [w.finish()];
     }
     case Opcode.FUSE_BMAP:

@@ -40,8 +40,8 @@ export function writeAttrOut(w: Writer, attr: Attr, timeout = 1): void {
   writeAttr(w, attr);
 }
 
-export function writeOpenOut(w: Writer, fh: number, openFlags: number): void {
-  w.u64(fh).u32(openFlags).i32(0); // backing_id unused: no kernel passthrough
+export function writeOpenOut(w: Writer, fh: number, openFlags: number, backingId = 0): void {
+  w.u64(fh).u32(openFlags).i32(backingId);
 }
 
 export function writeStatfsOut(w: Writer, s: StatFs): void {

@@ -42,6 +42,8 @@ export interface TransportInfo {
    * sends them only with create-type requests). Local transports can read them from /proc.
    */
   groupsOf?: (pid: number) => readonly number[];
+  /** Kernel passthrough backing files (/dev/fuse on Linux 6.9+). */
+  backing?: import('../fs/api.js').KernelPassthrough;
   /** virtio-fs: no interrupts, DESTROY at unmount, submounts. */
   virtiofs?: boolean;
 }
@@ -316,6 +318,8 @@ export class Session {
       reply.error(Errno.EPROTO);
       return;
     }
+    // Kernel passthrough: backing files may sit one stacking level below this mount.
+    if (result.ok === true && result.out.flags & InitFlag.FUSE_PASSTHROUGH) result.out.max_stack_depth = 1;
     const w = new Writer(SIZE.init_out);
     encodeInitOut(w, result.out);
     if (result.ok === 'retry') {
@@ -324,8 +328,15 @@ export class Session {
       return;
     }
     const out = result.out;
+    const passthrough = (out.flags & InitFlag.FUSE_PASSTHROUGH) !== 0n;
     this.setxattrExt = (out.flags & InitFlag.FUSE_SETXATTR_EXT) !== 0n;
-    this.info = { minor: out.minor, flags: out.flags, maxWrite: out.max_write, maxReadahead: out.max_readahead };
+    this.info = {
+      minor: out.minor,
+      flags: out.flags,
+      maxWrite: out.max_write,
+      maxReadahead: out.max_readahead,
+      passthrough: passthrough ? this.options.transport.backing : undefined,
+    };
     this.log.info({ transport: this.options.transport.name, kernel: `${kernel.major}.${kernel.minor}`, minor: out.minor, maxWrite: out.max_write }, 'FUSE session initialised');
     const finishInit = () => {
       this.state = 'running';

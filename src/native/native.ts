@@ -24,6 +24,9 @@ export interface NativeAddon {
   memfdCreate(name: string, size: number): number;
   /** A non-blocking eventfd. */
   eventfd(): number;
+  /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */
+  backingOpen(devFd: number, fd: number): number;
+  backingClose(devFd: number, id: number): void;
   /** mmap(MAP_SHARED) of fd; unmapped only when the ArrayBuffer is collected. */
   mapShared(fd: number, size: number, offset: number): ArrayBuffer;
 }

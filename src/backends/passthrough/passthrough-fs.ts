@@ -16,6 +16,8 @@ import type {
   FileLock,
   FileSystem,
   FsCapabilities,
+  InitInfo,
+  KernelPassthrough,
   LockRequest,
   Opened,
   ReadInfo,
@@ -27,7 +29,7 @@ import type {
 } from '../../fs/api.js';
 import { FileLocks } from '../../fs/file-locks.js';
 import { Errno, FsError, fail } from '../../fuse/errno.js';
-import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FUSE_WRITE_KILL_SUIDGID } from '../../fuse/opcodes.js';
+import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_PASSTHROUGH, FUSE_WRITE_KILL_SUIDGID } from '../../fuse/opcodes.js';
 import {
   AT_EMPTY_PATH,
   AT_FDCWD,
@@ -71,6 +73,8 @@ export interface PassthroughOptions {
   gidMap?: IdRange[];
   /** Bound on cached O_PATH descriptors (default 4096). */
   maxFds?: number;
+  /** Let the kernel read and write open files itself where it can (default true). */
+  kernelPassthrough?: boolean;
 }
 
 const O_ACCMODE = 3;
@@ -80,6 +84,8 @@ const O_RDWR = 2;
 interface Handle {
   fd: number;
   node: PInode;
+  /** This handle holds a reference on its inode's kernel passthrough backing file. */
+  backed?: boolean;
   /** Directory handles: serialises getdents on the shared file position. */
   dirQueue?: Promise<unknown>;
   /**
@@ -103,6 +109,13 @@ export class PassthroughFs implements FileSystem {
   private readonly timeout: number;
   private readonly cache: CacheMode;
   private readonly switchCreds: boolean;
+  private kernelIo?: KernelPassthrough;
+  /**
+   * Kernel passthrough needs one backing file per inode for all its opens: an O_RDWR
+   * descriptor of ours (access was checked when the caller opened), shared and counted.
+   * Inodes for which none could be had (read-only file systems...) are served by us.
+   */
+  private readonly backing = new Map<number, { fd: number; id: number; refs: number } | null>();
 
   constructor(readonly opts: PassthroughOptions) {
     this.cache = opts.cache ?? 'auto';
@@ -121,6 +134,7 @@ export class PassthroughFs implements FileSystem {
       // Writes, truncates and chowns run as the caller, so the host kernel clears
       // setuid/setgid exactly when it would for that user.
       handleKillpriv: true,
+      kernelPassthrough: opts.kernelPassthrough !== false && this.cache !== 'never' && !opts.directIo,
     };
     if (opts.xattr === false) {
       for (const m of ['setxattr', 'getxattr', 'listxattr', 'removexattr'] as const) (this as Record<string, unknown>)[m] = undefined;
@@ -128,7 +142,8 @@ export class PassthroughFs implements FileSystem {
   }
 
   /** Opens the export; once only, though each new FUSE session (a rebooted guest) calls it. */
-  async init(): Promise<void> {
+  async init(info?: InitInfo): Promise<void> {
+    this.kernelIo = info?.passthrough;
     if (this.table.size > 0) return;
     // The tenant's kernel applied the caller's umask already; ours must not apply again.
     process.umask(0);
@@ -325,13 +340,59 @@ export class PassthroughFs implements FileSystem {
     return f;
   }
 
-  private openReply(fd: number, node: PInode): Opened {
+  private async openReply(fd: number, node: PInode): Promise<Opened> {
     const fh = this.nextFh++;
-    this.handles.set(fh, { fd, node });
+    const h: Handle = { fd, node };
+    this.handles.set(fh, h);
     let flags = 0;
     if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
     if (this.cache === 'always') flags |= FOPEN_KEEP_CACHE;
+    const b = this.kernelIo && node.type === S_IFREG ? await this.backingOf(node) : undefined;
+    if (b) {
+      // The kernel reads and writes this file itself from now on: no round trips through us.
+      b.refs++;
+      h.backed = true;
+      return { fh, flags: FOPEN_PASSTHROUGH | (flags & FOPEN_KEEP_CACHE), backingId: b.id };
+    }
     return { fh, flags };
+  }
+
+  private async backingOf(node: PInode): Promise<{ fd: number; id: number; refs: number } | undefined> {
+    const known = this.backing.get(node.nodeid);
+    if (known !== undefined) return known ?? undefined;
+    let entry: { fd: number; id: number; refs: number } | null = null;
+    try {
+      const fd = await this.table.withFd(node, (pfd) => sys.openat(null, AT_FDCWD, procPath(pfd), O_RDWR));
+      try {
+        entry = { fd, id: this.kernelIo!.open(fd), refs: 0 };
+      } catch {
+        await sys.close(fd);
+      }
+    } catch {
+      /* no read-write access: this inode is served by us */
+    }
+    const raced = this.backing.get(node.nodeid);
+    if (raced !== undefined) {
+      if (entry) {
+        this.kernelIo!.close(entry.id);
+        await sys.close(entry.fd);
+      }
+      return raced ?? undefined;
+    }
+    this.backing.set(node.nodeid, entry);
+    return entry ?? undefined;
+  }
+
+  private async dropBacking(nodeid: number): Promise<void> {
+    const b = this.backing.get(nodeid);
+    if (!b || --b.refs > 0) return;
+    this.backing.delete(nodeid);
+    try {
+      this.kernelIo?.close(b.id);
+    } catch {
+      /* the connection is gone */
+    }
+    await sys.close(b.fd);
   }
 
   async open(ctx: RequestContext, ino: number, flags: number): Promise<Opened> {
@@ -341,7 +402,7 @@ export class PassthroughFs implements FileSystem {
     if (n.type === S_IFLNK) fail(Errno.ELOOP);
     if (n.type === S_IFDIR && (flags & O_ACCMODE) !== 0) fail(Errno.EISDIR);
     const fd = await this.table.withFd(n, (pfd) => sys.openat(this.creds(ctx), AT_FDCWD, procPath(pfd), this.openFlags(flags)));
-    return this.openReply(fd, n);
+    return await this.openReply(fd, n);
   }
 
   async read(_ctx: RequestContext, _ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Promise<Uint8Array> {
@@ -376,6 +437,7 @@ export class PassthroughFs implements FileSystem {
     if (!h) return;
     this.handles.delete(fh);
     if (info.flockUnlock) this.locks.get(ino)?.releaseOwner(info.lockOwner, 'flock');
+    if (h.backed) await this.dropBacking(h.node.nodeid);
     await sys.close(h.fd);
   }
 
@@ -493,7 +555,7 @@ export class PassthroughFs implements FileSystem {
     try {
       // The O_PATH descriptor comes from the open file itself: no second name lookup to race.
       const entry = await this.entryOfOpen(fd);
-      return { entry, open: this.openReply(fd, this.table.get(entry.ino)) };
+      return { entry, open: await this.openReply(fd, this.table.get(entry.ino)) };
     } catch (err) {
       await sys.close(fd);
       throw err;
@@ -508,7 +570,7 @@ export class PassthroughFs implements FileSystem {
     );
     try {
       const entry = await this.entryOfOpen(fd);
-      return { entry, open: this.openReply(fd, this.table.get(entry.ino)) };
+      return { entry, open: await this.openReply(fd, this.table.get(entry.ino)) };
     } catch (err) {
       await sys.close(fd);
       throw err;

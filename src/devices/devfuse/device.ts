@@ -63,6 +63,10 @@ export class DevFuseDevice {
         name: 'devfuse',
         maxWrite: options.maxWrite ?? 1024 * 1024,
         groupsOf: procGroups,
+        backing: {
+          open: (fd) => native().backingOpen(this.fd, fd),
+          close: (id) => native().backingClose(this.fd, id),
+        },
         notify: async (chunks) => {
           // Off the event loop: a notification may wait on kernel locks held by a request we serve.
           await writevAsync(this.fd, chunks);

@@ -1,0 +1,47 @@
+/*
+ * Kernel FUSE passthrough (Linux 6.9+): registers an open file as the backing file of a
+ * FUSE open, so the kernel serves its reads and writes without the daemon.
+ *   backingOpen(devFd, fd) -> backing id      FUSE_DEV_IOC_BACKING_OPEN
+ *   backingClose(devFd, id)                   FUSE_DEV_IOC_BACKING_CLOSE
+ */
+#include "common.h"
+
+#include <stdint.h>
+#include <sys/ioctl.h>
+
+struct fuse_backing_map {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+
+#define FUSE_DEV_IOC_MAGIC 229
+#define FUSE_DEV_IOC_BACKING_OPEN _IOW(FUSE_DEV_IOC_MAGIC, 1, struct fuse_backing_map)
+#define FUSE_DEV_IOC_BACKING_CLOSE _IOW(FUSE_DEV_IOC_MAGIC, 2, uint32_t)
+
+napi_value js_backing_open(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t dev, fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &dev));
+  CHECK(napi_get_value_int32(env, argv[1], &fd));
+  struct fuse_backing_map map = {.fd = fd, .flags = 0, .padding = 0};
+  int id = ioctl(dev, FUSE_DEV_IOC_BACKING_OPEN, &map);
+  if (id < 0) return throw_errno(env, errno, "FUSE_DEV_IOC_BACKING_OPEN");
+  napi_value v;
+  napi_create_int32(env, id, &v);
+  return v;
+}
+
+napi_value js_backing_close(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t dev;
+  uint32_t id;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &dev));
+  CHECK(napi_get_value_uint32(env, argv[1], &id));
+  if (ioctl(dev, FUSE_DEV_IOC_BACKING_CLOSE, &id) < 0) return throw_errno(env, errno, "FUSE_DEV_IOC_BACKING_CLOSE");
+  return NULL;
+}
