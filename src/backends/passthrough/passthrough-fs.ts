@@ -51,7 +51,7 @@ import {
   procPath,
   sys,
 } from '../../native/syscalls.js';
-import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../../util/mode.js';
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, S_ISUID } from '../../util/mode.js';
 import { IdMap, type IdRange } from './id-map.js';
 import { InodeTable, type PInode } from './inode-table.js';
 
@@ -347,6 +347,10 @@ export class PassthroughFs implements FileSystem {
     let flags = 0;
     if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
     if (this.cache === 'always') flags |= FOPEN_KEEP_CACHE;
+    // The kernel writes a backing file with our credentials, which would keep setuid/setgid
+    // bits that an unprivileged write must clear: such files are served by us, uncached.
+    const privileged = this.kernelIo && node.type === S_IFREG && !this.backing.get(node.nodeid) && (await this.hasPrivBits(fd));
+    if (privileged) return { fh, flags: flags | FOPEN_DIRECT_IO };
     const b = this.kernelIo && node.type === S_IFREG ? await this.backingOf(node) : undefined;
     if (b) {
       // The kernel reads and writes this file itself from now on: no round trips through us.
@@ -355,6 +359,11 @@ export class PassthroughFs implements FileSystem {
       return { fh, flags: FOPEN_PASSTHROUGH | (flags & FOPEN_KEEP_CACHE), backingId: b.id };
     }
     return { fh, flags };
+  }
+
+  private async hasPrivBits(fd: number): Promise<boolean> {
+    const st = await this.statFd(fd);
+    return (st.mode & S_ISUID) !== 0 || (st.mode & (S_ISGID | 0o010)) === (S_ISGID | 0o010);
   }
 
   private async backingOf(node: PInode): Promise<{ fd: number; id: number; refs: number } | undefined> {
