@@ -24,6 +24,7 @@ export function createBackend(cfg: BackendConfig): FileSystem {
         uidMap: cfg.uid_map,
         gidMap: cfg.gid_map,
         maxFds: cfg.max_fds,
+        kernelPassthrough: cfg.kernel_passthrough,
       });
   }
 }

@@ -37,6 +37,7 @@ interface MountOpts {
   uidMap: string;
   gidMap: string;
   maxFds: number;
+  kernelPassthrough: boolean;
   io: 'poll' | 'threads';
   readers: number;
   maxWrite: number;
@@ -62,6 +63,7 @@ function backendConfig(o: MountOpts): object {
         uid_map: o.uidMap,
         gid_map: o.gidMap,
         max_fds: o.maxFds,
+        kernel_passthrough: o.kernelPassthrough,
       };
 }
 
@@ -108,6 +110,7 @@ function backendOptions(cmd: Command): Command {
     .option('--uid-map <map>', 'passthrough: tenant:host:count[,...] uid ranges', '')
     .option('--gid-map <map>', 'passthrough: tenant:host:count[,...] gid ranges', '')
     .option('--max-fds <n>', 'passthrough: bound on cached O_PATH descriptors', intArg, 4096)
+    .option('--no-kernel-passthrough', 'passthrough: serve reads and writes in the daemon, not the kernel')
     .option('--read-only', 'export read-only', false)
     .option('-d, --debug', 'log every request and reply', false);
 }
@@ -182,7 +185,7 @@ program
   .action(async () => {
     const log = createLogger('warn');
     const dir = mkdtempSync(join(tmpdir(), 'dpfs-demo-'));
-    const dev = await startDevice(mountDevice(dir, { backend: 'memory', cache: 'auto', writeback: false, directIo: false, xattr: true, uidMap: '', gidMap: '', maxFds: 4096, io: 'poll', readers: 4, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
+    const dev = await startDevice(mountDevice(dir, { backend: 'memory', cache: 'auto', writeback: false, directIo: false, xattr: true, uidMap: '', gidMap: '', maxFds: 4096, kernelPassthrough: true, io: 'poll', readers: 4, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
     console.log(`memory backend mounted on ${dir}\n`);
     const script = `
       set -e

@@ -46,6 +46,8 @@ export const PassthroughBackendSchema = z
     uid_map: idMap.default(''),
     gid_map: idMap.default(''),
     max_fds: z.number().int().min(16).max(16384).default(4096),
+    /** /dev/fuse on Linux 6.9+: the kernel reads and writes open files itself. */
+    kernel_passthrough: z.boolean().default(true),
   })
   .strict();
 

@@ -83,11 +83,11 @@ export const workloads: Record<string, (dir: string) => Promise<void>> = {
   'fio with --verify: random and sequential writes read back intact': async (dir) => {
     const out = await sh(
       `
-      fio --name=rand --directory="${dir}" --rw=randwrite --bs=4k --size=32m --numjobs=2 --ioengine=psync \
+      fio --verify_state_save=0 --name=rand --directory="${dir}" --rw=randwrite --bs=4k --size=32m --numjobs=2 --ioengine=psync \
           --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse --minimal >/dev/null
-      fio --name=seq --directory="${dir}" --rw=write --bs=1m --size=64m --ioengine=psync \
+      fio --verify_state_save=0 --name=seq --directory="${dir}" --rw=write --bs=1m --size=64m --ioengine=psync \
           --verify=sha256 --verify_fatal=1 --do_verify=1 --output-format=terse --minimal >/dev/null
-      fio --name=mixed --directory="${dir}" --rw=randrw --bs=16k --size=16m --iodepth=8 --ioengine=libaio \
+      fio --verify_state_save=0 --name=mixed --directory="${dir}" --rw=randrw --bs=16k --size=16m --iodepth=8 --ioengine=libaio \
           --verify=md5 --verify_fatal=1 --output-format=terse --minimal >/dev/null
       echo verified
       `,
