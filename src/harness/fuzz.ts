@@ -43,11 +43,7 @@ export async function fuzz(socket: string, opts: { cases: number; seed: number; 
   let drv: GuestDriver | undefined;
   let c: FuseClient | undefined;
   const connect = async () => {
-    if (drv) {
-      drv.close();
-      // Let the device see the old VMM go before the next one knocks (one VMM per socket).
-      await new Promise((res) => setTimeout(res, 5));
-    }
+    drv?.close();
     drv = new GuestDriver({ socket, depth: 8, queueSize: 64, slotBytes: 128 * 1024, indirect: true });
     await drv.connect();
     c = new FuseClient(drv);

@@ -102,7 +102,17 @@ export class VhostUserConnection {
     this.endResolve();
   }
 
+  /** True once the connection has ended (the peer closed, or a protocol error). */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   // ---- messages ----------------------------------------------------------------------
+
+  /** Reads whatever the peer has sent, including its hang-up, now. */
+  poll(): void {
+    this.onReadable();
+  }
 
   private onReadable(): void {
     try {

@@ -60,6 +60,9 @@ export class VhostUserFsDevice implements RequestSink {
     for (;;) {
       const fd = native().acceptUnix(this.listenFd);
       if (fd < 0) return;
+      // A VMM that restarts may knock before its old connection's hang-up was read.
+      this.connection?.poll();
+      if (this.connection?.isClosed) this.connection = undefined;
       if (this.connection) {
         this.log.warn({}, 'a second VMM tried to connect; refused');
         closeSync(fd);
