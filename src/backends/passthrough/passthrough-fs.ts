@@ -340,7 +340,8 @@ export class PassthroughFs implements FileSystem {
     return f;
   }
 
-  private async openReply(fd: number, node: PInode): Promise<Opened> {
+  /** `mode`: the file's mode when the caller just learned it (create), saving a statx. */
+  private async openReply(fd: number, node: PInode, mode?: number): Promise<Opened> {
     const fh = this.nextFh++;
     const h: Handle = { fd, node };
     this.handles.set(fh, h);
@@ -349,7 +350,7 @@ export class PassthroughFs implements FileSystem {
     if (this.cache === 'always') flags |= FOPEN_KEEP_CACHE;
     // The kernel writes a backing file with our credentials, which would keep setuid/setgid
     // bits that an unprivileged write must clear: such files are served by us, uncached.
-    const privileged = this.kernelIo && node.type === S_IFREG && !this.backing.get(node.nodeid) && (await this.hasPrivBits(fd));
+    const privileged = this.kernelIo && node.type === S_IFREG && !this.backing.get(node.nodeid) && hasPrivBits(mode ?? (await this.statFd(fd)).mode);
     if (privileged) return { fh, flags: flags | FOPEN_DIRECT_IO };
     const b = this.kernelIo && node.type === S_IFREG ? await this.backingOf(node) : undefined;
     if (b) {
@@ -359,11 +360,6 @@ export class PassthroughFs implements FileSystem {
       return { fh, flags: FOPEN_PASSTHROUGH | (flags & FOPEN_KEEP_CACHE), backingId: b.id };
     }
     return { fh, flags };
-  }
-
-  private async hasPrivBits(fd: number): Promise<boolean> {
-    const st = await this.statFd(fd);
-    return (st.mode & S_ISUID) !== 0 || (st.mode & (S_ISGID | 0o010)) === (S_ISGID | 0o010);
   }
 
   private async backingOf(node: PInode): Promise<{ fd: number; id: number; refs: number } | undefined> {
@@ -564,7 +560,7 @@ export class PassthroughFs implements FileSystem {
     try {
       // The O_PATH descriptor comes from the open file itself: no second name lookup to race.
       const entry = await this.entryOfOpen(fd);
-      return { entry, open: await this.openReply(fd, this.table.get(entry.ino)) };
+      return { entry, open: await this.openReply(fd, this.table.get(entry.ino), entry.attr.mode) };
     } catch (err) {
       await sys.close(fd);
       throw err;
@@ -579,7 +575,7 @@ export class PassthroughFs implements FileSystem {
     );
     try {
       const entry = await this.entryOfOpen(fd);
-      return { entry, open: await this.openReply(fd, this.table.get(entry.ino)) };
+      return { entry, open: await this.openReply(fd, this.table.get(entry.ino), entry.attr.mode) };
     } catch (err) {
       await sys.close(fd);
       throw err;
@@ -614,6 +610,11 @@ export class PassthroughFs implements FileSystem {
     for (const h of this.handles.values()) await sys.close(h.fd).catch(() => undefined);
     this.handles.clear();
   }
+}
+
+/** setuid, or setgid with group execute: what an unprivileged write must clear. */
+function hasPrivBits(mode: number): boolean {
+  return (mode & S_ISUID) !== 0 || (mode & (S_ISGID | 0o010)) === (S_ISGID | 0o010);
 }
 
 function key(st: Statx): string {
