@@ -213,9 +213,18 @@ export class PassthroughFs implements FileSystem {
     return this.entryFor(l);
   }
 
-  /** The Entry of a file just opened by descriptor (create, tmpfile): no name to race on. */
-  private async entryOfOpen(fd: number): Promise<Entry> {
-    return this.entryFor(await sys.lookup(null, AT_FDCWD, procPath(fd), 0, true));
+  /**
+   * Entry and handle for a file just created and opened (create, tmpfile). Its O_PATH
+   * descriptor comes from the open file itself: no second name lookup to race on.
+   */
+  private async createdFrom(fd: number): Promise<Created> {
+    try {
+      const entry = await this.entryFor(await sys.lookup(null, AT_FDCWD, procPath(fd), 0, true));
+      return { entry, open: await this.openReply(fd, this.table.get(entry.ino), entry.attr.mode) };
+    } catch (err) {
+      await sys.close(fd);
+      throw err;
+    }
   }
 
   // ---- FileSystem --------------------------------------------------------------------
@@ -557,14 +566,7 @@ export class PassthroughFs implements FileSystem {
     const p = this.table.get(parent);
     const c = this.creds(ctx);
     const fd = await this.table.withFd(p, (pfd) => sys.openat(c, pfd, name, this.openFlags(flags) | O_CREAT | O_NOFOLLOW, mode & ~S_IFMT));
-    try {
-      // The O_PATH descriptor comes from the open file itself: no second name lookup to race.
-      const entry = await this.entryOfOpen(fd);
-      return { entry, open: await this.openReply(fd, this.table.get(entry.ino), entry.attr.mode) };
-    } catch (err) {
-      await sys.close(fd);
-      throw err;
-    }
+    return this.createdFrom(fd);
   }
 
   async tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number): Promise<Created> {
@@ -573,13 +575,7 @@ export class PassthroughFs implements FileSystem {
     const fd = await this.table.withFd(p, (pfd) =>
       sys.openat(this.creds(ctx), pfd, '.', (this.openFlags(flags) & ~O_DIRECTORY) | O_TMPFILE, mode & ~S_IFMT),
     );
-    try {
-      const entry = await this.entryOfOpen(fd);
-      return { entry, open: await this.openReply(fd, this.table.get(entry.ino), entry.attr.mode) };
-    } catch (err) {
-      await sys.close(fd);
-      throw err;
-    }
+    return this.createdFrom(fd);
   }
 
   async fallocate(ctx: RequestContext, _ino: number, fh: number, offset: number, length: number, mode: number): Promise<void> {

@@ -81,7 +81,6 @@ export class DevFuseDevice {
   async start(): Promise<void> {
     const o = this.options;
     const mp = o.mountPoint;
-    if (!existsSync(mp)) recoverStale(mp, this.log);
     recoverStale(mp, this.log);
     let st;
     try {

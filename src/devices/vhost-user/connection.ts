@@ -8,7 +8,7 @@ import { closeSync, readSync, writeSync } from 'node:fs';
 import { Opcode } from '../../fuse/opcodes.js';
 import { native } from '../../native/native.js';
 import type { Logger } from '../../util/log.js';
-import { GuestMemory, type RegionSpec, VirtioError } from './guest-memory.js';
+import { GuestMemory, type RegionSpec } from './guest-memory.js';
 import {
   F,
   FLAG_NEED_REPLY,
@@ -499,4 +499,3 @@ function closeFd(fd: number): void {
   }
 }
 
-export { VirtioError };

@@ -40,31 +40,23 @@ export class GuestMemory {
     return mem;
   }
 
-  static fromBuffers(regions: { guestPhysAddr: number; userAddr: number; bytes: Uint8Array }[]): GuestMemory {
-    const mem = new GuestMemory();
-    for (const r of regions) mem.regions.push({ guestPhysAddr: r.guestPhysAddr, userAddr: r.userAddr, size: r.bytes.length, mmapOffset: 0, bytes: r.bytes });
-    return mem;
-  }
-
   /** A view of guest-physical [gpa, gpa + len). */
   slice(gpa: number, len: number): Uint8Array {
-    for (const r of this.regions) {
-      if (gpa >= r.guestPhysAddr && gpa + len <= r.guestPhysAddr + r.size && len >= 0) {
-        const off = gpa - r.guestPhysAddr;
-        return r.bytes.subarray(off, off + len);
-      }
-    }
-    throw new VirtioError(`guest address 0x${gpa.toString(16)}+${len} is outside guest memory`);
+    return this.view(gpa, len, 'guestPhysAddr', 'guest');
   }
 
   /** A view of VMM-virtual [va, va + len) (ring addresses come in these). */
   sliceVa(va: number, len: number): Uint8Array {
+    return this.view(va, len, 'userAddr', 'VMM');
+  }
+
+  private view(addr: number, len: number, base: 'guestPhysAddr' | 'userAddr', what: string): Uint8Array {
     for (const r of this.regions) {
-      if (va >= r.userAddr && va + len <= r.userAddr + r.size && len >= 0) {
-        const off = va - r.userAddr;
+      if (len >= 0 && addr >= r[base] && addr + len <= r[base] + r.size) {
+        const off = addr - r[base];
         return r.bytes.subarray(off, off + len);
       }
     }
-    throw new VirtioError(`VMM address 0x${va.toString(16)}+${len} is outside guest memory`);
+    throw new VirtioError(`${what} address 0x${addr.toString(16)}+${len} is outside guest memory`);
   }
 }

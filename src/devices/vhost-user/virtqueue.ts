@@ -30,7 +30,6 @@ export class Virtqueue {
   usedIdx = 0;
   private readonly descDv: DataView;
   private readonly avail16: Uint16Array;
-  private readonly usedDv: DataView;
   private readonly used16: Uint16Array;
   private readonly used32: Uint32Array;
   /** The used index at our last notification decision (event-idx). */
@@ -47,10 +46,8 @@ export class Virtqueue {
     if (rings.avail.byteOffset % 2 || rings.used.byteOffset % 4 || rings.desc.byteOffset % 16) throw new VirtioError('misaligned rings');
     this.descDv = new DataView(rings.desc.buffer, rings.desc.byteOffset, 16 * num);
     this.avail16 = new Uint16Array(rings.avail.buffer, rings.avail.byteOffset, 3 + num);
-    this.usedDv = new DataView(rings.used.buffer, rings.used.byteOffset, 6 + 8 * num);
     this.used16 = new Uint16Array(rings.used.buffer, rings.used.byteOffset, 2);
     this.used32 = new Uint32Array(rings.used.buffer, rings.used.byteOffset + 4, 2 * num);
-    void this.usedDv;
   }
 
   /** Starts from the indices the VMM handed over (SET_VRING_BASE). */
