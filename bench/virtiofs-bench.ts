@@ -29,6 +29,9 @@ const OUT = opt('out', 'bench-results');
 const VIRTIOFSD = opt('virtiofsd', '/usr/lib/qemu/virtiofsd');
 /** Which servers to run: dpfs (passthrough), virtiofsd, null (1 and --queues request queues). */
 const TARGETS = new Set(opt('targets', 'dpfs,virtiofsd,null').split(','));
+/** dpfs queue threads (-t); unset: the daemon's default. */
+const THREADS = opt('threads', '');
+const threadArgs = THREADS ? ['-t', THREADS] : [];
 const FILE_BYTES = 64 * 1024 * 1024;
 const CLK_TCK = 100;
 
@@ -188,12 +191,12 @@ async function main(): Promise<void> {
   const results: Record<string, Row[]> = {};
   try {
     const targets: [string, string, (sock: string) => string[], number, string, boolean][] = [];
-    if (TARGETS.has('dpfs')) targets.push(['dpfs', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'passthrough', '-s', src], 1, 'data', false]);
+    if (TARGETS.has('dpfs')) targets.push(['dpfs', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'passthrough', '-s', src, ...threadArgs], 1, 'data', false]);
     if (TARGETS.has('virtiofsd') && existsSync(VIRTIOFSD)) targets.push(['virtiofsd', VIRTIOFSD, (s) => [`--socket-path=${s}`, '-o', `source=${src}`, '-o', 'cache=auto'], 1, 'data', false]);
     else if (TARGETS.has('virtiofsd')) progress(`(no ${VIRTIOFSD}: the C reference is skipped)`);
     if (TARGETS.has('null')) {
-      targets.push(['dpfs-null', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES)], 1, 'null', !TARGETS.has('dpfs')]);
-      if (QUEUES > 1) targets.push([`dpfs-null-${QUEUES}q`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES)], QUEUES, 'null', true]);
+      targets.push(['dpfs-null', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES), ...threadArgs], 1, 'null', !TARGETS.has('dpfs')]);
+      if (QUEUES > 1) targets.push([`dpfs-null-${QUEUES}q`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES), ...threadArgs], QUEUES, 'null', true]);
     }
     for (const [name, cmd, argv, queues, file, quick] of targets) {
       progress(`${name} (${queues} request queue${queues > 1 ? 's' : ''})`);

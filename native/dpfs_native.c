@@ -3,8 +3,9 @@
  *   mount.c  mount(2), umount2(2)
  *   poll.c   fd readiness on the calling thread's event loop
  *   fsops.c  *at() system calls run on libuv's pool with the caller's credentials
- *   vhost.c  unix sockets with descriptor passing, shared guest-memory mappings
+ *   vhost.c  unix sockets with descriptor passing, memfd, eventfd
  *   fusedev.c  kernel FUSE passthrough backing files (/dev/fuse ioctls)
+ *   shared_map.cc  guest memory as a SharedArrayBuffer shared by threads
  * Errors are thrown (or rejected) as Errors carrying `code`, `errno` and `syscall`.
  */
 #include "common.h"

@@ -20,12 +20,15 @@ import { fuzz } from '../src/harness/fuzz.js';
 import { type DriverOptions, GuestDriver } from '../src/harness/guest-driver.js';
 import { startDaemon, stopDaemon, waitFor } from './helpers/daemon.js';
 
-async function withHarness(fs: FileSystem, opts: Partial<DriverOptions>, fn: (c: FuseClient, drv: GuestDriver, dev: VhostUserFsDevice) => Promise<void>): Promise<void> {
+type HarnessOptions = Partial<DriverOptions> & { threads?: number };
+
+async function withHarness(fs: FileSystem, opts: HarnessOptions, fn: (c: FuseClient, drv: GuestDriver, dev: VhostUserFsDevice) => Promise<void>): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-harness-'));
   const socket = join(dir, 'vfs.sock');
-  const dev = new VhostUserFsDevice({ socketPath: socket, fs, requestQueues: opts.queues ?? 1 });
+  const { threads = 0, ...driver } = opts;
+  const dev = new VhostUserFsDevice({ socketPath: socket, fs, requestQueues: opts.queues ?? 1, threads });
   dev.start();
-  const drv = new GuestDriver({ socket, depth: 16, queueSize: 64, slotBytes: 256 * 1024, ...opts });
+  const drv = new GuestDriver({ socket, depth: 16, queueSize: 64, slotBytes: 256 * 1024, ...driver });
   try {
     await drv.connect();
     const c = new FuseClient(drv);
@@ -38,14 +41,16 @@ async function withHarness(fs: FileSystem, opts: Partial<DriverOptions>, fn: (c:
   }
 }
 
-for (const [eventIdx, indirect] of [
-  [true, false],
-  [false, false],
-  [true, true],
-  [false, true],
-]) {
-  test(`data round-trips over virtqueues (event-idx ${eventIdx}, indirect ${indirect})`, async () => {
-    await withHarness(new MemoryFs(), { eventIdx, indirect }, async (c) => {
+for (const [eventIdx, indirect, threads] of [
+  [true, false, 0],
+  [false, false, 0],
+  [true, true, 0],
+  [false, true, 0],
+  [true, true, 1],
+  [false, false, 1],
+] as const) {
+  test(`data round-trips over virtqueues (event-idx ${eventIdx}, indirect ${indirect}, ${threads ? 'queue thread' : 'event loop'})`, async () => {
+    await withHarness(new MemoryFs(), { eventIdx, indirect, threads }, async (c) => {
       const { ino, fh } = await c.create(1, 'f', 0o100644, 2);
       const blocks = Array.from({ length: 64 }, (_, i) => Buffer.alloc(4096, i + 1));
       // 64 concurrent writes then reads: more in flight than slots, so completions batch.
@@ -72,8 +77,8 @@ test('completions batched on a fresh queue still interrupt the driver (event-idx
   });
 });
 
-test('hostile descriptor chains are returned unanswered and the device keeps serving', async () => {
-  await withHarness(new NullFs(), {}, async (c, drv, dev) => {
+for (const threads of [0, 1]) test(`hostile descriptor chains are returned unanswered and the device keeps serving (${threads ? 'queue thread' : 'event loop'})`, async () => {
+  await withHarness(new NullFs(), { threads }, async (c, drv, dev) => {
     const q = 1;
     const { desc, bytes, num, scratch } = drv.raw(q);
     const getattr = encodeRequest({ opcode: Opcode.FUSE_GETATTR, unique: 99n, nodeid: 1 }, RequestSpecs[Opcode.FUSE_GETATTR], {});
@@ -113,8 +118,9 @@ test('hostile descriptor chains are returned unanswered and the device keeps ser
   });
 });
 
-test('two request queues serve requests independently', async () => {
-  await withHarness(new NullFs(), { queues: 2 }, async (_c, drv, dev) => {
+test('two request queues on two queue threads serve requests independently', async () => {
+  await withHarness(new NullFs(), { queues: 2, threads: 2 }, async (_c, drv, dev) => {
+    assert.equal(dev.queueThreads, 2);
     const c1 = new FuseClient(drv, 1);
     const c2 = new FuseClient(drv, 2);
     const ino = await c1.lookup(1, 'x');
@@ -123,6 +129,40 @@ test('two request queues serve requests independently', async () => {
     const per = dev.connection!.stats.perQueue;
     assert.ok(per[1]! >= 50 && per[2]! >= 50, `per queue: ${per.join(', ')}`);
   });
+});
+
+test('a second VMM gets the queue threads after the first went away', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'dpfs-harness-'));
+  const socket = join(dir, 'vfs.sock');
+  const dev = new VhostUserFsDevice({ socketPath: socket, fs: new MemoryFs(), requestQueues: 2, threads: 2 });
+  dev.start();
+  try {
+    for (const round of [1, 2]) {
+      const drv = new GuestDriver({ socket, queues: 2, depth: 8, queueSize: 16, slotBytes: 64 * 1024 });
+      try {
+        await drv.connect();
+        const c = new FuseClient(drv, 2);
+        await c.init();
+        if (round === 1) {
+          const { ino, fh } = await c.create(1, 'kept', 0o100644, 2);
+          // More requests than the ring has entries: the indices wrap.
+          await Promise.all(Array.from({ length: 40 }, (_, i) => c.write(ino, fh, i * 8, Buffer.from(`line ${String(i).padStart(2)}`))));
+        }
+        const ino = await c.lookup(1, 'kept');
+        const fh = await c.open(ino, 0);
+        const r = await c.read(ino, fh, 0, 320);
+        assert.equal(r.error, 0);
+        assert.equal(r.body.subarray(312, 320).toString(), 'line 39');
+      } finally {
+        drv.close();
+      }
+      await waitFor(() => dev.connection === undefined || dev.connection.isClosed, 'the first VMM to go', 5000);
+    }
+    assert.equal(dev.connections, 2);
+  } finally {
+    await dev.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('an indirect table outside guest memory is a bad chain, not a broken ring (found by the fuzzer)', async () => {
@@ -138,18 +178,20 @@ test('an indirect table outside guest memory is a bad chain, not a broken ring (
   });
 });
 
-test('fuzzing: random hostile chains, FUSE and vhost-user messages never stop the daemon (bounded run)', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'dpfs-fuzz-'));
-  const socket = join(dir, 'vfs.sock');
-  const d = startDaemon(['vhost-user', socket, '-b', 'memory']);
-  try {
-    await waitFor(() => existsSync(socket), 'device socket');
-    const res = await fuzz(socket, { cases: 400, seed: 20261127 });
-    assert.deepEqual(res.failures, []);
-    assert.equal(res.cases, 400);
-    assert.equal(d.child.exitCode, null, `daemon still running: ${d.stderr().slice(-500)}`);
-  } finally {
-    await stopDaemon(d, []);
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+for (const threads of [0, 1]) {
+  test(`fuzzing: random hostile chains, FUSE and vhost-user messages never stop the daemon (bounded run, ${threads ? 'queue thread' : 'event loop'})`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dpfs-fuzz-'));
+    const socket = join(dir, 'vfs.sock');
+    const d = startDaemon(['vhost-user', socket, '-b', 'memory', '-t', String(threads)]);
+    try {
+      await waitFor(() => existsSync(socket), 'device socket');
+      const res = await fuzz(socket, { cases: 300, seed: 20261127 + threads });
+      assert.deepEqual(res.failures, []);
+      assert.equal(res.cases, 300);
+      assert.equal(d.child.exitCode, null, `daemon still running: ${d.stderr().slice(-500)}`);
+    } finally {
+      await stopDaemon(d, []);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}

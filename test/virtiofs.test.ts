@@ -68,10 +68,10 @@ function assertWorkload(output: string): Map<string, string> {
   return c;
 }
 
-async function withDevice(fs: FileSystem, fn: (socket: string, dev: VhostUserFsDevice) => Promise<void>, requestQueues = 1): Promise<void> {
+async function withDevice(fs: FileSystem, fn: (socket: string, dev: VhostUserFsDevice) => Promise<void>, requestQueues = 1, threads?: number): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-vhost-'));
   const socket = join(dir, 'vfs.sock');
-  const dev = new VhostUserFsDevice({ socketPath: socket, fs, requestQueues });
+  const dev = new VhostUserFsDevice({ socketPath: socket, fs, requestQueues, threads });
   dev.start();
   try {
     await fn(socket, dev);
@@ -81,8 +81,11 @@ async function withDevice(fs: FileSystem, fn: (socket: string, dev: VhostUserFsD
   }
 }
 
-test('a guest mounts the memory backend over virtio-fs and runs the workload', { skip, timeout: 300000 }, async () => {
-  await withDevice(new MemoryFs(), async (socket, dev) => {
+test('a guest mounts the memory backend over virtio-fs (request queue on a queue thread) and runs the workload', { skip, timeout: 300000 }, async () => {
+  await withDevice(
+    new MemoryFs(),
+    async (socket, dev) => {
+    assert.equal(dev.queueThreads, 1);
     const r = await runGuest({ socket, tag: 'dpfs', workload: WORKLOAD, timeoutMs: 240000 });
     assert.equal(r.timedOut, false, r.output.slice(-2000));
     assertWorkload(r.output);
@@ -91,7 +94,10 @@ test('a guest mounts the memory backend over virtio-fs and runs the workload', {
     const again = await runGuest({ socket, tag: 'dpfs', workload: 'echo "CHECK persisted $(cat log1 | wc -l)"\n', timeoutMs: 120000 });
     assert.equal(checks(again.output).get('persisted'), '100', again.output.slice(-2000));
     assert.equal(dev.connections, 2);
-  });
+    },
+    1,
+    1,
+  );
 });
 
 test('a guest mounts the passthrough backend; the host sees what it wrote', { skip, timeout: 300000 }, async () => {
@@ -120,6 +126,7 @@ test('a guest with 2 vCPUs and 2 request queues (spread by kernels that do, 6.11
     new MemoryFs(),
     async (socket, dev) => {
       const work = 'for c in 0 1; do taskset -c $c sh -c "i=0; while [ \\$i -lt 200 ]; do echo \\$i > f$c-\\$i; i=\\$((i + 1)); done" & done; wait; echo "CHECK files $(ls | wc -l)"\n';
+      assert.equal(dev.queueThreads, 2); // one queue thread per request queue
       const r = await runGuest({ socket, tag: 'dpfs', workload: work, timeoutMs: 240000, cpus: 2, requestQueues: 2 });
       assert.equal(checks(r.output).get('files'), '400', r.output.slice(-2000));
       const [, q1 = 0, q2 = 0] = dev.perQueue;

@@ -36,6 +36,7 @@ export async function startDevice(cfg: DeviceConfig, log: Logger): Promise<Runni
         socketPath: cfg.socket,
         fs,
         requestQueues: cfg.queues,
+        threads: cfg.threads,
         log: log.child({ name: cfg.name }),
         trace: cfg.trace,
       });

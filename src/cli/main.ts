@@ -19,6 +19,12 @@ function intArg(v: string): number {
   return n;
 }
 
+function countArg(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('must be 0 or a positive integer');
+  return n;
+}
+
 function sizeArg(v: string): number {
   try {
     return parseSize(v);
@@ -136,10 +142,19 @@ backendOptions(
     .command('vhost-user')
     .description('serve one backend as a virtio-fs device on a vhost-user socket (QEMU: -device vhost-user-fs-pci)')
     .argument('<socket>', 'unix socket path for the VMM')
-    .option('-q, --queues <n>', 'request queues (QEMU num-request-queues)', intArg, 1),
-).action(async (socket: string, o: MountOpts & { queues: number }) => {
+    .option('-q, --queues <n>', 'request queues (QEMU num-request-queues)', intArg, 1)
+    .option('-t, --threads <n>', 'queue threads for the request queues (0: serve them on the event loop; default one per queue)', countArg),
+).action(async (socket: string, o: MountOpts & { queues: number; threads?: number }) => {
   const log = createLogger(o.debug ? 'debug' : undefined);
-  const device = validDevice({ name: 'cli', transport: 'vhost-user', socket: resolve(socket), queues: o.queues, trace: o.debug, backend: backendConfig(o) });
+  const device = validDevice({
+    name: 'cli',
+    transport: 'vhost-user',
+    socket: resolve(socket),
+    queues: o.queues,
+    threads: o.threads,
+    trace: o.debug,
+    backend: backendConfig(o),
+  });
   await runDevices([device], log);
 });
 

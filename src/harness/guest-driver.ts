@@ -52,7 +52,7 @@ class DriverQueue {
   watch?: unknown;
 
   constructor(
-    mem: ArrayBuffer,
+    mem: SharedArrayBuffer,
     readonly num: number,
     readonly descOff: number,
     readonly availOff: number,
@@ -68,7 +68,7 @@ class DriverQueue {
 export class GuestDriver {
   private fd = -1;
   private memFd = -1;
-  private mem!: ArrayBuffer;
+  private mem!: SharedArrayBuffer;
   private bytes!: Uint8Array;
   readonly queues: DriverQueue[] = [];
   private readonly o: Required<DriverOptions>;

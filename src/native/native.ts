@@ -27,8 +27,8 @@ export interface NativeAddon {
   /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */
   backingOpen(devFd: number, fd: number): number;
   backingClose(devFd: number, id: number): void;
-  /** mmap(MAP_SHARED) of fd; unmapped only when the ArrayBuffer is collected. */
-  mapShared(fd: number, size: number, offset: number): ArrayBuffer;
+  /** mmap(MAP_SHARED) of fd, shareable with workers; unmapped once no thread references it. */
+  mapShared(fd: number, size: number, offset: number): SharedArrayBuffer;
 }
 
 let addon: NativeAddon | undefined;

@@ -4,7 +4,7 @@
  * A protocol error ends the connection; a broken ring stops that ring; a bad descriptor
  * chain is returned unanswered. None of them reaches past this connection.
  */
-import { closeSync, readSync, writeSync } from 'node:fs';
+import { closeSync } from 'node:fs';
 import { Opcode } from '../../fuse/opcodes.js';
 import { native } from '../../native/native.js';
 import type { Logger } from '../../util/log.js';
@@ -23,7 +23,9 @@ import {
   encodeReply,
   u64Payload,
 } from './protocol.js';
-import { ChainError, type Chain, Virtqueue } from './virtqueue.js';
+import type { QueueThreadSink, QueueThreads } from './queue-threads.js';
+import { RingRunner } from './ring-runner.js';
+import { Virtqueue } from './virtqueue.js';
 
 /** What a connection asks of the device that owns it. */
 export interface RequestSink {
@@ -37,23 +39,22 @@ export interface RequestSink {
 interface Vring {
   num: number;
   addr?: { desc: number; used: number; avail: number };
+  /** Where the ring resumes (SET_VRING_BASE, or where it stopped). */
   base: number;
   kickFd: number;
   callFd: number;
   errFd: number;
   enabled: boolean;
-  started: boolean;
-  vq?: Virtqueue;
-  kickWatch?: unknown;
-  notifyScheduled: boolean;
-  /** Bumped when the ring stops: replies of an older generation are dropped. */
-  generation: number;
+  /** Served on this thread... */
+  runner?: RingRunner;
+  /** ...or by a queue thread, with this generation. */
+  remoteGen?: number;
 }
 
 export const SUPPORTED_FEATURES = F.VIRTIO_F_VERSION_1 | F.VIRTIO_RING_F_INDIRECT_DESC | F.VIRTIO_RING_F_EVENT_IDX | F.VHOST_USER_F_PROTOCOL_FEATURES;
 export const SUPPORTED_PROTOCOL_FEATURES = PF.MQ | PF.REPLY_ACK;
 
-export class VhostUserConnection {
+export class VhostUserConnection implements QueueThreadSink {
   private features = 0n;
   private protocolFeatures = 0n;
   private mem?: GuestMemory;
@@ -71,18 +72,11 @@ export class VhostUserConnection {
     private readonly queues: number,
     private readonly sink: RequestSink,
     private readonly log: Logger,
+    /** Serve the request queues (1..) there; the hiprio queue stays on this thread. */
+    private readonly threads?: QueueThreads,
   ) {
-    this.rings = Array.from({ length: queues }, () => ({
-      num: 0,
-      base: 0,
-      kickFd: -1,
-      callFd: -1,
-      errFd: -1,
-      enabled: false,
-      started: false,
-      notifyScheduled: false,
-      generation: 0,
-    }));
+    this.rings = Array.from({ length: queues }, () => ({ num: 0, base: 0, kickFd: -1, callFd: -1, errFd: -1, enabled: false }));
+    if (threads) threads.sink = this;
     this.watch = native().watch(fd, () => this.onReadable());
   }
 
@@ -91,7 +85,19 @@ export class VhostUserConnection {
     this.closed = true;
     if (reason) this.log.warn({ reason }, 'vhost-user connection closed');
     if (this.watch) native().unwatch(this.watch);
-    for (let i = 0; i < this.rings.length; i++) this.stopRing(i);
+    for (let i = 0; i < this.rings.length; i++) {
+      try {
+        this.stopRing(i);
+      } catch (err) {
+        this.log.error({ ring: i, err: (err as Error).message }, 'cannot stop vring');
+      }
+    }
+    try {
+      this.threads?.setMemory(undefined);
+    } catch {
+      /* a failed thread holds nothing we can release */
+    }
+    if (this.threads?.sink === this) this.threads.sink = undefined;
     for (const r of this.rings) {
       closeFd(r.callFd);
       closeFd(r.errFd);
@@ -231,9 +237,12 @@ export class VhostUserConnection {
             mmapOffset: Number(p.readBigUInt64LE(at + 24)),
           });
         }
-        this.mem = GuestMemory.map(regions, takeFds(n));
-        // Rings already set up are re-derived from the new table.
-        for (let i = 0; i < this.rings.length; i++) if (this.rings[i]!.vq) this.buildQueue(i);
+        const mem = GuestMemory.map(regions, takeFds(n));
+        // Running rings are stopped and re-derived from the new table.
+        const running = this.rings.map((_, i) => this.deactivate(i));
+        this.mem = mem;
+        this.threads?.setMemory(mem);
+        running.forEach((was, i) => was && this.activate(i));
         this.log.info({ regions: n, bytes: regions.reduce((a, r) => a + r.size, 0) }, 'guest memory mapped');
         break;
       }
@@ -262,11 +271,10 @@ export class VhostUserConnection {
         need(8);
         const index = p.readUInt32LE(0);
         const r = ring(index);
-        const base = r.vq ? r.vq.lastAvail : r.base;
         this.stopRing(index);
         const out = Buffer.alloc(8);
         out.writeUInt32LE(index, 0);
-        out.writeUInt32LE(base, 4);
+        out.writeUInt32LE(r.base, 4);
         this.reply(h.request, out);
         replied = true;
         break;
@@ -279,13 +287,19 @@ export class VhostUserConnection {
         const r = ring(Number(v & VRING_IDX_MASK));
         const nofd = (v & VRING_NOFD_MASK) !== 0n;
         const fd = nofd ? (takeFds(0), -1) : takeFds(1)[0]!;
+        const index = Number(v & VRING_IDX_MASK);
         if (h.request === Req.SET_VRING_KICK) {
-          this.stopRing(Number(v & VRING_IDX_MASK));
+          this.stopRing(index);
           r.kickFd = fd;
-          if (fd >= 0) this.startRing(Number(v & VRING_IDX_MASK));
+          // A ring starts once it has a kick descriptor; without protocol features it is enabled too.
+          if (!(this.features & F.VHOST_USER_F_PROTOCOL_FEATURES)) r.enabled = true;
+          this.activate(index);
         } else if (h.request === Req.SET_VRING_CALL) {
-          closeFd(r.callFd);
+          const old = r.callFd;
           r.callFd = fd;
+          r.runner?.setCallFd(fd);
+          if (r.remoteGen !== undefined) this.threads!.setCallFd(index, fd);
+          closeFd(old); // only now that no thread signals it any more
         } else {
           closeFd(r.errFd);
           r.errFd = fd;
@@ -298,7 +312,8 @@ export class VhostUserConnection {
         const index = p.readUInt32LE(0);
         const r = ring(index);
         r.enabled = p.readUInt32LE(4) !== 0;
-        if (r.enabled && r.vq) this.process(index);
+        if (r.enabled) this.activate(index);
+        else this.deactivate(index);
         break;
       }
       case Req.SET_BACKEND_REQ_FD:
@@ -317,144 +332,133 @@ export class VhostUserConnection {
     if (!replied && h.flags & FLAG_NEED_REPLY && this.protocolFeatures & PF.REPLY_ACK) this.reply(h.request, u64Payload(0n));
   }
 
-  // ---- rings -------------------------------------------------------------------------
+  // ---- rings ----------------------------------------------------------------------
 
-  private buildQueue(index: number): boolean {
+  /** Starts serving ring `index` if it is complete (memory, size, addresses, kick) and enabled. */
+  private activate(index: number): void {
     const r = this.rings[index]!;
-    if (!this.mem || !r.addr || !r.num) return false;
+    if (r.runner || r.remoteGen !== undefined || this.closed) return;
+    if (!this.mem || !r.addr || !r.num || r.kickFd < 0 || !r.enabled) return;
+    const eventIdx = (this.features & F.VIRTIO_RING_F_EVENT_IDX) !== 0n;
+    const indirect = (this.features & F.VIRTIO_RING_F_INDIRECT_DESC) !== 0n;
+    let vq: Virtqueue;
     try {
-      r.vq = new Virtqueue(
+      // Built here even for a queue thread: a bad ring address is refused before it goes there.
+      vq = new Virtqueue(
         this.mem,
         r.num,
-        {
-          desc: this.mem.sliceVa(r.addr.desc, 16 * r.num),
-          avail: this.mem.sliceVa(r.addr.avail, 6 + 2 * r.num),
-          used: this.mem.sliceVa(r.addr.used, 6 + 8 * r.num),
-        },
-        {
-          eventIdx: (this.features & F.VIRTIO_RING_F_EVENT_IDX) !== 0n,
-          indirect: (this.features & F.VIRTIO_RING_F_INDIRECT_DESC) !== 0n,
-        },
+        { desc: this.mem.sliceVa(r.addr.desc, 16 * r.num), avail: this.mem.sliceVa(r.addr.avail, 6 + 2 * r.num), used: this.mem.sliceVa(r.addr.used, 6 + 8 * r.num) },
+        { eventIdx, indirect },
       );
-      r.vq.setBase(r.base);
-      return true;
+      vq.setBase(r.base);
     } catch (err) {
       this.log.error({ ring: index, err: (err as Error).message }, 'cannot set up vring');
-      r.vq = undefined;
-      return false;
+      return;
     }
+    if (this.threads && index > 0) {
+      r.remoteGen = this.threads.start({ q: index, num: r.num, addr: r.addr, base: r.base, eventIdx, indirect, kickFd: r.kickFd, callFd: r.callFd });
+      return;
+    }
+    const runner: RingRunner = new RingRunner(vq, r.kickFd, r.callFd, {
+      // A private copy of the request: the guest cannot change it under us.
+      request: (chain) => this.serve(index, Buffer.concat(chain.readable), chain.writable, (len) => runner.complete(chain.head, len)),
+      badChain: (head, message) => this.badChain(index, head, message),
+      broken: (message) => this.ringBroken(index, message),
+      notifyFailed: (message) => this.notifyFailed(index, message),
+    });
+    r.runner = runner;
+    runner.start();
   }
 
-  /** A ring runs once it has a kick descriptor; without protocol features it is enabled too. */
-  private startRing(index: number): void {
+  /** Stops serving ring `index`, keeping where it stopped; returns whether it was running. */
+  private deactivate(index: number): boolean {
     const r = this.rings[index]!;
-    if (!this.buildQueue(index)) return;
-    if (!(this.features & F.VHOST_USER_F_PROTOCOL_FEATURES)) r.enabled = true;
-    r.started = true;
-    r.kickWatch = native().watch(r.kickFd, () => this.onKick(index));
-    this.process(index); // buffers made available before the kick descriptor arrived
+    if (r.runner) {
+      r.base = r.runner.stop();
+      r.runner = undefined;
+      return true;
+    }
+    if (r.remoteGen !== undefined) {
+      r.remoteGen = undefined;
+      const base = this.threads!.stop(index);
+      if (base >= 0) r.base = base;
+      return true;
+    }
+    return false;
   }
 
   private stopRing(index: number): void {
     const r = this.rings[index]!;
-    if (r.kickWatch) native().unwatch(r.kickWatch);
-    r.kickWatch = undefined;
-    closeFd(r.kickFd);
+    this.deactivate(index);
+    closeFd(r.kickFd); // only now that no thread watches it any more
     r.kickFd = -1;
-    if (r.vq) r.base = r.vq.lastAvail;
-    r.vq = undefined;
-    r.started = false;
-    r.generation++;
   }
 
-  private onKick(index: number): void {
-    const r = this.rings[index]!;
+  // ---- requests from queue threads (QueueThreadSink) -----------------------------------
+
+  request(q: number, gen: number, head: number, request: Buffer, writableGpa: number[]): void {
+    const r = this.rings[q];
+    if (!r || r.remoteGen !== gen || !this.mem) return; // the ring has stopped since
+    const writable: Uint8Array[] = [];
     try {
-      readSync(r.kickFd, Buffer.alloc(8));
+      for (let i = 0; i < writableGpa.length; i += 2) writable.push(this.mem.slice(writableGpa[i]!, writableGpa[i + 1]!));
     } catch {
-      /* EAGAIN: already drained */
+      return; // checked by the thread against the same memory; cannot happen unless it changed
     }
-    this.process(index);
+    this.serve(q, request, writable, (len) => {
+      if (r.remoteGen === gen && !this.closed) this.threads!.complete(q, gen, head, len);
+    });
   }
 
-  private process(index: number): void {
-    const r = this.rings[index]!;
-    const vq = r.vq;
-    if (!vq || !r.enabled || this.closed) return;
-    for (;;) {
-      let chain: Chain | null;
-      try {
-        chain = vq.pop();
-      } catch (err) {
-        if (err instanceof ChainError) {
-          this.stats.badChains++;
-          this.log.warn({ ring: index, head: err.head, err: err.message }, 'bad descriptor chain returned unanswered');
-          vq.push(err.head, 0);
-          this.scheduleNotify(index);
-          continue;
-        }
-        this.log.error({ ring: index, err: (err as Error).message }, 'ring broken; stopping it until the VMM resets it');
-        this.stopRing(index);
-        return;
-      }
-      if (!chain) {
-        vq.armKick();
-        if (!vq.hasWork()) return; // a buffer made available while we armed: go on
-        continue;
-      }
-      this.serve(index, r.generation, vq, chain);
+  badChain(q: number, head: number, message: string): void {
+    this.stats.badChains++;
+    this.log.warn({ ring: q, head, err: message }, 'bad descriptor chain returned unanswered');
+  }
+
+  broken(q: number, gen: number, message: string): void {
+    if (this.rings[q]?.remoteGen === gen) this.ringBroken(q, message);
+  }
+
+  notifyFailed(q: number, message: string): void {
+    this.log.warn({ ring: q, err: message }, 'cannot signal the guest');
+  }
+
+  private ringBroken(q: number, message: string): void {
+    this.log.error({ ring: q, err: message }, 'ring broken; stopping it until the VMM resets it');
+    try {
+      this.stopRing(q);
+    } catch (err) {
+      this.close(`cannot stop vring ${q}: ${(err as Error).message}`);
     }
   }
 
-  private serve(index: number, generation: number, vq: Virtqueue, chain: Chain): void {
+  // ---- serving -----------------------------------------------------------------------
+
+  private serve(index: number, request: Buffer, writable: Uint8Array[], complete: (len: number) => void): void {
     this.stats.requests++;
     this.stats.perQueue[index] = (this.stats.perQueue[index] ?? 0) + 1;
-    const request = Buffer.concat(chain.readable); // a private copy: the guest cannot change it under us
     let done = false;
-    const complete = (len: number) => {
+    const finish = (len: number) => {
       if (done) return;
       done = true;
-      const r = this.rings[index]!;
-      if (r.generation !== generation || r.vq !== vq || this.closed) return; // ring stopped meanwhile
-      vq.push(chain.head, len);
-      this.scheduleNotify(index);
+      complete(len);
     };
     // Reply payload may be written in place after the out header (zero-copy READ).
-    const first = chain.writable[0];
-    const target = first && first.length >= 16 ? { payload: [first.subarray(16), ...chain.writable.slice(1)].filter((b) => b.length > 0) } : undefined;
+    const first = writable[0];
+    const target = first && first.length >= 16 ? { payload: [first.subarray(16), ...writable.slice(1)].filter((b) => b.length > 0) } : undefined;
     this.sink.handle(
       request,
       (chunks, placed = 0) => {
         this.stats.zeroCopyBytes += placed;
-        complete(scatter(chunks, chain.writable) + placed);
+        finish(scatter(chunks, writable) + placed);
       },
       target,
     );
     // Requests that get no reply (FORGET, BATCH_FORGET) still return their chain.
     const op = request.length >= 8 ? request.readUInt32LE(4) : 0;
-    if (!done && (op === Opcode.FUSE_FORGET || op === Opcode.FUSE_BATCH_FORGET || request.length < 16)) complete(0);
-  }
-
-  private scheduleNotify(index: number): void {
-    const r = this.rings[index]!;
-    if (r.notifyScheduled) return;
-    r.notifyScheduled = true;
-    // One interrupt for everything completed in this turn of the event loop.
-    setImmediate(() => {
-      r.notifyScheduled = false;
-      if (!r.vq || r.callFd < 0) return;
-      if (r.vq.shouldNotify()) {
-        try {
-          writeSync(r.callFd, ONE);
-        } catch (err) {
-          this.log.warn({ ring: index, err: (err as Error).message }, 'cannot signal the guest');
-        }
-      }
-    });
+    if (!done && (op === Opcode.FUSE_FORGET || op === Opcode.FUSE_BATCH_FORGET || request.length < 16)) finish(0);
   }
 }
-
-const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 /** Copies a reply into the chain's writable buffers; a reply that does not fit becomes EIO. */
 function scatter(chunks: Uint8Array[], writable: Uint8Array[]): number {

@@ -11,12 +11,20 @@ import { Session } from '../../fuse/session.js';
 import { native } from '../../native/native.js';
 import { type Logger, silentLogger } from '../../util/log.js';
 import { type RequestSink, VhostUserConnection } from './connection.js';
+import { QueueThreads } from './queue-threads.js';
 
 export interface VhostUserFsOptions {
   socketPath: string;
   fs: FileSystem;
   /** Request queues (QEMU's num-request-queues); the device also has the hiprio queue. */
   requestQueues?: number;
+  /**
+   * Queue threads doing the ring work of the request queues (at most one per queue); 0 serves
+   * every queue on the event loop. The FUSE session and backend stay on the main thread.
+   * Default: one per request queue when there are several, none for a single queue (a thread
+   * adds a hand-off per request, which only pays where queues run in parallel).
+   */
+  threads?: number;
   log?: Logger;
   trace?: boolean;
 }
@@ -28,6 +36,7 @@ export class VhostUserFsDevice implements RequestSink {
   session: Session;
   private readonly log: Logger;
   private stopped = false;
+  private threads?: QueueThreads;
   connections = 0;
   /** Requests served per queue (0: hiprio), over all connections. */
   readonly perQueue: number[] = [];
@@ -50,10 +59,18 @@ export class VhostUserFsDevice implements RequestSink {
     });
   }
 
+  /** Queue threads serving the request queues (0: the event loop serves them). */
+  get queueThreads(): number {
+    return this.threads?.count ?? 0;
+  }
+
   start(): void {
+    const requestQueues = this.options.requestQueues ?? 1;
+    const threads = Math.min(this.options.threads ?? (requestQueues > 1 ? requestQueues : 0), requestQueues);
+    if (threads > 0) this.threads = new QueueThreads(threads, this.log);
     this.listenFd = native().listenUnix(this.options.socketPath);
     this.listenWatch = native().watch(this.listenFd, () => this.onAcceptable());
-    this.log.info({ queues: 1 + (this.options.requestQueues ?? 1) }, 'listening for a VMM');
+    this.log.info({ queues: 1 + requestQueues, threads }, 'listening for a VMM');
   }
 
   private onAcceptable(): void {
@@ -69,7 +86,7 @@ export class VhostUserFsDevice implements RequestSink {
         continue;
       }
       this.connections++;
-      const conn = new VhostUserConnection(fd, 1 + (this.options.requestQueues ?? 1), this, this.log);
+      const conn = new VhostUserConnection(fd, 1 + (this.options.requestQueues ?? 1), this, this.log, this.threads);
       this.connection = conn;
       this.log.info({}, 'VMM connected');
       void conn.ended.then(() => {
@@ -101,6 +118,7 @@ export class VhostUserFsDevice implements RequestSink {
       /* gone already */
     }
     this.connection?.close();
+    await this.threads?.terminate();
     await this.options.fs.destroy?.();
   }
 }

@@ -18,26 +18,47 @@ export interface RegionSpec {
   mmapOffset: number;
 }
 
-interface Region extends RegionSpec {
+/** A mapped region as it is posted to another thread (the mapping itself is shared). */
+export interface SharedRegion extends RegionSpec {
+  /** The whole mapping, from file offset 0; the region starts at mmapOffset. */
+  mapping: SharedArrayBuffer;
+}
+
+interface Region extends SharedRegion {
   bytes: Uint8Array;
 }
 
 export class GuestMemory {
   private readonly regions: Region[] = [];
 
-  /** Maps each region's fd (then closes it: the mapping keeps the memory). */
+  /**
+   * Maps each region's fd (then closes it: the mapping keeps the memory). The mappings are
+   * SharedArrayBuffers: queue threads get the same memory, and it is unmapped only when no
+   * thread holds it any more.
+   */
   static map(specs: RegionSpec[], fds: number[]): GuestMemory {
-    const mem = new GuestMemory();
+    const shared: SharedRegion[] = [];
     try {
       specs.forEach((r, i) => {
         if (!(r.size > 0) || r.guestPhysAddr + r.size > 2 ** 53 || r.userAddr + r.size > 2 ** 53) throw new VirtioError(`region ${i} has bad bounds`);
-        const ab = native().mapShared(fds[i]!, r.size + r.mmapOffset, 0);
-        mem.regions.push({ ...r, bytes: new Uint8Array(ab, r.mmapOffset, r.size) });
+        shared.push({ ...r, mapping: native().mapShared(fds[i]!, r.size + r.mmapOffset, 0) });
       });
     } finally {
       for (const fd of fds) closeSync(fd);
     }
+    return GuestMemory.fromShared(shared);
+  }
+
+  /** The same guest memory, from regions another thread mapped. */
+  static fromShared(regions: SharedRegion[]): GuestMemory {
+    const mem = new GuestMemory();
+    for (const r of regions) mem.regions.push({ ...r, bytes: new Uint8Array(r.mapping, r.mmapOffset, r.size) });
     return mem;
+  }
+
+  /** The regions, to post to another thread. */
+  shared(): SharedRegion[] {
+    return this.regions.map(({ bytes: _bytes, ...r }) => r);
   }
 
   /** A view of guest-physical [gpa, gpa + len). */

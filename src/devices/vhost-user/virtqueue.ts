@@ -17,6 +17,8 @@ export interface Chain {
   head: number;
   readable: Uint8Array[];
   writable: Uint8Array[];
+  /** Guest-physical address and length of each writable buffer, in pairs (for another thread to map). */
+  writableGpa: number[];
 }
 
 export interface RingAddrs {
@@ -73,7 +75,7 @@ export class Virtqueue {
   }
 
   private walk(head: number): Chain {
-    const chain: Chain = { head, readable: [], writable: [] };
+    const chain: Chain = { head, readable: [], writable: [], writableGpa: [] };
     let total = 0;
     let dv = this.descDv;
     let size = this.num;
@@ -113,8 +115,10 @@ export class Virtqueue {
       } catch (err) {
         throw new ChainError(head, (err as Error).message);
       }
-      if (flags & VIRTQ_DESC_F_WRITE) chain.writable.push(buf);
-      else if (chain.writable.length) throw new ChainError(head, 'readable descriptor after a writable one');
+      if (flags & VIRTQ_DESC_F_WRITE) {
+        chain.writable.push(buf);
+        chain.writableGpa.push(addr, len);
+      } else if (chain.writable.length) throw new ChainError(head, 'readable descriptor after a writable one');
       else chain.readable.push(buf);
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
       i = next;

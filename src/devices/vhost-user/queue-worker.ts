@@ -1,0 +1,100 @@
+/**
+ * A queue thread: owns some request queues of a virtio-fs device. It waits for their kicks,
+ * walks and checks the descriptor chains in the guest memory it shares with the main
+ * thread, posts the requests there in batches, and returns the chains the main thread has
+ * answered to the used ring, signalling the driver.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { GuestMemory } from './guest-memory.js';
+import { CTL_SEQ, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
+import { RingRunner } from './ring-runner.js';
+import type { Chain } from './virtqueue.js';
+import { Virtqueue } from './virtqueue.js';
+
+const port = parentPort!;
+const ctl = new Int32Array((workerData as { ctl: SharedArrayBuffer }).ctl);
+let mem: GuestMemory | undefined;
+const rings = new Map<number, { runner: RingRunner; gen: number }>();
+
+const post = (m: FromQueueThread, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
+
+function start(s: RingStart): void {
+  if (!mem) throw new Error('no guest memory');
+  stop(s.q);
+  const vq = new Virtqueue(
+    mem,
+    s.num,
+    { desc: mem.sliceVa(s.addr.desc, 16 * s.num), avail: mem.sliceVa(s.addr.avail, 6 + 2 * s.num), used: mem.sliceVa(s.addr.used, 6 + 8 * s.num) },
+    { eventIdx: s.eventIdx, indirect: s.indirect },
+  );
+  vq.setBase(s.base);
+  let batch: Chain[] = [];
+  const runner = new RingRunner(vq, s.kickFd, s.callFd, {
+    request: (chain) => batch.push(chain),
+    drained: () => {
+      if (batch.length === 0) return;
+      const chains = batch;
+      batch = [];
+      // One private copy of every request of the batch: the guest cannot change it under us.
+      let total = 0;
+      for (const c of chains) for (const b of c.readable) total += b.length;
+      const data = new ArrayBuffer(total);
+      const bytes = new Uint8Array(data);
+      const ends: number[] = [];
+      let at = 0;
+      for (const c of chains) {
+        for (const b of c.readable) {
+          bytes.set(b, at);
+          at += b.length;
+        }
+        ends.push(at);
+      }
+      post({ t: 'requests', q: s.q, gen: s.gen, data, heads: chains.map((c) => c.head), ends, gpa: chains.map((c) => c.writableGpa) }, [data]);
+    },
+    badChain: (head, message) => post({ t: 'badChain', q: s.q, head, message }),
+    broken: (message) => post({ t: 'broken', q: s.q, gen: s.gen, message }),
+    notifyFailed: (message) => post({ t: 'notifyFailed', q: s.q, message }),
+  });
+  rings.set(s.q, { gen: s.gen, runner });
+  runner.start();
+}
+
+function stop(q: number): number {
+  const ring = rings.get(q);
+  if (!ring) return -1;
+  rings.delete(q);
+  return ring.runner.stop();
+}
+
+port.on('message', (m: ToQueueThread) => {
+  if (m.t === 'done') {
+    const ring = rings.get(m.q);
+    if (!ring || ring.gen !== m.gen) return; // answers for a ring that has since stopped
+    for (let i = 0; i < m.c.length; i += 2) ring.runner.complete(m.c[i]!, m.c[i + 1]!);
+    return;
+  }
+  let status = 0;
+  let value = 0;
+  try {
+    switch (m.t) {
+      case 'memory':
+        mem = m.regions ? GuestMemory.fromShared(m.regions) : undefined;
+        break;
+      case 'start':
+        start(m);
+        break;
+      case 'call':
+        rings.get(m.q)?.runner.setCallFd(m.callFd);
+        break;
+      case 'stop':
+        value = stop(m.q);
+        break;
+    }
+  } catch {
+    status = 1;
+  }
+  Atomics.store(ctl, CTL_STATUS, status);
+  Atomics.store(ctl, CTL_VALUE, value);
+  Atomics.add(ctl, CTL_SEQ, 1);
+  Atomics.notify(ctl, CTL_SEQ);
+});

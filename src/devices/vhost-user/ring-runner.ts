@@ -1,0 +1,121 @@
+/**
+ * Serves one running virtqueue on the calling thread's event loop (the main thread or a
+ * queue thread): waits for kicks, takes every available chain, hands good ones on, returns
+ * bad ones unanswered, and signals the driver once per event-loop turn for everything
+ * completed in it.
+ */
+import { readSync, writeSync } from 'node:fs';
+import { native } from '../../native/native.js';
+import { type Chain, ChainError, type Virtqueue } from './virtqueue.js';
+
+export interface RingEvents {
+  /** A well-formed chain to serve; answer it with complete(). */
+  request(chain: Chain): void;
+  /** Everything available was taken (a batch ends). */
+  drained?(): void;
+  /** A chain that could not be served was returned unanswered. */
+  badChain(head: number, message: string): void;
+  /** The ring itself is broken; the runner has stopped and waits for the VMM to reset it. */
+  broken(message: string): void;
+  /** The driver could not be signalled. */
+  notifyFailed(message: string): void;
+}
+
+const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+
+export class RingRunner {
+  private kickWatch?: unknown;
+  private notifyScheduled = false;
+  private stopped = false;
+  private readonly kickBuf = Buffer.alloc(8);
+
+  constructor(
+    readonly vq: Virtqueue,
+    private readonly kickFd: number,
+    private callFd: number,
+    private readonly events: RingEvents,
+  ) {}
+
+  /** Watches for kicks and serves what the driver made available before the ring started. */
+  start(): this {
+    this.kickWatch = native().watch(this.kickFd, () => this.onKick());
+    this.process();
+    return this;
+  }
+
+  setCallFd(fd: number): void {
+    this.callFd = fd;
+  }
+
+  /** Stops serving (the kick fd is no longer watched; the caller closes it). Returns the next avail index. */
+  stop(): number {
+    if (!this.stopped) {
+      this.stopped = true;
+      if (this.kickWatch) native().unwatch(this.kickWatch);
+      this.kickWatch = undefined;
+    }
+    return this.vq.lastAvail;
+  }
+
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
+  /** Returns a served chain to the driver with `len` bytes written. */
+  complete(head: number, len: number): void {
+    if (this.stopped) return; // the ring stopped meanwhile: the VMM has moved on
+    this.vq.push(head, len);
+    this.scheduleNotify();
+  }
+
+  private onKick(): void {
+    try {
+      readSync(this.kickFd, this.kickBuf);
+    } catch {
+      /* EAGAIN: already drained */
+    }
+    this.process();
+  }
+
+  process(): void {
+    const vq = this.vq;
+    while (!this.stopped) {
+      let chain: Chain | null;
+      try {
+        chain = vq.pop();
+      } catch (err) {
+        if (err instanceof ChainError) {
+          vq.push(err.head, 0);
+          this.scheduleNotify();
+          this.events.badChain(err.head, err.message);
+          continue;
+        }
+        this.stop();
+        this.events.broken((err as Error).message);
+        return;
+      }
+      if (!chain) {
+        vq.armKick();
+        if (vq.hasWork()) continue; // a buffer made available while we armed: go on
+        this.events.drained?.();
+        return;
+      }
+      this.events.request(chain);
+    }
+  }
+
+  private scheduleNotify(): void {
+    if (this.notifyScheduled) return;
+    this.notifyScheduled = true;
+    // One interrupt for everything completed in this turn of the event loop.
+    setImmediate(() => {
+      this.notifyScheduled = false;
+      if (this.stopped || this.callFd < 0 || !this.vq.shouldNotify()) return;
+      try {
+        writeSync(this.callFd, ONE);
+      } catch (err) {
+        this.events.notifyFailed((err as Error).message);
+      }
+    });
+  }
+}
