@@ -3,7 +3,7 @@
  * calls the FileSystem, and sends exactly one reply per request (none for FORGET,
  * BATCH_FORGET, NOTIFY_REPLY). Nothing a peer sends can make `handle` throw.
  */
-import type { FileSystem, InitInfo } from '../fs/api.js';
+import type { FileSystem, InitInfo, RequestContext } from '../fs/api.js';
 import { Errno, FsError, errnoName, errnoOf } from './errno.js';
 import { type Negotiation, decodeInitIn, encodeInitOut, negotiate } from './init.js';
 import { FUSE_INIT_BSWAP_RESERVED, CUSE_INIT_BSWAP_RESERVED, InitFlag, NotifyCode, Opcode, SIZE, opcodeName } from './opcodes.js';
@@ -81,7 +81,7 @@ export class Session {
   brokenReason?: string;
   info?: InitInfo;
   readonly stats: SessionStats = { requests: 0, errors: 0, malformed: 0, inFlight: 0 };
-  private readonly inflight = new Map<bigint, Interruptible>();
+  private readonly inflight = new Map<bigint, RequestState>();
   private readonly retrieves = new Map<bigint, { resolve: (b: Uint8Array) => void; reject: (e: Error) => void }>();
   private nextNotifyUnique = 1n;
   private setxattrExt = false;
@@ -157,33 +157,25 @@ export class Session {
   }
 
   private replier(h: InHeader, send: SendFn): Reply {
-    let done = false;
-    const finish = (error: number, body: Uint8Array[], placed = 0) => {
-      if (done) {
-        this.log.error({ op: opcodeName(h.opcode), unique: h.unique }, 'second reply to one request suppressed');
-        return;
-      }
-      done = true;
-      let len = SIZE.out_header + placed;
-      for (const b of body) len += b.length;
-      const w = new Writer(SIZE.out_header);
-      writeOutHeader(w, len, error ? -error : 0, h.unique);
-      if (this.options.trace) {
-        this.log.debug(
-          { unique: h.unique, op: opcodeName(h.opcode), error: error ? errnoName(error) : 0, len },
-          'reply',
-        );
-      }
-      if (error) this.stats.errors++;
-      this.safeSend(send, [w.finish(), ...body], placed);
-    };
-    return {
-      ok: (body = [], placed = 0) => finish(0, body, placed),
-      error: (errno) => finish(errno > 0 && errno < 4096 ? errno : Errno.EIO, []),
-      get done() {
-        return done;
-      },
-    };
+    return new PendingReply(this, h, send);
+  }
+
+  /** Sends a reply (called once per request by PendingReply). */
+  sendReply(h: InHeader, send: SendFn, error: number, body: Uint8Array[], placed: number): void {
+    let len = SIZE.out_header + placed;
+    for (const b of body) len += b.length;
+    const w = new Writer(SIZE.out_header);
+    writeOutHeader(w, len, error ? -error : 0, h.unique);
+    if (this.options.trace) {
+      this.log.debug({ unique: h.unique, op: opcodeName(h.opcode), error: error ? errnoName(error) : 0, len }, 'reply');
+    }
+    if (error) this.stats.errors++;
+    this.safeSend(send, [w.finish(), ...body], placed);
+  }
+
+  /** Logs a backend's attempt to answer one request twice. */
+  secondReply(h: InHeader): void {
+    this.log.error({ op: opcodeName(h.opcode), unique: h.unique }, 'second reply to one request suppressed');
   }
 
   private safeSend(send: SendFn, chunks: Uint8Array[], placed = 0): void {
@@ -248,34 +240,12 @@ export class Session {
   }
 
   private async runRequest(h: InHeader, op: Opcode, args: Record<string, unknown>, groups: number[], reply: Reply, target?: ReplyTarget): Promise<void> {
-    const intr = new Interruptible();
-    const tracked = needsReply(op);
-    if (tracked) this.inflight.set(h.unique, intr);
-    this.stats.inFlight++;
     const groupsOf = this.options.transport.groupsOf;
-    let lazyGroups: readonly number[] | undefined = groups.length || !groupsOf ? groups : undefined;
-    const octx: OpContext = {
-      fs: this.fs,
-      header: h,
-      args,
-      info: this.info!,
-      ctx: {
-        unique: h.unique,
-        uid: h.uid,
-        gid: h.gid,
-        pid: h.pid,
-        // Looked up only when a backend asks: most requests never need them.
-        get groups() {
-          return (lazyGroups ??= groupsOf!(h.pid));
-        },
-        get signal() {
-          return intr.signal;
-        },
-        umask: typeof args.umask === 'number' ? args.umask : 0,
-      },
-      session: this,
-      target,
-    };
+    const ctx = new RequestState(h, typeof args.umask === 'number' ? args.umask : 0, groups.length || !groupsOf ? groups : undefined, groupsOf);
+    const tracked = needsReply(op);
+    if (tracked) this.inflight.set(h.unique, ctx);
+    this.stats.inFlight++;
+    const octx: OpContext = { fs: this.fs, header: h, args, info: this.info!, ctx, session: this, target };
     try {
       const body = await runOp(op, octx);
       if (tracked) {
@@ -461,9 +431,36 @@ export class Session {
 }
 
 /** An AbortSignal made only if a backend asks for it: most requests never do. */
-class Interruptible {
+/**
+ * One request in flight: its RequestContext for the backend (one object, accessors on the
+ * prototype: this is on every request's path) and what an INTERRUPT aborts.
+ */
+class RequestState implements RequestContext {
+  readonly unique: bigint;
+  readonly uid: number;
+  readonly gid: number;
+  readonly pid: number;
   private ctl?: AbortController;
   private aborted = false;
+
+  constructor(
+    h: InHeader,
+    readonly umask: number,
+    /** Undefined until asked for, when they must be looked up (most requests never need them). */
+    private groupList: readonly number[] | undefined,
+    private readonly groupsOf: ((pid: number) => readonly number[]) | undefined,
+  ) {
+    this.unique = h.unique;
+    this.uid = h.uid;
+    this.gid = h.gid;
+    this.pid = h.pid;
+  }
+
+  get groups(): readonly number[] {
+    return (this.groupList ??= this.groupsOf ? this.groupsOf(this.pid) : []);
+  }
+
+  /** Created on first use: few backends watch it. */
   get signal(): AbortSignal {
     if (!this.ctl) {
       this.ctl = new AbortController();
@@ -471,9 +468,37 @@ class Interruptible {
     }
     return this.ctl.signal;
   }
+
   abort(): void {
     this.aborted = true;
     this.ctl?.abort();
+  }
+}
+
+/** The reply to one request: at most one is sent. */
+class PendingReply implements Reply {
+  done = false;
+  constructor(
+    private readonly session: Session,
+    private readonly h: InHeader,
+    private readonly send: SendFn,
+  ) {}
+
+  ok(body: Uint8Array[] = [], placed = 0): void {
+    this.finish(0, body, placed);
+  }
+
+  error(errno: number): void {
+    this.finish(errno > 0 && errno < 4096 ? errno : Errno.EIO, [], 0);
+  }
+
+  private finish(error: number, body: Uint8Array[], placed: number): void {
+    if (this.done) {
+      this.session.secondReply(this.h);
+      return;
+    }
+    this.done = true;
+    this.session.sendReply(this.h, this.send, error, body, placed);
   }
 }
 

@@ -443,21 +443,27 @@ export class VhostUserConnection implements QueueThreadSink {
       done = true;
       complete(len);
     };
-    // Reply payload may be written in place after the out header (zero-copy READ).
-    const first = writable[0];
-    const target = first && first.length >= 16 ? { payload: [first.subarray(16), ...writable.slice(1)].filter((b) => b.length > 0) } : undefined;
+    const op = request.length >= 8 ? request.readUInt32LE(4) : 0;
     this.sink.handle(
       request,
       (chunks, placed = 0) => {
         this.stats.zeroCopyBytes += placed;
         finish(scatter(chunks, writable) + placed);
       },
-      target,
+      op === Opcode.FUSE_READ ? readTarget(writable) : undefined,
     );
     // Requests that get no reply (FORGET, BATCH_FORGET) still return their chain.
-    const op = request.length >= 8 ? request.readUInt32LE(4) : 0;
     if (!done && (op === Opcode.FUSE_FORGET || op === Opcode.FUSE_BATCH_FORGET || request.length < 16)) finish(0);
   }
+}
+
+/** Where READ data may be written in place: the writable buffers after the out header. */
+function readTarget(writable: Uint8Array[]): { payload: Uint8Array[] } | undefined {
+  const first = writable[0];
+  if (!first || first.length < 16) return undefined;
+  const payload = first.length > 16 ? [first.subarray(16)] : [];
+  for (let i = 1; i < writable.length; i++) if (writable[i]!.length > 0) payload.push(writable[i]!);
+  return { payload };
 }
 
 /** Copies a reply into the chain's writable buffers; a reply that does not fit becomes EIO. */
