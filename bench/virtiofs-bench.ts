@@ -27,6 +27,8 @@ const SECONDS = Number(opt('seconds', '3'));
 const QUEUES = Number(opt('queues', '2'));
 const OUT = opt('out', 'bench-results');
 const VIRTIOFSD = opt('virtiofsd', '/usr/lib/qemu/virtiofsd');
+/** Where the served directory is made: a disk file system by default, as most exports are. */
+const SOURCE_PARENT = opt('source-parent', '/var/tmp');
 /** Which servers to run: dpfs (passthrough), virtiofsd, null (1 and --queues request queues). */
 const TARGETS = new Set(opt('targets', 'dpfs,virtiofsd,null').split(','));
 /** dpfs queue threads (-t); unset: the daemon's default. */
@@ -183,7 +185,7 @@ function svg(results: Record<string, Row[]>): string {
 }
 
 async function main(): Promise<void> {
-  const dir = mkdtempSync('/dev/shm/dpfs-vbench-');
+  const dir = mkdtempSync(join(SOURCE_PARENT, 'dpfs-vbench-'));
   const src = join(dir, 'src');
   mkdirSync(src);
   writeFileSync(join(src, 'data'), Buffer.alloc(FILE_BYTES, 1));

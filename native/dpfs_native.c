@@ -6,6 +6,7 @@
  *   vhost.c  unix sockets with descriptor passing, memfd, eventfd
  *   fusedev.c  kernel FUSE passthrough backing files (/dev/fuse ioctls)
  *   shared_map.cc  guest memory as a SharedArrayBuffer shared by threads
+ *   nowait.c  page-cache reads and writes that never block (RWF_NOWAIT)
  * Errors are thrown (or rejected) as Errors carrying `code`, `errno` and `syscall`.
  */
 #include "common.h"
@@ -27,6 +28,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"eventfd", NULL, js_eventfd, NULL, NULL, NULL, napi_default, NULL},
       {"backingOpen", NULL, js_backing_open, NULL, NULL, NULL, napi_default, NULL},
       {"backingClose", NULL, js_backing_close, NULL, NULL, NULL, napi_default, NULL},
+      {"rwNowait", NULL, js_rw_nowait, NULL, NULL, NULL, napi_default, NULL},
   };
   fsop_module_init();
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

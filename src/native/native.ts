@@ -24,6 +24,8 @@ export interface NativeAddon {
   memfdCreate(name: string, size: number): number;
   /** A non-blocking eventfd. */
   eventfd(): number;
+  /** preadv2/pwritev2 with RWF_NOWAIT, synchronously: bytes moved, or -errno. */
+  rwNowait(fd: number, bufs: Uint8Array[], offset: number, write: boolean): number;
   /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */
   backingOpen(devFd: number, fd: number): number;
   backingClose(devFd: number, id: number): void;

@@ -22,6 +22,7 @@ export const O_CREAT = 0o100;
 export const O_EXCL = 0o200;
 export const O_NOCTTY = 0o400;
 export const O_NONBLOCK = 0o4000;
+export const O_DIRECT = 0o40000;
 export const UTIME_NOW = (1 << 30) - 1;
 export const UTIME_OMIT = (1 << 30) - 2;
 export const STATX_BASIC_STATS = 0x7ff;

@@ -8,6 +8,7 @@
  * Every use of a descriptor goes through `withFd`, which holds a reference so an eviction
  * can never close (and so recycle the number of) a descriptor an operation is using.
  */
+import { closeSync } from 'node:fs';
 import { Errno, FsError } from '../../fuse/errno.js';
 import { type FileHandle, O_PATH, sys } from '../../native/syscalls.js';
 
@@ -75,14 +76,14 @@ export class InodeTable {
   async add(fd: number, key: string, type: number, handle: FileHandle | undefined): Promise<PInode> {
     const existing = this.byKey.get(key);
     if (existing) {
-      void sys.close(fd).catch(() => undefined);
+      closePath(fd);
       return existing;
     }
     // First inode seen on a mount: its own descriptor serves open_by_handle_at there.
     if (handle && !this.mountFds.has(handle.mountId)) this.mountFds.set(handle.mountId, fd);
     const pinned = !handle || this.mountFds.get(handle.mountId) === fd;
     if (pinned && !handle && this.pinnedCount >= this.opts.maxPinned) {
-      await sys.close(fd);
+      closePath(fd);
       throw new FsError(Errno.ENFILE, 'too many inodes without file handles');
     }
     const n: PInode = { nodeid: this.nextNode++, key, type, handle, fd, users: 0, nlookup: 0, pinned };
@@ -91,7 +92,7 @@ export class InodeTable {
     this.openFds++;
     this.byNode.set(n.nodeid, n);
     this.byKey.set(key, n);
-    await this.trim();
+    this.trim();
     return n;
   }
 
@@ -103,7 +104,7 @@ export class InodeTable {
         const mountFd = n.handle && this.mountFds.get(n.handle.mountId);
         if (!n.handle || mountFd === undefined) throw new FsError(Errno.ESTALE);
         const fd = await sys.openByHandleAt(mountFd, n.handle.handle, O_PATH);
-        if (n.fd >= 0) await sys.close(fd); // reopened concurrently
+        if (n.fd >= 0) closePath(fd); // reopened concurrently
         else {
           n.fd = fd;
           this.openFds++;
@@ -120,12 +121,12 @@ export class InodeTable {
     } finally {
       n.users--;
       if (n.dead && n.users === 0 && n.fd >= 0) this.closeFd(n);
-      else if (this.openFds > this.opts.maxFds) void this.trim();
+      else if (this.openFds > this.opts.maxFds) this.trim();
     }
   }
 
   /** Closes least recently used descriptors nobody is using until under the bound. */
-  private async trim(): Promise<void> {
+  private trim(): void {
     for (const n of this.lru.values()) {
       if (this.openFds <= this.opts.maxFds) return;
       if (n.users > 0 || n.fd < 0) continue;
@@ -133,30 +134,43 @@ export class InodeTable {
       n.fd = -1;
       this.openFds--;
       this.lru.delete(n.nodeid);
-      await sys.close(fd).catch(() => undefined);
+      closePath(fd);
     }
   }
 
-  /** Drops kernel references; forgets the inode (and closes its descriptor) at zero. */
-  forget(nodeid: number, nlookup: number): void {
+  /** Drops kernel references; forgets the inode (and closes its descriptor) at zero. Returns whether it is gone. */
+  forget(nodeid: number, nlookup: number): boolean {
     const n = this.byNode.get(nodeid);
-    if (!n || nodeid === 1) return;
+    if (!n || nodeid === 1) return false;
     n.nlookup -= nlookup;
-    if (n.nlookup > 0) return;
+    if (n.nlookup > 0) return false;
     this.byNode.delete(nodeid);
     this.byKey.delete(n.key);
     this.lru.delete(nodeid);
     const isMountFd = n.handle && this.mountFds.get(n.handle.mountId) === n.fd;
     if (n.pinned && !isMountFd) this.pinnedCount--;
-    if (isMountFd) return;
+    if (isMountFd) return true;
     n.dead = true;
     if (n.fd >= 0 && n.users === 0) this.closeFd(n);
+    return true;
   }
 
   private closeFd(n: PInode): void {
     const fd = n.fd;
     n.fd = -1;
     this.openFds--;
-    void sys.close(fd).catch(() => undefined);
+    closePath(fd);
+  }
+}
+
+/**
+ * Closes an O_PATH descriptor at once: such a close never waits (no flush, no locks, no
+ * file-system release), so a trip through the pool would cost more than the call.
+ */
+function closePath(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    /* already closed */
   }
 }

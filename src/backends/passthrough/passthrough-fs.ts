@@ -6,7 +6,6 @@
  * swapped in. Every call runs off the event loop with the caller's fsuid/fsgid/groups,
  * so the host kernel checks permissions and assigns ownership exactly as for that user.
  */
-import { read as fsRead, readv as fsReadv, write as fsWrite } from 'node:fs';
 import type {
   Attr,
   AttrReply,
@@ -39,6 +38,7 @@ import {
   type Creds,
   type Looked,
   O_CREAT,
+  O_DIRECT,
   O_DIRECTORY,
   O_EXCL,
   O_NOCTTY,
@@ -52,6 +52,7 @@ import {
   sys,
 } from '../../native/syscalls.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, S_ISUID } from '../../util/mode.js';
+import { type NowaitState, readAt, writeAt } from './file-io.js';
 import { IdMap, type IdRange } from './id-map.js';
 import { InodeTable, type PInode } from './inode-table.js';
 
@@ -81,7 +82,7 @@ const O_ACCMODE = 3;
 const O_WRONLY = 1;
 const O_RDWR = 2;
 
-interface Handle {
+interface Handle extends NowaitState {
   fd: number;
   node: PInode;
   /** This handle holds a reference on its inode's kernel passthrough backing file. */
@@ -217,10 +218,10 @@ export class PassthroughFs implements FileSystem {
    * Entry and handle for a file just created and opened (create, tmpfile). Its O_PATH
    * descriptor comes from the open file itself: no second name lookup to race on.
    */
-  private async createdFrom(fd: number): Promise<Created> {
+  private async createdFrom(fd: number, flags: number): Promise<Created> {
     try {
       const entry = await this.entryFor(await sys.lookup(null, AT_FDCWD, procPath(fd), 0, true));
-      return { entry, open: await this.openReply(fd, this.table.get(entry.ino), entry.attr.mode) };
+      return { entry, open: await this.openReply(fd, this.table.get(entry.ino), flags, entry.attr.mode) };
     } catch (err) {
       await sys.close(fd);
       throw err;
@@ -236,7 +237,9 @@ export class PassthroughFs implements FileSystem {
   }
 
   forget(ino: number, nlookup: number): void {
-    this.table.forget(ino, nlookup);
+    // An inode remembered as having no backing file is forgotten with it (a backing file
+    // in use goes with its last release).
+    if (this.table.forget(ino, nlookup) && this.backing.get(ino) === null) this.backing.delete(ino);
   }
 
   async getattr(_ctx: RequestContext, ino: number, fh?: number): Promise<AttrReply> {
@@ -350,9 +353,11 @@ export class PassthroughFs implements FileSystem {
   }
 
   /** `mode`: the file's mode when the caller just learned it (create), saving a statx. */
-  private async openReply(fd: number, node: PInode, mode?: number): Promise<Opened> {
+  private async openReply(fd: number, node: PInode, openFlags: number, mode?: number): Promise<Opened> {
     const fh = this.nextFh++;
-    const h: Handle = { fd, node };
+    // O_DIRECT I/O waits for the device even with RWF_NOWAIT: always through the pool.
+    const direct = (openFlags & O_DIRECT) !== 0;
+    const h: Handle = { fd, node, noNowaitRead: direct, noNowaitWrite: direct };
     this.handles.set(fh, h);
     let flags = 0;
     if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
@@ -416,20 +421,19 @@ export class PassthroughFs implements FileSystem {
     if (n.type === S_IFLNK) fail(Errno.ELOOP);
     if (n.type === S_IFDIR && (flags & O_ACCMODE) !== 0) fail(Errno.EISDIR);
     const fd = await this.table.withFd(n, (pfd) => sys.openat(this.creds(ctx), AT_FDCWD, procPath(pfd), this.openFlags(flags)));
-    return await this.openReply(fd, n);
+    return await this.openReply(fd, n, flags);
   }
 
   async read(_ctx: RequestContext, _ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Promise<Uint8Array> {
     const h = this.handle(fh);
     const buf = Buffer.allocUnsafe(size);
-    const n = await preadFd(h.fd, buf, offset);
-    return buf.subarray(0, n);
+    return buf.subarray(0, await readAt(h.fd, [buf], offset, h));
   }
 
   /** preadv straight into the destination (guest memory over virtio-fs). */
   readInto(_ctx: RequestContext, _ino: number, fh: number, offset: number, dest: Uint8Array[], _info: ReadInfo): Promise<number> {
     const h = this.handle(fh);
-    return new Promise((resolve, reject) => fsReadv(h.fd, dest, offset, (err, n) => (err ? reject(err) : resolve(n))));
+    return readAt(h.fd, dest, offset, h);
   }
 
   async write(ctx: RequestContext, _ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): Promise<number> {
@@ -439,7 +443,7 @@ export class PassthroughFs implements FileSystem {
     if (info.writeFlags & FUSE_WRITE_KILL_SUIDGID && this.switchCreds) {
       return sys.pwrite(this.creds(ctx), h.fd, Buffer.from(data.buffer, data.byteOffset, data.byteLength), offset);
     }
-    return pwriteFd(h.fd, data, offset);
+    return writeAt(h.fd, data, offset, h);
   }
 
   statfs(_ctx: RequestContext, ino: number): Promise<StatFs> {
@@ -566,7 +570,7 @@ export class PassthroughFs implements FileSystem {
     const p = this.table.get(parent);
     const c = this.creds(ctx);
     const fd = await this.table.withFd(p, (pfd) => sys.openat(c, pfd, name, this.openFlags(flags) | O_CREAT | O_NOFOLLOW, mode & ~S_IFMT));
-    return this.createdFrom(fd);
+    return this.createdFrom(fd, flags);
   }
 
   async tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number): Promise<Created> {
@@ -575,7 +579,7 @@ export class PassthroughFs implements FileSystem {
     const fd = await this.table.withFd(p, (pfd) =>
       sys.openat(this.creds(ctx), pfd, '.', (this.openFlags(flags) & ~O_DIRECTORY) | O_TMPFILE, mode & ~S_IFMT),
     );
-    return this.createdFrom(fd);
+    return this.createdFrom(fd, flags);
   }
 
   async fallocate(ctx: RequestContext, _ino: number, fh: number, offset: number, length: number, mode: number): Promise<void> {
@@ -617,12 +621,3 @@ function key(st: Statx): string {
   return `${st.devMajor}:${st.devMinor}:${st.ino}`;
 }
 
-// Positional read/write on a descriptor through libuv's pool (no credentials needed:
-// access was checked when the file was opened as the caller).
-function preadFd(fd: number, buf: Buffer, offset: number): Promise<number> {
-  return new Promise((resolve, reject) => fsRead(fd, buf, 0, buf.length, offset, (err, n) => (err ? reject(err) : resolve(n))));
-}
-
-function pwriteFd(fd: number, data: Uint8Array, offset: number): Promise<number> {
-  return new Promise((resolve, reject) => fsWrite(fd, data, 0, data.length, offset, (err, n) => (err ? reject(err) : resolve(n))));
-}

@@ -1,0 +1,44 @@
+#include "common.h"
+
+#include <sys/uio.h>
+
+/*
+ * preadv2/pwritev2 with RWF_NOWAIT, called synchronously on the event loop: the kernel
+ * copies what the page cache holds and refuses (EAGAIN) anything that would wait for a
+ * device or server, which the caller then sends to libuv's pool. A hit costs one system
+ * call instead of a thread-pool round trip.
+ *   rwNowait(fd, buffers, offset, write) -> bytes moved, or -errno (never throws for I/O errors)
+ */
+#ifndef RWF_NOWAIT
+#define RWF_NOWAIT 0x00000008
+#endif
+
+#define MAX_IOV 1024
+
+napi_value js_rw_nowait(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  int32_t fd;
+  double offset;
+  bool write, is_array;
+  uint32_t n;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4) return throw_errno(env, EINVAL, "rwNowait");
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_is_array(env, argv[1], &is_array));
+  CHECK(napi_get_value_double(env, argv[2], &offset));
+  CHECK(napi_get_value_bool(env, argv[3], &write));
+  if (!is_array || offset < 0) return throw_errno(env, EINVAL, "rwNowait");
+  CHECK(napi_get_array_length(env, argv[1], &n));
+  if (n == 0 || n > MAX_IOV) return throw_errno(env, EINVAL, "rwNowait");
+  struct iovec iov[MAX_IOV];
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value b;
+    CHECK(napi_get_element(env, argv[1], i, &b));
+    CHECK(napi_get_buffer_info(env, b, &iov[i].iov_base, &iov[i].iov_len));
+  }
+  ssize_t r = write ? pwritev2(fd, iov, (int)n, (off_t)offset, RWF_NOWAIT) : preadv2(fd, iov, (int)n, (off_t)offset, RWF_NOWAIT);
+  napi_value v;
+  napi_create_double(env, r < 0 ? -(double)errno : (double)r, &v);
+  return v;
+}

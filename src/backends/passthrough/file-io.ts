@@ -1,0 +1,72 @@
+/**
+ * Positional reads and writes on an open host file. Each first tries the page cache
+ * synchronously (preadv2/pwritev2 with RWF_NOWAIT: one system call, never waits for a
+ * device or server) and sends only what that cannot do to libuv's pool. Access was checked
+ * when the file was opened as the caller, so no credentials are needed here.
+ */
+import { readv as fsReadv, writev as fsWritev } from 'node:fs';
+import { native } from '../../native/native.js';
+
+const EAGAIN = 11;
+const IOV_MAX = 1024;
+
+/** Per open file: which directions the host file system lets us try without waiting. */
+export interface NowaitState {
+  noNowaitRead?: boolean;
+  noNowaitWrite?: boolean;
+}
+
+/** Reads into `bufs` at `offset` until they are full or the file ends; returns the bytes read. */
+export async function readAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): Promise<number> {
+  let done = 0;
+  if (!state.noNowaitRead && bufs.length <= IOV_MAX) {
+    const n = native().rwNowait(fd, bufs, offset, false);
+    if (n === 0 || n === total(bufs)) return n; // end of file, or all from the page cache
+    if (n > 0) done = n;
+    else if (n !== -EAGAIN) state.noNowaitRead = true; // EOPNOTSUPP (or an error the pool will report)
+  }
+  // The rest, through the pool; a short read there means the end of the file.
+  const rest = done ? advance(bufs, done) : bufs;
+  return done + (await poolv(fsReadv, fd, rest, offset + done));
+}
+
+/** Writes `data` at `offset`; returns the bytes written. */
+export async function writeAt(fd: number, data: Uint8Array, offset: number, state: NowaitState): Promise<number> {
+  let done = 0;
+  if (!state.noNowaitWrite) {
+    const n = native().rwNowait(fd, [data], offset, true);
+    if (n === data.length) return n;
+    if (n > 0) done = n;
+    else if (n !== -EAGAIN) state.noNowaitWrite = true;
+  }
+  return done + (await poolv(fsWritev, fd, [data.subarray(done)], offset + done));
+}
+
+function poolv(
+  op: (fd: number, bufs: Uint8Array[], pos: number, cb: (err: NodeJS.ErrnoException | null, n: number) => void) => void,
+  fd: number,
+  bufs: Uint8Array[],
+  offset: number,
+): Promise<number> {
+  return new Promise((resolve, reject) => op(fd, bufs, offset, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+function total(bufs: Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.length;
+  return n;
+}
+
+/** The buffers after the first `n` bytes. */
+function advance(bufs: Uint8Array[], n: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of bufs) {
+    if (n >= b.length) {
+      n -= b.length;
+      continue;
+    }
+    out.push(n > 0 ? b.subarray(n) : b);
+    n = 0;
+  }
+  return out;
+}
