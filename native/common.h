@@ -29,6 +29,7 @@ napi_value js_umount2(napi_env env, napi_callback_info info);
 napi_value js_watch(napi_env env, napi_callback_info info);
 napi_value js_unwatch(napi_env env, napi_callback_info info);
 napi_value js_fsop(napi_env env, napi_callback_info info);
+napi_value js_fsop_now(napi_env env, napi_callback_info info);
 napi_value js_listen_unix(napi_env env, napi_callback_info info);
 napi_value js_accept_unix(napi_env env, napi_callback_info info);
 napi_value js_recv_msg(napi_env env, napi_callback_info info);

@@ -18,6 +18,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},
       {"unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_default, NULL},
       {"fsop", NULL, js_fsop, NULL, NULL, NULL, napi_default, NULL},
+      {"fsopNow", NULL, js_fsop_now, NULL, NULL, NULL, napi_default, NULL},
       {"listenUnix", NULL, js_listen_unix, NULL, NULL, NULL, napi_default, NULL},
       {"acceptUnix", NULL, js_accept_unix, NULL, NULL, NULL, napi_default, NULL},
       {"recvMsg", NULL, js_recv_msg, NULL, NULL, NULL, napi_default, NULL},

@@ -11,11 +11,17 @@
  *
  * JS: fsop(op, creds | null, a0..a5 (numbers), s1, s2 (strings | null), buf | null) -> Promise<number>
  * Output structs (statx, statfs, handles, dirents, xattr values) are written into `buf`.
+ *
+ * fsopNow(...same arguments) -> number (>= 0) or -errno runs on the calling thread, for the
+ * few operations that cannot wait for I/O: OP_LOOKUP_CACHED (refuses with EAGAIN whatever
+ * is not already in the kernel's caches) and OP_STATX (the caller allows it only on local
+ * file systems, whose attributes are in memory once the inode is open).
  */
 #include "common.h"
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/openat2.h>
 #include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -57,6 +63,8 @@ enum {
   OP_CLOSE,
   OP_FACCESSAT,
   OP_LOOKUP,
+  OP_LOOKUP_CACHED,
+  OP_CREATE,
   OP_MAX
 };
 
@@ -65,7 +73,7 @@ static const char *op_names[OP_MAX] = {
     "renameat2", "fchmodat", "fchownat",  "utimensat", "statx",          "readlinkat",       "name_to_handle_at",
     "open_by_handle_at", "getdents64", "setxattr", "getxattr", "listxattr", "removexattr", "fallocate",
     "lseek",    "copy_file_range", "fstatfs", "syncfs", "fsync", "ftruncate", "truncate",
-    "pread",    "pwrite",    "close",     "faccessat", "lookup",
+    "pread",    "pwrite",    "close",     "faccessat", "lookup", "lookup", "openat",
 };
 
 #define MAX_GROUPS 64
@@ -109,6 +117,32 @@ static void restore(void) {
   setfsuid(0);
   setfsgid(0);
   syscall(SYS_setgroups, saved_ngroups, saved_groups);
+}
+
+/*
+ * Fills buf for a lookup of `fd` (see OP_LOOKUP) and returns fd, or closes it and fails.
+ * same_dev: the entry must be on device major:minor, else EAGAIN (see OP_LOOKUP_CACHED);
+ * its attributes are then taken as cached (nothing to synchronise on a local file system).
+ */
+static int64_t describe(fsop_t *r, int fd, int same_dev, uint32_t major, uint32_t minor) {
+  struct statx *st = r->buf;
+  int flags = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | (same_dev ? AT_STATX_DONT_SYNC : 0);
+  if (statx(fd, "", flags, STATX_BASIC_STATS | STATX_BTIME, st) != 0) goto fail;
+  if (same_dev && (st->stx_dev_major != major || st->stx_dev_minor != minor)) {
+    errno = EAGAIN;
+    goto fail;
+  }
+  struct file_handle *fh = (struct file_handle *)((char *)r->buf + 260);
+  size_t room = r->buflen - 260 - sizeof(struct file_handle);
+  fh->handle_bytes = (unsigned)(room < MAX_HANDLE_SZ ? room : MAX_HANDLE_SZ); /* OP_CREATE's fds follow */
+  int mount_id = -1;
+  if (name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) mount_id = -1;
+  memcpy((char *)r->buf + 256, &mount_id, 4);
+  return fd;
+fail:;
+  int e = errno;
+  close(fd);
+  return errno = e, -1;
 }
 
 static int64_t run(fsop_t *r) {
@@ -204,16 +238,46 @@ static int64_t run(fsop_t *r) {
       if (r->buflen < 256 + 4 + sizeof(struct file_handle) + 8) return errno = EINVAL, -1;
       int fd = openat((int)a[0], r->s1, (int)a[1] | O_PATH | (a[2] ? 0 : O_NOFOLLOW) | O_CLOEXEC);
       if (fd < 0) return -1;
-      if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, (struct statx *)r->buf) != 0) {
+      return describe(r, fd, 0, 0, 0);
+    }
+    case OP_LOOKUP_CACHED: {
+      /*
+       * OP_LOOKUP from the dentry cache alone (RESOLVE_CACHED: EAGAIN where a lookup would
+       * need I/O or revalidation), for an entry on the parent's own device (a[1], a[2]:
+       * major, minor) — another device may be a network mount whose attributes would
+       * need a round trip: EAGAIN too, and the pool does it.
+       */
+      if (r->buflen < 256 + 4 + sizeof(struct file_handle) + 8) return errno = EINVAL, -1;
+      struct open_how how = {.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC, .resolve = RESOLVE_CACHED | RESOLVE_NO_MAGICLINKS};
+      int fd = (int)syscall(SYS_openat2, (int)a[0], r->s1, &how, sizeof how);
+      if (fd < 0) return -1;
+      return describe(r, fd, 1, (uint32_t)a[1], (uint32_t)a[2]);
+    }
+    case OP_CREATE: {
+      /*
+       * create and tmpfile in one trip: openat(dirfd, name, flags, mode) as the caller; then,
+       * as the daemon, what OP_LOOKUP gives for the new file, from its own descriptor (no
+       * second name lookup to race on), and with a[3] a read-write twin for kernel
+       * passthrough (the creator may lack read access to its own new file). buf: the
+       * OP_LOOKUP layout, then int32 O_PATH fd at 396 and int32 twin fd (or -errno) at 400.
+       * Returns the open file's descriptor.
+       */
+      if (r->buflen < 404) return errno = EINVAL, -1;
+      int fd = openat((int)a[0], r->s1, (int)a[1] | O_CLOEXEC, (mode_t)a[2]);
+      if (fd < 0) return -1;
+      if (r->has_creds) restore();
+      char path[32];
+      snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+      int pfd = openat(AT_FDCWD, path, O_PATH | O_CLOEXEC);
+      if (pfd < 0 || describe(r, pfd, 0, 0, 0) < 0) {
         int e = errno;
         close(fd);
         return errno = e, -1;
       }
-      struct file_handle *fh = (struct file_handle *)((char *)r->buf + 260);
-      fh->handle_bytes = (unsigned)(r->buflen - 260 - sizeof(struct file_handle));
-      int mount_id = -1;
-      if (name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) mount_id = -1;
-      memcpy((char *)r->buf + 256, &mount_id, 4);
+      int twin = a[3] ? openat(AT_FDCWD, path, O_RDWR | O_CLOEXEC) : -EINVAL;
+      if (a[3] && twin < 0) twin = -errno;
+      memcpy((char *)r->buf + 396, &pfd, 4);
+      memcpy((char *)r->buf + 400, &twin, 4);
       return fd;
     }
     default:
@@ -235,6 +299,13 @@ static void execute(napi_env env, void *data) {
   if (r->has_creds) restore();
 }
 
+static void free_op(napi_env env, fsop_t *r) {
+  if (r->bufref) napi_delete_reference(env, r->bufref);
+  free(r->s1);
+  free(r->s2);
+  free(r);
+}
+
 static void complete(napi_env env, napi_status status, void *data) {
   fsop_t *r = data;
   if (status != napi_ok) {
@@ -248,11 +319,8 @@ static void complete(napi_env env, napi_status status, void *data) {
     napi_create_double(env, (double)r->ret, &v);
     napi_resolve_deferred(env, r->deferred, v);
   }
-  if (r->bufref) napi_delete_reference(env, r->bufref);
   napi_delete_async_work(env, r->work);
-  free(r->s1);
-  free(r->s2);
-  free(r);
+  free_op(env, r);
 }
 
 static int is_nullish(napi_env env, napi_value v) {
@@ -260,16 +328,19 @@ static int is_nullish(napi_env env, napi_value v) {
   return napi_typeof(env, v, &t) != napi_ok || t == napi_null || t == napi_undefined;
 }
 
-napi_value js_fsop(napi_env env, napi_callback_info info) {
+/* Parses fsop's arguments; NULL (with an exception pending) when they are bad. */
+static fsop_t *parse_op(napi_env env, napi_callback_info info) {
   size_t argc = 11;
   napi_value argv[11];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc != 11) {
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 11) {
     napi_throw_type_error(env, "EINVAL", "fsop(op, creds, a0, a1, a2, a3, a4, a5, s1, s2, buf)");
     return NULL;
   }
   fsop_t *r = calloc(1, sizeof *r);
-  if (!r) return throw_errno(env, ENOMEM, "fsop");
+  if (!r) {
+    throw_errno(env, ENOMEM, "fsop");
+    return NULL;
+  }
   int32_t op;
   if (napi_get_value_int32(env, argv[0], &op) != napi_ok || op <= 0 || op >= OP_MAX) {
     free(r);
@@ -313,18 +384,36 @@ napi_value js_fsop(napi_env env, napi_callback_info info) {
     /* Keep the buffer alive (and its memory where it is) until the call completes. */
     napi_create_reference(env, argv[10], 1, &r->bufref);
   }
+  return r;
+
+bad:
+  free_op(env, r);
+  napi_throw_type_error(env, "EINVAL", "fsop: strings must be strings and buf a Buffer");
+  return NULL;
+}
+
+napi_value js_fsop(napi_env env, napi_callback_info info) {
+  fsop_t *r = parse_op(env, info);
+  if (!r) return NULL;
   napi_value promise, name;
   napi_create_promise(env, &r->deferred, &promise);
-  napi_create_string_utf8(env, op_names[op], NAPI_AUTO_LENGTH, &name);
+  napi_create_string_utf8(env, op_names[r->op], NAPI_AUTO_LENGTH, &name);
   napi_create_async_work(env, NULL, name, execute, complete, r, &r->work);
   napi_queue_async_work(env, r->work);
   return promise;
+}
 
-bad:
-  if (r->bufref) napi_delete_reference(env, r->bufref);
-  free(r->s1);
-  free(r->s2);
-  free(r);
-  napi_throw_type_error(env, "EINVAL", "fsop: strings must be strings and buf a Buffer");
-  return NULL;
+napi_value js_fsop_now(napi_env env, napi_callback_info info) {
+  fsop_t *r = parse_op(env, info);
+  if (!r) return NULL;
+  if (r->op != OP_LOOKUP_CACHED && r->op != OP_STATX) {
+    free_op(env, r);
+    napi_throw_type_error(env, "EINVAL", "fsopNow: this operation may wait; use fsop");
+    return NULL;
+  }
+  execute(env, r);
+  napi_value v;
+  napi_create_double(env, r->ret < 0 ? -(double)r->err : (double)r->ret, &v);
+  free_op(env, r);
+  return v;
 }

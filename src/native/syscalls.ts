@@ -1,9 +1,11 @@
 /**
  * Typed wrappers over the native `fsop` executor: each call runs on libuv's pool, as the
  * given credentials ([uid, gid, ...groups], or null for the daemon's own), and rejects with
- * an Error carrying the errno `code`.
+ * an Error carrying the errno `code`. The `*Now` calls run on the calling thread, for the
+ * few operations that cannot wait for I/O, and throw an FsError.
  */
 import type { StatFs, Timespec } from '../fs/api.js';
+import { FsError } from '../fuse/errno.js';
 import { native } from './native.js';
 
 export type Creds = readonly number[] | null;
@@ -61,7 +63,11 @@ const enum Op {
   CLOSE,
   FACCESSAT,
   LOOKUP,
+  LOOKUP_CACHED,
+  CREATE,
 }
+
+const EAGAIN = 11;
 
 type FsOp = (op: number, creds: Creds, a0: number, a1: number, a2: number, a3: number, a4: number, a5: number, s1: string | null, s2: string | null, buf: Buffer | null) => Promise<number>;
 let fsop: FsOp | undefined;
@@ -69,6 +75,15 @@ let fsop: FsOp | undefined;
 function call(op: Op, creds: Creds, a: number[] = [], s1: string | null = null, s2: string | null = null, buf: Buffer | null = null): Promise<number> {
   fsop ??= (native() as unknown as { fsop: FsOp }).fsop;
   return fsop(op, creds, a[0] ?? 0, a[1] ?? 0, a[2] ?? 0, a[3] ?? 0, a[4] ?? 0, a[5] ?? 0, s1, s2, buf);
+}
+
+type FsOpNow = (...args: Parameters<FsOp>) => number;
+let fsopNow: FsOpNow | undefined;
+
+/** Runs on this thread: the result, or -errno. */
+function callNow(op: Op, creds: Creds, a: number[], s1: string | null, buf: Buffer): number {
+  fsopNow ??= (native() as unknown as { fsopNow: FsOpNow }).fsopNow;
+  return fsopNow(op, creds, a[0] ?? 0, a[1] ?? 0, a[2] ?? 0, 0, 0, 0, s1, null, buf);
 }
 
 /** The path through which a descriptor (also an O_PATH one) can be reopened or named. */
@@ -246,6 +261,12 @@ export const sys = {
     const n = (at: number) => Number(b.readBigUInt64LE(at));
     return { bsize: n(8), blocks: n(16), bfree: n(24), bavail: n(32), files: n(40), ffree: n(48), namelen: n(64), frsize: n(72) };
   },
+  /** The file system type (statfs f_type) of the one `fd` is on. */
+  async fsType(fd: number): Promise<number> {
+    const b = Buffer.alloc(120);
+    await call(Op.FSTATFS, null, [fd], null, null, b);
+    return Number(b.readBigInt64LE(0));
+  },
   syncfs: (fd: number) => call(Op.SYNCFS, null, [fd]),
   fsync: (fd: number, datasync: boolean) => call(Op.FSYNC, null, [fd, datasync ? 1 : 0]),
   ftruncate: (c: Creds, fd: number, size: number) => call(Op.FTRUNCATE, c, [fd, size]),
@@ -260,10 +281,44 @@ export const sys = {
    * descriptor this daemon opened itself.
    */
   async lookup(c: Creds, dirfd: number, name: string, flags = 0, followProcFd = false): Promise<Looked> {
-    const b = Buffer.alloc(256 + 4 + 8 + 128);
-    const fd = await call(Op.LOOKUP, c, [dirfd, flags, followProcFd ? 1 : 0], name, null, b);
-    const mountId = b.readInt32LE(256);
-    const handle = mountId < 0 ? undefined : { mountId, handle: Buffer.from(b.subarray(260, 260 + 8 + b.readUInt32LE(260))) };
-    return { fd, st: parseStatx(b), handle };
+    const b = Buffer.alloc(LOOKED_BYTES);
+    return looked(await call(Op.LOOKUP, c, [dirfd, flags, followProcFd ? 1 : 0], name, null, b), b);
+  },
+  /**
+   * openat(dirfd, name, flags, mode) as `c` (create, tmpfile), and in the same trip what
+   * `lookup` gives for the new file (from its descriptor) and, with `twin`, a read-write
+   * descriptor of it opened as the daemon (`twinFd`, or a negative errno).
+   */
+  async create(c: Creds, dirfd: number, name: string, flags: number, mode: number, twin: boolean): Promise<{ fd: number; looked: Looked; twinFd: number }> {
+    const b = Buffer.alloc(LOOKED_BYTES + 8);
+    const fd = await call(Op.CREATE, c, [dirfd, flags, mode, twin ? 1 : 0], name, null, b);
+    return { fd, looked: looked(b.readInt32LE(LOOKED_BYTES), b), twinFd: b.readInt32LE(LOOKED_BYTES + 4) };
+  },
+  /**
+   * `lookup` from the kernel's caches alone, on this thread, for an entry on the parent's
+   * device dev (major:minor) — for local file systems only. Null where that would need
+   * I/O, revalidation or another device: then use `lookup`.
+   */
+  lookupNow(c: Creds, dirfd: number, name: string, devMajor: number, devMinor: number): Looked | null {
+    const b = Buffer.alloc(LOOKED_BYTES);
+    const fd = callNow(Op.LOOKUP_CACHED, c, [dirfd, devMajor, devMinor], name, b);
+    if (fd === -EAGAIN) return null;
+    if (fd < 0) throw new FsError(-fd);
+    return looked(fd, b);
+  },
+  /** statx of an open descriptor on this thread: for local file systems only (attributes in memory). */
+  fstatxNow(fd: number): Statx {
+    const b = Buffer.alloc(256);
+    const r = callNow(Op.STATX, null, [fd, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME], '', b);
+    if (r < 0) throw new FsError(-r);
+    return parseStatx(b);
   },
 };
+
+const LOOKED_BYTES = 256 + 4 + 8 + 128;
+
+function looked(fd: number, b: Buffer): Looked {
+  const mountId = b.readInt32LE(256);
+  const handle = mountId < 0 ? undefined : { mountId, handle: Buffer.from(b.subarray(260, 260 + 8 + b.readUInt32LE(260))) };
+  return { fd, st: parseStatx(b), handle };
+}

@@ -26,6 +26,15 @@ export interface PInode {
   pinned: boolean;
   /** Forgotten while in use: close the descriptor when the last user is done. */
   dead?: boolean;
+  /** The host device it lives on (shared by all its inodes). */
+  dev: HostDevice;
+}
+
+export interface HostDevice {
+  major: number;
+  minor: number;
+  /** A local file system: its attributes and cached dentries are read without waiting for I/O. */
+  local: boolean;
 }
 
 export interface InodeTableOptions {
@@ -60,8 +69,8 @@ export class InodeTable {
   }
 
   /** Registers the root: its descriptor stays open and is the handle mount fd of its mount. */
-  addRoot(fd: number, key: string, type: number, handle: FileHandle | undefined): PInode {
-    const root: PInode = { nodeid: 1, key, type, fd, handle, users: 0, nlookup: 1, pinned: true };
+  addRoot(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode {
+    const root: PInode = { nodeid: 1, key, type, fd, handle, users: 0, nlookup: 1, pinned: true, dev };
     if (handle) this.mountFds.set(handle.mountId, fd);
     this.byNode.set(1, root);
     this.byKey.set(key, root);
@@ -73,7 +82,7 @@ export class InodeTable {
    * Adds a freshly looked-up host inode whose O_PATH descriptor is `fd` (ownership passes
    * to the table), or returns the existing one (closing `fd`).
    */
-  async add(fd: number, key: string, type: number, handle: FileHandle | undefined): Promise<PInode> {
+  async add(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): Promise<PInode> {
     const existing = this.byKey.get(key);
     if (existing) {
       closePath(fd);
@@ -86,7 +95,7 @@ export class InodeTable {
       closePath(fd);
       throw new FsError(Errno.ENFILE, 'too many inodes without file handles');
     }
-    const n: PInode = { nodeid: this.nextNode++, key, type, handle, fd, users: 0, nlookup: 0, pinned };
+    const n: PInode = { nodeid: this.nextNode++, key, type, handle, fd, users: 0, nlookup: 0, pinned, dev };
     if (pinned) this.pinnedCount++;
     else this.lru.set(n.nodeid, n);
     this.openFds++;

@@ -54,7 +54,7 @@ import {
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, S_ISUID } from '../../util/mode.js';
 import { type NowaitState, readAt, writeAt } from './file-io.js';
 import { IdMap, type IdRange } from './id-map.js';
-import { InodeTable, type PInode } from './inode-table.js';
+import { type HostDevice, InodeTable, type PInode } from './inode-table.js';
 
 export type CacheMode = 'never' | 'metadata' | 'auto' | 'always';
 
@@ -103,6 +103,8 @@ export class PassthroughFs implements FileSystem {
   readonly capabilities: FsCapabilities;
   private readonly table: InodeTable;
   private readonly handles = new Map<number, Handle>();
+  /** Host devices seen, by major:minor. */
+  private readonly devices = new Map<string, HostDevice>();
   private readonly locks = new Map<number, FileLocks>();
   private nextFh = 1;
   private readonly uids: IdMap;
@@ -149,7 +151,7 @@ export class PassthroughFs implements FileSystem {
     // The tenant's kernel applied the caller's umask already; ours must not apply again.
     process.umask(0);
     const root = await sys.lookup(null, AT_FDCWD, this.opts.root, O_DIRECTORY);
-    await this.table.addRoot(root.fd, key(root.st), root.st.mode & S_IFMT, root.handle);
+    this.table.addRoot(root.fd, key(root.st), root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
   }
 
   /** Open descriptors held by the backend (for tests and metrics). */
@@ -198,13 +200,33 @@ export class PassthroughFs implements FileSystem {
     return h;
   }
 
-  private statFd(fd: number): Promise<Statx> {
+  /** Attributes of an open descriptor of `n`: read at once on a local file system, else through the pool. */
+  private statFd(fd: number, n?: PInode): Statx | Promise<Statx> {
+    if (n?.dev.local) return sys.fstatxNow(fd);
     return sys.statx(null, fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  }
+
+  /** The host device of a freshly looked-up inode (its file system type is asked once per device). */
+  private deviceOf(l: Looked): HostDevice | Promise<HostDevice> {
+    const k = `${l.st.devMajor}:${l.st.devMinor}`;
+    const known = this.devices.get(k);
+    if (known) return known;
+    return sys.fsType(l.fd).then(
+      (type) => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: LOCAL_FS_TYPES.has(type) }),
+      () => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: false }),
+    );
+  }
+
+  private remember(k: string, dev: HostDevice): HostDevice {
+    const raced = this.devices.get(k);
+    if (raced) return raced;
+    this.devices.set(k, dev);
+    return dev;
   }
 
   /** Registers a looked-up (or created) host inode and answers with its Entry. */
   private async entryFor(l: Looked): Promise<Entry> {
-    const n = await this.table.add(l.fd, key(l.st), l.st.mode & S_IFMT, l.handle);
+    const n = await this.table.add(l.fd, key(l.st), l.st.mode & S_IFMT, l.handle, await this.deviceOf(l));
     n.nlookup++;
     return { ino: n.nodeid, attr: this.attr(l.st), entryTimeout: this.timeout, attrTimeout: this.timeout };
   }
@@ -215,25 +237,41 @@ export class PassthroughFs implements FileSystem {
   }
 
   /**
-   * Entry and handle for a file just created and opened (create, tmpfile). Its O_PATH
-   * descriptor comes from the open file itself: no second name lookup to race on.
+   * Creates and opens a file (create, tmpfile) in one trip, with its O_PATH descriptor taken
+   * from the open file itself (no second name lookup to race on) and, when the kernel will
+   * do its I/O, the read-write backing file too.
    */
-  private async createdFrom(fd: number, flags: number): Promise<Created> {
+  private async createIn(ctx: RequestContext, parent: PInode, name: string, openFlags: number, mode: number, flags: number): Promise<Created> {
+    const c = this.creds(ctx);
+    const twin = this.kernelIo !== undefined && !hasPrivBits(mode);
+    const r = await this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, openFlags, mode & ~S_IFMT, twin));
     try {
-      const entry = await this.entryFor(await sys.lookup(null, AT_FDCWD, procPath(fd), 0, true));
-      return { entry, open: await this.openReply(fd, this.table.get(entry.ino), flags, entry.attr.mode) };
+      const entry = await this.entryFor(r.looked);
+      const node = this.table.get(entry.ino);
+      // A file that already existed may carry setuid/setgid: openReply keeps those uncached.
+      if (r.twinFd >= 0 && !hasPrivBits(entry.attr.mode)) this.adoptBacking(node, r.twinFd);
+      else if (r.twinFd >= 0) void sys.close(r.twinFd).catch(() => undefined);
+      return { entry, open: await this.openReply(r.fd, node, flags, entry.attr.mode) };
     } catch (err) {
-      await sys.close(fd);
+      await sys.close(r.fd);
       throw err;
     }
   }
+
 
   // ---- FileSystem --------------------------------------------------------------------
 
   lookup(ctx: RequestContext, parent: number, name: string): Promise<Entry> {
     // The kernel resolves "." and ".." itself; from anyone else they could climb out.
     if (name === '.' || name === '..') throw new FsError(Errno.EPERM, 'no dot lookups');
-    return this.lookupIn(ctx, this.table.get(parent), name);
+    const p = this.table.get(parent);
+    if (p.fd >= 0 && p.dev.local) {
+      // A name in the kernel's dentry cache, on the parent's local file system: one call
+      // here, no trip through the pool. Anything else comes back null and takes the pool.
+      const l = sys.lookupNow(this.creds(ctx), p.fd, name, p.dev.major, p.dev.minor);
+      if (l) return this.entryFor(l);
+    }
+    return this.lookupIn(ctx, p, name);
   }
 
   forget(ino: number, nlookup: number): void {
@@ -244,7 +282,8 @@ export class PassthroughFs implements FileSystem {
 
   async getattr(_ctx: RequestContext, ino: number, fh?: number): Promise<AttrReply> {
     const h = fh !== undefined ? this.handles.get(fh) : undefined;
-    const st = h ? await this.statFd(h.fd) : await this.table.withFd(this.table.get(ino), (fd) => this.statFd(fd));
+    const n = h ? h.node : this.table.get(ino);
+    const st = h ? await this.statFd(h.fd, n) : n.fd >= 0 && n.dev.local ? sys.fstatxNow(n.fd) : await this.table.withFd(n, async (fd) => this.statFd(fd, n));
     return { attr: this.attr(st), timeout: this.timeout };
   }
 
@@ -374,6 +413,19 @@ export class PassthroughFs implements FileSystem {
       return { fh, flags: FOPEN_PASSTHROUGH | (flags & FOPEN_KEEP_CACHE), backingId: b.id };
     }
     return { fh, flags };
+  }
+
+  /** Makes `fd` (read-write, just opened for a new file) its inode's backing file, unless it has one. */
+  private adoptBacking(node: PInode, fd: number): void {
+    if (this.backing.get(node.nodeid) === undefined) {
+      try {
+        this.backing.set(node.nodeid, { fd, id: this.kernelIo!.open(fd), refs: 0 });
+        return;
+      } catch {
+        /* the kernel refused it: backingOf decides as for any file */
+      }
+    }
+    void sys.close(fd).catch(() => undefined);
   }
 
   private async backingOf(node: PInode): Promise<{ fd: number; id: number; refs: number } | undefined> {
@@ -568,18 +620,13 @@ export class PassthroughFs implements FileSystem {
   async create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number): Promise<Created> {
     this.writable();
     const p = this.table.get(parent);
-    const c = this.creds(ctx);
-    const fd = await this.table.withFd(p, (pfd) => sys.openat(c, pfd, name, this.openFlags(flags) | O_CREAT | O_NOFOLLOW, mode & ~S_IFMT));
-    return this.createdFrom(fd, flags);
+    return this.createIn(ctx, p, name, this.openFlags(flags) | O_CREAT | O_NOFOLLOW, mode, flags);
   }
 
   async tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number): Promise<Created> {
     this.writable();
     const p = this.table.get(parent);
-    const fd = await this.table.withFd(p, (pfd) =>
-      sys.openat(this.creds(ctx), pfd, '.', (this.openFlags(flags) & ~O_DIRECTORY) | O_TMPFILE, mode & ~S_IFMT),
-    );
-    return this.createdFrom(fd, flags);
+    return this.createIn(ctx, p, '.', (this.openFlags(flags) & ~O_DIRECTORY) | O_TMPFILE, mode, flags);
   }
 
   async fallocate(ctx: RequestContext, _ino: number, fh: number, offset: number, length: number, mode: number): Promise<void> {
@@ -616,6 +663,16 @@ export class PassthroughFs implements FileSystem {
 function hasPrivBits(mode: number): boolean {
   return (mode & S_ISUID) !== 0 || (mode & (S_ISGID | 0o010)) === (S_ISGID | 0o010);
 }
+
+/** File systems whose inode attributes and cached dentries are in memory (statfs f_type). */
+const LOCAL_FS_TYPES = new Set([
+  0xef53, // ext2/3/4
+  0x58465342, // xfs
+  0x9123683e, // btrfs
+  0xf2f52010, // f2fs
+  0x01021994, // tmpfs
+  0x858458f6, // ramfs
+]);
 
 function key(st: Statx): string {
   return `${st.devMajor}:${st.devMinor}:${st.ino}`;
