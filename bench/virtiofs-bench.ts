@@ -1,7 +1,8 @@
 /**
  * virtio-fs device benchmark without a VM: the guest-driver harness drives dpfs and
  * Debian's virtiofsd (C) over vhost-user, in the same run, over the same tmpfs directory;
- * then dpfs's null backend (the framework's own cost) on 1 and N request queues.
+ * then dpfs's null backend (the framework's own cost) on 1 queue and on N queues served by N
+ * queue threads.
  *
  * Per row: ops/s or MiB/s, latency p50/p99/p99.9 (HDR histogram), CPU µs of the serving
  * process per operation (from /proc), and the ratio dpfs/virtiofsd. Writes a JSON result and
@@ -9,6 +10,8 @@
  *
  *   npm run bench:virtiofs
  *   node dist/bench/virtiofs-bench.js --seconds 3 --queues 2 --out bench-results
+ *   options: --targets dpfs,virtiofsd,null  --threads N (dpfs queue threads)  --source-parent DIR
+ *   (where the served directory is made; default /var/tmp, a disk file system)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,7 +32,7 @@ const OUT = opt('out', 'bench-results');
 const VIRTIOFSD = opt('virtiofsd', '/usr/lib/qemu/virtiofsd');
 /** Where the served directory is made: a disk file system by default, as most exports are. */
 const SOURCE_PARENT = opt('source-parent', '/var/tmp');
-/** Which servers to run: dpfs (passthrough), virtiofsd, null (1 and --queues request queues). */
+/** Which servers to run: dpfs (passthrough), virtiofsd, null (1 queue, and --queues queues on as many threads). */
 const TARGETS = new Set(opt('targets', 'dpfs,virtiofsd,null').split(','));
 /** dpfs queue threads (-t); unset: the daemon's default. */
 const THREADS = opt('threads', '');
@@ -197,8 +200,10 @@ async function main(): Promise<void> {
     if (TARGETS.has('virtiofsd') && existsSync(VIRTIOFSD)) targets.push(['virtiofsd', VIRTIOFSD, (s) => [`--socket-path=${s}`, '-o', `source=${src}`, '-o', 'cache=auto'], 1, 'data', false]);
     else if (TARGETS.has('virtiofsd')) progress(`(no ${VIRTIOFSD}: the C reference is skipped)`);
     if (TARGETS.has('null')) {
-      targets.push(['dpfs-null', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES), ...threadArgs], 1, 'null', !TARGETS.has('dpfs')]);
-      if (QUEUES > 1) targets.push([`dpfs-null-${QUEUES}q`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES), ...threadArgs], QUEUES, 'null', true]);
+      targets.push(['dpfs-null', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', ...threadArgs], 1, 'null', !TARGETS.has('dpfs')]);
+      // N queues on N queue threads (or --threads), the multi-queue configuration.
+      const t = THREADS || String(QUEUES);
+      if (QUEUES > 1) targets.push([`dpfs-null-${QUEUES}q-${t}t`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES), '-t', t], QUEUES, 'null', true]);
     }
     for (const [name, cmd, argv, queues, file, quick] of targets) {
       progress(`${name} (${queues} request queue${queues > 1 ? 's' : ''})`);

@@ -136,6 +136,7 @@ test('a guest with 2 vCPUs and 2 request queues (spread by kernels that do, 6.11
       if (major! > 6 || (major === 6 && minor! >= 11)) assert.ok(q1 > 50 && q2 > 50, `requests per queue: ${dev.perQueue.join(', ')}`);
     },
     2,
+    2,
   );
 });
 

@@ -5,6 +5,7 @@
  * away the socket takes the next one (a restarted VMM) without restarting the daemon.
  */
 import { closeSync, unlinkSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { FileSystem } from '../../fs/api.js';
 import { Opcode } from '../../fuse/opcodes.js';
 import { Session } from '../../fuse/session.js';
@@ -21,8 +22,9 @@ export interface VhostUserFsOptions {
   /**
    * Queue threads doing the ring work of the request queues (at most one per queue); 0 serves
    * every queue on the event loop. The FUSE session and backend stay on the main thread.
-   * Default: one per request queue when there are several, none for a single queue (a thread
-   * adds a hand-off per request, which only pays where queues run in parallel).
+   * Default: one per request queue when there are several and the machine has a core for each
+   * besides two more (the main thread, the VMM); else none: a thread adds a hand-off per
+   * request, which only pays where queues really run in parallel.
    */
   threads?: number;
   log?: Logger;
@@ -66,7 +68,8 @@ export class VhostUserFsDevice implements RequestSink {
 
   start(): void {
     const requestQueues = this.options.requestQueues ?? 1;
-    const threads = Math.min(this.options.threads ?? (requestQueues > 1 ? requestQueues : 0), requestQueues);
+    const parallel = requestQueues > 1 && availableParallelism() >= requestQueues + 2;
+    const threads = Math.min(this.options.threads ?? (parallel ? requestQueues : 0), requestQueues);
     if (threads > 0) this.threads = new QueueThreads(threads, this.log);
     this.listenFd = native().listenUnix(this.options.socketPath);
     this.listenWatch = native().watch(this.listenFd, () => this.onAcceptable());
