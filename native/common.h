@@ -41,6 +41,8 @@ napi_value js_eventfd(napi_env env, napi_callback_info info);
 napi_value js_backing_open(napi_env env, napi_callback_info info);
 napi_value js_backing_close(napi_env env, napi_callback_info info);
 napi_value js_rw_nowait(napi_env env, napi_callback_info info);
+napi_value js_uring_create(napi_env env, napi_callback_info info);
+napi_value js_uring_submit(napi_env env, napi_callback_info info);
 void fsop_module_init(void);
 
 #endif

@@ -7,6 +7,7 @@
  *   fusedev.c  kernel FUSE passthrough backing files (/dev/fuse ioctls)
  *   shared_map.cc  guest memory as a SharedArrayBuffer shared by threads
  *   nowait.c  page-cache reads and writes that never block (RWF_NOWAIT)
+ *   uring.c  io_uring for the reads, writes and fsyncs that may wait
  * Errors are thrown (or rejected) as Errors carrying `code`, `errno` and `syscall`.
  */
 #include "common.h"
@@ -30,6 +31,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"backingOpen", NULL, js_backing_open, NULL, NULL, NULL, napi_default, NULL},
       {"backingClose", NULL, js_backing_close, NULL, NULL, NULL, napi_default, NULL},
       {"rwNowait", NULL, js_rw_nowait, NULL, NULL, NULL, napi_default, NULL},
+      {"uringCreate", NULL, js_uring_create, NULL, NULL, NULL, napi_default, NULL},
+      {"uringSubmit", NULL, js_uring_submit, NULL, NULL, NULL, napi_default, NULL},
   };
   fsop_module_init();
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -5,9 +5,10 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-# fuse3: the FUSE userspace tools; fio, stress-ng, sqlite3, git, attr, acl, rsync, python3: test
-# workloads; qemu-system-x86, linux-image-amd64, busybox-static, cpio: the virtio-fs guest.
-pkgs="fuse3 fio stress-ng sqlite3 git attr acl rsync python3 util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio"
+# g++, make, liburing-dev: the native addon (C, one C++ file, io_uring); fuse3: the FUSE
+# userspace tools; fio, stress-ng, sqlite3, git, attr, acl, rsync, python3: test workloads;
+# qemu-system-x86, linux-image-amd64, busybox-static, cpio: the virtio-fs guest.
+pkgs="g++ make liburing-dev fuse3 fio stress-ng sqlite3 git attr acl rsync python3 util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio"
 [ "${1:-}" = "--bench" ] && pkgs="$pkgs bindfs"
 
 missing=""

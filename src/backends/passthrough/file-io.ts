@@ -1,11 +1,13 @@
 /**
- * Positional reads and writes on an open host file. Each first tries the page cache
- * synchronously (preadv2/pwritev2 with RWF_NOWAIT: one system call, never waits for a
- * device or server) and sends only what that cannot do to libuv's pool. Access was checked
+ * Positional reads, writes and fsyncs on an open host file. Reads and writes first try the
+ * page cache synchronously (preadv2/pwritev2 with RWF_NOWAIT: one system call, never waits
+ * for a device or server); what that cannot do goes to io_uring (the kernel's own workers
+ * do what would wait) or, where io_uring is refused, to libuv's pool. Access was checked
  * when the file was opened as the caller, so no credentials are needed here.
  */
-import { readv as fsReadv, writev as fsWritev } from 'node:fs';
+import { fdatasync, fsync as fsFsync, readv as fsReadv, writev as fsWritev } from 'node:fs';
 import { native } from '../../native/native.js';
+import { Uring } from '../../native/uring.js';
 
 const EAGAIN = 11;
 const IOV_MAX = 1024;
@@ -25,9 +27,10 @@ export async function readAt(fd: number, bufs: Uint8Array[], offset: number, sta
     if (n > 0) done = n;
     else if (n !== -EAGAIN) state.noNowaitRead = true; // EOPNOTSUPP (or an error the pool will report)
   }
-  // The rest, through the pool; a short read there means the end of the file.
+  // The rest waits for I/O; a short read there means the end of the file.
   const rest = done ? advance(bufs, done) : bufs;
-  return done + (await poolv(fsReadv, fd, rest, offset + done));
+  const ring = bufs.length <= IOV_MAX ? Uring.get() : null;
+  return done + (await (ring ? ring.readv(fd, rest, offset + done) : poolv(fsReadv, fd, rest, offset + done)));
 }
 
 /** Writes `data` at `offset`; returns the bytes written. */
@@ -39,7 +42,16 @@ export async function writeAt(fd: number, data: Uint8Array, offset: number, stat
     if (n > 0) done = n;
     else if (n !== -EAGAIN) state.noNowaitWrite = true;
   }
-  return done + (await poolv(fsWritev, fd, [data.subarray(done)], offset + done));
+  const rest = [data.subarray(done)];
+  const ring = Uring.get();
+  return done + (await (ring ? ring.writev(fd, rest, offset + done) : poolv(fsWritev, fd, rest, offset + done)));
+}
+
+/** fsync or fdatasync. */
+export function syncFile(fd: number, datasync: boolean): Promise<unknown> {
+  const ring = Uring.get();
+  if (ring) return ring.fsync(fd, datasync);
+  return new Promise<void>((resolve, reject) => (datasync ? fdatasync : fsFsync)(fd, (err) => (err ? reject(err) : resolve())));
 }
 
 function poolv(

@@ -52,7 +52,7 @@ import {
   sys,
 } from '../../native/syscalls.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, S_ISUID } from '../../util/mode.js';
-import { type NowaitState, readAt, writeAt } from './file-io.js';
+import { type NowaitState, readAt, syncFile, writeAt } from './file-io.js';
 import { IdMap, type IdRange } from './id-map.js';
 import { type HostDevice, InodeTable, type PInode } from './inode-table.js';
 
@@ -512,7 +512,7 @@ export class PassthroughFs implements FileSystem {
   }
 
   async fsync(_ctx: RequestContext, _ino: number, fh: number, datasync: boolean): Promise<void> {
-    await sys.fsync(this.handle(fh).fd, datasync);
+    await syncFile(this.handle(fh).fd, datasync);
   }
 
   async flush(): Promise<void> {}
@@ -592,7 +592,7 @@ export class PassthroughFs implements FileSystem {
   }
 
   async fsyncdir(_ctx: RequestContext, _ino: number, fh: number, datasync: boolean): Promise<void> {
-    await sys.fsync(this.handle(fh).fd, datasync);
+    await syncFile(this.handle(fh).fd, datasync);
   }
 
   private fileLocks(ino: number): FileLocks {

@@ -1,0 +1,177 @@
+#include "common.h"
+
+#include <liburing.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <uv.h>
+
+/*
+ * io_uring for the file reads, writes and fsyncs that cannot be answered at once: one ring
+ * per thread that asks for it, kept for the life of the process. Each operation is submitted
+ * as it comes; the kernel runs it inline where it can and on its own workers where it would
+ * wait, so no thread of ours wakes for it. Completions are signalled on an eventfd watched
+ * by the thread's event loop and handed to one JS callback per batch.
+ *   uringCreate(entries, onComplete(Float64Array [id, result, ...])) -> handle
+ *   uringSubmit(handle, op, id, fd, buffers | null, offset, datasync) -> 0 queued, or -errno.
+ *     op 1 readv, 2 writev, 3 fsync; op 0 submits everything queued (once per event-loop
+ *     turn: one system call for many operations) and returns 1 if the kernel was short of
+ *     resources (submit again later). The caller keeps the buffers alive until completion.
+ */
+enum { U_FLUSH = 0, U_READV = 1, U_WRITEV = 2, U_FSYNC = 3 };
+
+typedef struct {
+  struct io_uring ring;
+  int efd;
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context context;
+  /* Operations not completed yet: the event loop stays alive while there are any. */
+  unsigned inflight;
+} uring_t;
+
+typedef struct {
+  double id;
+  int niov;
+  struct iovec iov[];
+} ureq_t;
+
+#define MAX_IOV 1024
+
+static void on_events(uv_poll_t *poll, int status, int events) {
+  (void)status;
+  (void)events;
+  uring_t *u = poll->data;
+  uint64_t n;
+  while (read(u->efd, &n, sizeof n) > 0) {
+  }
+  for (;;) {
+    unsigned ready = io_uring_cq_ready(&u->ring);
+    if (ready == 0) return;
+    napi_env env = u->env;
+    napi_handle_scope scope;
+    napi_open_handle_scope(env, &scope);
+    void *data;
+    napi_value ab, arr, cb, recv, result;
+    napi_create_arraybuffer(env, ready * 2 * sizeof(double), &data, &ab);
+    double *out = data;
+    unsigned head, i = 0;
+    struct io_uring_cqe *cqe;
+    io_uring_for_each_cqe(&u->ring, head, cqe) {
+      if (i == ready) break;
+      ureq_t *r = io_uring_cqe_get_data(cqe);
+      out[2 * i] = r->id;
+      out[2 * i + 1] = cqe->res;
+      free(r);
+      i++;
+    }
+    io_uring_cq_advance(&u->ring, i);
+    u->inflight -= i;
+    if (u->inflight == 0) uv_unref((uv_handle_t *)&u->poll);
+    napi_create_typedarray(env, napi_float64_array, i * 2, ab, 0, &arr);
+    napi_get_reference_value(env, u->callback, &cb);
+    napi_get_global(env, &recv);
+    if (napi_make_callback(env, u->context, recv, cb, 1, &arr, &result) == napi_pending_exception) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+    }
+    napi_close_handle_scope(env, scope);
+  }
+}
+
+napi_value js_uring_create(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  uint32_t entries;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_uint32(env, argv[0], &entries));
+  uring_t *u = calloc(1, sizeof *u);
+  if (!u) return throw_errno(env, ENOMEM, "io_uring_setup");
+  int err = io_uring_queue_init(entries, &u->ring, 0);
+  if (err < 0) {
+    free(u);
+    return throw_errno(env, -err, "io_uring_setup");
+  }
+  u->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (u->efd < 0 || (err = io_uring_register_eventfd(&u->ring, u->efd)) < 0) {
+    int e = u->efd < 0 ? errno : -err;
+    if (u->efd >= 0) close(u->efd);
+    io_uring_queue_exit(&u->ring);
+    free(u);
+    return throw_errno(env, e, "io_uring_register_eventfd");
+  }
+  u->env = env;
+  napi_value name;
+  napi_create_string_utf8(env, "dpfs:uring", NAPI_AUTO_LENGTH, &name);
+  napi_create_reference(env, argv[1], 1, &u->callback);
+  napi_async_init(env, NULL, name, &u->context);
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(env, &loop);
+  uv_poll_init(loop, &u->poll, u->efd);
+  u->poll.data = u;
+  uv_poll_start(&u->poll, UV_READABLE, on_events);
+  uv_unref((uv_handle_t *)&u->poll); /* referenced only while operations are in flight */
+  napi_value handle;
+  napi_create_external(env, u, NULL, NULL, &handle);
+  return handle;
+}
+
+napi_value js_uring_submit(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  uring_t *u;
+  int32_t op, fd;
+  double id, offset;
+  bool datasync;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 7) return throw_errno(env, EINVAL, "uringSubmit");
+  CHECK(napi_get_value_external(env, argv[0], (void **)&u));
+  CHECK(napi_get_value_int32(env, argv[1], &op));
+  CHECK(napi_get_value_double(env, argv[2], &id));
+  CHECK(napi_get_value_int32(env, argv[3], &fd));
+  CHECK(napi_get_value_double(env, argv[5], &offset));
+  CHECK(napi_get_value_bool(env, argv[6], &datasync));
+  uint32_t n = 0;
+  if (op == U_FLUSH) {
+    napi_value v;
+    napi_create_int32(env, io_uring_submit(&u->ring) < 0 ? 1 : 0, &v);
+    return v;
+  }
+  if (op == U_READV || op == U_WRITEV) {
+    CHECK(napi_get_array_length(env, argv[4], &n));
+    if (n == 0 || n > MAX_IOV || offset < 0) return throw_errno(env, EINVAL, "uringSubmit");
+  } else if (op != U_FSYNC) {
+    return throw_errno(env, EINVAL, "uringSubmit");
+  }
+  ureq_t *r = malloc(sizeof *r + n * sizeof(struct iovec));
+  if (!r) return throw_errno(env, ENOMEM, "uringSubmit");
+  r->id = id;
+  r->niov = (int)n;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value b;
+    if (napi_get_element(env, argv[4], i, &b) != napi_ok || napi_get_buffer_info(env, b, &r->iov[i].iov_base, &r->iov[i].iov_len) != napi_ok) {
+      free(r);
+      return throw_errno(env, EINVAL, "uringSubmit");
+    }
+  }
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  if (!sqe) {
+    io_uring_submit(&u->ring);
+    sqe = io_uring_get_sqe(&u->ring);
+  }
+  int res = 0;
+  if (!sqe) {
+    free(r);
+    res = -EBUSY;
+  } else {
+    if (op == U_READV) io_uring_prep_readv(sqe, fd, r->iov, n, (uint64_t)offset);
+    else if (op == U_WRITEV) io_uring_prep_writev(sqe, fd, r->iov, n, (uint64_t)offset);
+    else io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+    io_uring_sqe_set_data(sqe, r);
+    if (u->inflight++ == 0) uv_ref((uv_handle_t *)&u->poll);
+  }
+  napi_value v;
+  napi_create_int32(env, res, &v);
+  return v;
+}

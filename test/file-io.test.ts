@@ -1,0 +1,77 @@
+/**
+ * The passthrough's file I/O paths against real files on a disk file system and on tmpfs:
+ * page-cache reads and writes (RWF_NOWAIT), io_uring, and short reads at the end of file,
+ * with several destination buffers, checked byte for byte against what Node reads.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { type NowaitState, readAt, syncFile, writeAt } from '../src/backends/passthrough/file-io.js';
+import { Uring } from '../src/native/uring.js';
+
+const places = ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p));
+
+for (const place of places) {
+  for (const [nowait, uring] of [
+    [true, true],
+    [false, true],
+    [false, false],
+  ] as const) {
+    const how = nowait ? 'page cache first' : uring ? 'io_uring' : "libuv's pool";
+    test(`reads and writes at any offset, across the end of file (${place}, ${how})`, async (t) => {
+      Uring.enabled = uring;
+      t.after(() => (Uring.enabled = true));
+      const dir = mkdtempSync(join(place, 'dpfs-fileio-'));
+      try {
+        const path = join(dir, 'f');
+        const content = randomBytes(300_000);
+        writeFileSync(path, content);
+        const fd = openSync(path, 'r+');
+        const state: NowaitState = nowait ? {} : { noNowaitRead: true, noNowaitWrite: true };
+        try {
+          for (const [offset, sizes] of [
+            [0, [4096]],
+            [12345, [100, 5000, 1]],
+            [299_000, [512, 4096]], // runs past the end: a short read
+            [300_000, [4096]], // at the end: nothing
+            [400_000, [10]], // past the end
+          ] as const) {
+            const bufs = sizes.map((n) => Buffer.alloc(n));
+            const n = await readAt(fd, bufs, offset, state);
+            const want = content.subarray(Math.min(offset, content.length), Math.min(offset + sizes.reduce((a, b) => a + b, 0), content.length));
+            assert.equal(n, want.length, `bytes at ${offset}`);
+            assert.ok(Buffer.concat(bufs).subarray(0, n).equals(want), `data at ${offset}`);
+          }
+          const expected = Buffer.from(content);
+          for (let i = 0; i < 50; i++) {
+            const at = (i * 7919) % 290_000;
+            const chunk = randomBytes(1 + ((i * 131) % 9000));
+            assert.equal(await writeAt(fd, chunk, at, state), chunk.length);
+            chunk.copy(expected, at);
+          }
+          const tail = randomBytes(1000);
+          assert.equal(await writeAt(fd, tail, 300_500, state), tail.length); // extends the file, leaving a hole
+          await syncFile(fd, false);
+          await syncFile(fd, true);
+          const back = readFileSync(path);
+          assert.equal(back.length, 301_500);
+          assert.ok(back.subarray(0, 300_000).equals(expected), 'rewritten content');
+          assert.ok(back.subarray(300_000, 300_500).equals(Buffer.alloc(500)), 'hole');
+          assert.ok(back.subarray(300_500).equals(tail), 'appended content');
+        } finally {
+          closeSync(fd);
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+}
+
+test('io_uring errors come back as errno (EBADF on a closed descriptor)', { skip: Uring.get() ? false : 'io_uring refused here' }, async () => {
+  const ring = Uring.get()!;
+  await assert.rejects(ring.readv(1 << 20, [Buffer.alloc(16)], 0), (err: NodeJS.ErrnoException & { errno?: number }) => err.errno === 9);
+  await assert.rejects(ring.fsync(1 << 20, false), (err: NodeJS.ErrnoException & { errno?: number }) => err.errno === 9);
+});
