@@ -98,10 +98,20 @@ typedef struct {
 
 static gid_t saved_groups[MAX_GROUPS];
 static int saved_ngroups;
+static uid_t saved_uid;
+static gid_t saved_gid;
 
 void fsop_module_init(void) {
   int n = getgroups(MAX_GROUPS, saved_groups);
   saved_ngroups = n < 0 ? 0 : n;
+  saved_uid = geteuid();
+  saved_gid = getegid();
+}
+
+/* Credentials the daemon has already need no switch (requests from root, mostly). */
+static int are_ours(const fsop_t *r) {
+  return r->uid == saved_uid && r->gid == saved_gid && r->ngroups == saved_ngroups &&
+         memcmp(r->groups, saved_groups, (size_t)r->ngroups * sizeof(gid_t)) == 0;
 }
 
 static int become(fsop_t *r) {
@@ -364,11 +374,11 @@ static fsop_t *parse_op(napi_env env, napi_callback_info info) {
         return NULL;
       }
     }
-    r->has_creds = 1;
     r->uid = v[0];
     r->gid = v[1];
     r->ngroups = (int)(n - 2);
     for (int i = 0; i < r->ngroups; i++) r->groups[i] = v[2 + i];
+    r->has_creds = !are_ours(r);
   }
   for (int i = 0; i < 6; i++) {
     double d;
