@@ -233,8 +233,12 @@ static int64_t run(fsop_t *r) {
       return pread((int)a[0], r->buf, r->buflen, (off_t)a[1]);
     case OP_PWRITE:
       return pwrite((int)a[0], r->buf, r->buflen, (off_t)a[1]);
-    case OP_CLOSE:
-      return close((int)a[0]);
+    case OP_CLOSE: {
+      /* a[1] >= 0: a second descriptor closed in the same trip (a file and its backing twin). */
+      int ret = close((int)a[0]), e = errno;
+      if (a[1] >= 0) close((int)a[1]);
+      return errno = e, ret;
+    }
     case OP_FACCESSAT:
       return faccessat((int)a[0], r->s1, (int)a[1], (int)a[2]);
     case OP_LOOKUP: {

@@ -273,7 +273,8 @@ export const sys = {
   truncate: (c: Creds, path: string, size: number) => call(Op.TRUNCATE, c, [size], path),
   pread: (fd: number, buf: Buffer, offset: number) => call(Op.PREAD, null, [fd, offset], null, null, buf),
   pwrite: (c: Creds, fd: number, buf: Buffer, offset: number) => call(Op.PWRITE, c, [fd, offset], null, null, buf),
-  close: (fd: number) => call(Op.CLOSE, null, [fd]),
+  /** Closes fd (and `also`, when given, in the same trip). */
+  close: (fd: number, also = -1) => call(Op.CLOSE, null, [fd, also]),
   faccessat: (c: Creds, dirfd: number, name: string, mode: number, flags: number) => call(Op.FACCESSAT, c, [dirfd, mode, flags], name),
   /**
    * openat(dirfd, name, O_PATH|O_NOFOLLOW|flags) + statx + name_to_handle_at, in one trip.

@@ -454,16 +454,17 @@ export class PassthroughFs implements FileSystem {
     return entry ?? undefined;
   }
 
-  private async dropBacking(nodeid: number): Promise<void> {
+  /** Drops an open's reference to its inode's backing file; returns the descriptor to close at the last one (else -1). */
+  private dropBacking(nodeid: number): number {
     const b = this.backing.get(nodeid);
-    if (!b || --b.refs > 0) return;
+    if (!b || --b.refs > 0) return -1;
     this.backing.delete(nodeid);
     try {
       this.kernelIo?.close(b.id);
     } catch {
       /* the connection is gone */
     }
-    await sys.close(b.fd);
+    return b.fd;
   }
 
   async open(ctx: RequestContext, ino: number, flags: number): Promise<Opened> {
@@ -507,8 +508,7 @@ export class PassthroughFs implements FileSystem {
     if (!h) return;
     this.handles.delete(fh);
     if (info.flockUnlock) this.locks.get(ino)?.releaseOwner(info.lockOwner, 'flock');
-    if (h.backed) await this.dropBacking(h.node.nodeid);
-    await sys.close(h.fd);
+    await sys.close(h.fd, h.backed ? this.dropBacking(h.node.nodeid) : -1);
   }
 
   async fsync(_ctx: RequestContext, _ino: number, fh: number, datasync: boolean): Promise<void> {
