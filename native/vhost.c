@@ -69,16 +69,20 @@ napi_value js_accept_unix(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* The (fd, buffer, ...) arguments of recvMsg and sendMsg: *argc in, the count given out. */
+static napi_status socket_args(napi_env env, napi_callback_info info, size_t *argc, napi_value *argv, int32_t *fd, struct iovec *iov) {
+  napi_status st = napi_get_cb_info(env, info, argc, argv, NULL, NULL);
+  if (st == napi_ok) st = napi_get_value_int32(env, argv[0], fd);
+  if (st == napi_ok) st = napi_get_buffer_info(env, argv[1], &iov->iov_base, &iov->iov_len);
+  return st;
+}
+
 napi_value js_recv_msg(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   int32_t fd;
-  void *data;
-  size_t len;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &fd));
-  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
-  struct iovec iov = {.iov_base = data, .iov_len = len};
+  struct iovec iov;
+  CHECK(socket_args(env, info, &argc, argv, &fd, &iov));
   char control[CMSG_SPACE(MAX_FDS * sizeof(int))];
   struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
   ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
@@ -118,11 +122,8 @@ napi_value js_send_msg(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
   int32_t fd;
-  void *data;
-  size_t len;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &fd));
-  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  struct iovec iov;
+  CHECK(socket_args(env, info, &argc, argv, &fd, &iov));
   int fds[MAX_FDS];
   uint32_t nfds = 0;
   if (argc >= 3) {
@@ -138,7 +139,6 @@ napi_value js_send_msg(napi_env env, napi_callback_info info) {
       }
     }
   }
-  struct iovec iov = {.iov_base = data, .iov_len = len};
   char control[CMSG_SPACE(MAX_FDS * sizeof(int))];
   struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
   if (nfds) {
