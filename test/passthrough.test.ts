@@ -33,6 +33,30 @@ test('passthrough: what the tenant writes is on the host, and the other way roun
   });
 });
 
+test('passthrough: a host file system mounted inside the export is served too (another device)', async () => {
+  await withPassthrough(async (dir, src) => {
+    mkdirSync(join(src, 'sub'));
+    writeFileSync(join(src, 'top'), 'on the export');
+    await sh(`mount -t tmpfs -o size=16m dpfs-test-sub "${src}/sub"`);
+    try {
+      writeFileSync(join(src, 'sub/x'), 'on the submount');
+      // Looked up (and cached) on the host first, then through the mount: the cached-lookup
+      // path must refuse to cross to the other device and leave it to the pool.
+      statSync(join(src, 'sub/x'));
+      assert.equal((await sh(`cat "${dir}/sub/x"`)).trim(), 'on the submount');
+      await sh(`echo written > "${dir}/sub/y" && mkdir "${dir}/sub/d" && touch "${dir}/sub/d/z"`);
+      assert.equal(readFileSync(join(src, 'sub/y'), 'utf8').trim(), 'written');
+      assert.ok(statSync(join(src, 'sub/d/z')).isFile());
+      // Across devices, the host's rules hold.
+      await assert.rejects(sh(`ln "${dir}/top" "${dir}/sub/top-link"`), /Invalid cross-device link/);
+      assert.equal((await sh(`mv "${dir}/sub/y" "${dir}/y" && cat "${dir}/y"`)).trim(), 'written'); // mv copies
+      assert.deepEqual(readdirSync(join(src, 'sub')).sort(), ['d', 'x']);
+    } finally {
+      await sh(`umount -l "${src}/sub"`);
+    }
+  });
+});
+
 test('passthrough: each request runs as its caller (ownership, EACCES, setgid, sticky)', async () => {
   await withPassthrough(async (dir, src) => {
     await sh(`chmod 1777 "${src}" && mkdir "${src}/sg" && chown 0:4242 "${src}/sg" && chmod 2777 "${src}/sg" && echo secret > "${src}/private" && chmod 600 "${src}/private"`);
