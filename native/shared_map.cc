@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 extern "C" napi_value throw_errno(napi_env env, int err, const char *syscall);
 
@@ -26,6 +27,13 @@ extern "C" napi_value js_map_shared(napi_env env, napi_callback_info info) {
       napi_get_value_double(env, argv[2], &offset) != napi_ok)
     return throw_errno(env, EINVAL, "mmap");
   if (!(size > 0) || offset < 0 || size > (double)(1ULL << 46)) return throw_errno(env, EINVAL, "mmap");
+  /*
+   * Touching a shared mapping past the end of its file raises SIGBUS, which would kill the
+   * daemon: a VMM's region must lie within its file (memfd, hugetlbfs or plain file).
+   */
+  struct stat st;
+  if (fstat(fd, &st) != 0) return throw_errno(env, errno, "fstat");
+  if (!S_ISREG(st.st_mode) || (double)st.st_size < offset + size) return throw_errno(env, EINVAL, "mmap: region beyond its file");
   void *addr = mmap(nullptr, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
   if (addr == MAP_FAILED) return throw_errno(env, errno, "mmap");
   v8::Isolate *isolate = v8::Isolate::GetCurrent();

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +16,7 @@ import { PassthroughFs } from '../src/backends/passthrough/passthrough-fs.js';
 import { VhostUserFsDevice } from '../src/devices/vhost-user/device.js';
 import { Req, encodeRequest, u64Payload } from '../src/devices/vhost-user/protocol.js';
 import type { FileSystem } from '../src/fs/api.js';
+import { native } from '../src/native/native.js';
 import { findKernel, guestToolsAvailable, runGuest } from './helpers/guest.js';
 
 const skip = guestToolsAvailable() ? false : 'needs qemu-system-x86, linux-image-amd64, busybox-static and cpio';
@@ -202,5 +203,33 @@ test('hostile vhost-user peers lose their connection; the device keeps serving',
     assert.equal(base.data.length, 20);
     const after = await rawPeer(socket, [encodeRequest(Req.GET_QUEUE_NUM, Buffer.alloc(0))]);
     assert.equal(after.data.readBigUInt64LE(12), 2n, 'hiprio + 1 request queue');
+  });
+});
+
+test('a memory region larger than its file is refused (touching it would fault the daemon)', async () => {
+  await withDevice(new MemoryFs(), async (socket, dev) => {
+    const memfd = native().memfdCreate('small-guest', 4096);
+    const sock = native().connectUnix(socket);
+    try {
+      const table = Buffer.alloc(8 + 32);
+      table.writeUInt32LE(1, 0);
+      table.writeBigUInt64LE(0n, 8); // guest-physical address
+      table.writeBigUInt64LE(1n << 20n, 16); // 1 MiB claimed...
+      table.writeBigUInt64LE(0x7f0000000000n, 24); // VMM address
+      table.writeBigUInt64LE(0n, 32); // ...of a 4 KiB file
+      native().sendMsg(sock, encodeRequest(Req.SET_MEM_TABLE, table), [memfd]);
+      let closed = false;
+      for (let i = 0; i < 50 && !closed; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        closed = native().recvMsg(sock, Buffer.alloc(64))?.n === 0;
+      }
+      assert.ok(closed, 'connection closed');
+      assert.equal(dev.connection, undefined);
+    } finally {
+      closeSync(sock);
+      closeSync(memfd);
+    }
+    const after = await rawPeer(socket, [encodeRequest(Req.GET_QUEUE_NUM, Buffer.alloc(0))]);
+    assert.equal(after.data.readBigUInt64LE(12), 2n, 'still serving');
   });
 });
