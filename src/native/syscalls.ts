@@ -113,8 +113,7 @@ function u64(dv: DataView, at: number): number {
   return dv.getUint32(at, true) + dv.getUint32(at + 4, true) * 0x1_0000_0000;
 }
 
-function parseStatx(b: Buffer): Statx {
-  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+function parseStatx(b: Buffer, dv = new DataView(b.buffer, b.byteOffset, b.byteLength)): Statx {
   const ts = (at: number): Timespec => ({ sec: Number(dv.getBigInt64(at, true)), nsec: dv.getUint32(at + 8, true) });
   return {
     mask: dv.getUint32(0, true),
@@ -301,25 +300,27 @@ export const sys = {
    * I/O, revalidation or another device: then use `lookup`.
    */
   lookupNow(c: Creds, dirfd: number, name: string, devMajor: number, devMinor: number): Looked | null {
-    const b = Buffer.alloc(LOOKED_BYTES);
-    const fd = callNow(Op.LOOKUP_CACHED, c, [dirfd, devMajor, devMinor], name, b);
+    const fd = callNow(Op.LOOKUP_CACHED, c, [dirfd, devMajor, devMinor], name, scratch);
     if (fd === -EAGAIN) return null;
     if (fd < 0) throw new FsError(-fd);
-    return looked(fd, b);
+    return looked(fd, scratch, scratchView);
   },
   /** statx of an open descriptor on this thread: for local file systems only (attributes in memory). */
   fstatxNow(fd: number): Statx {
-    const b = Buffer.alloc(256);
-    const r = callNow(Op.STATX, null, [fd, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME], '', b);
+    const r = callNow(Op.STATX, null, [fd, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME], '', scratch);
     if (r < 0) throw new FsError(-r);
-    return parseStatx(b);
+    return parseStatx(scratch, scratchView);
   },
 };
 
 const LOOKED_BYTES = 256 + 4 + 8 + 128;
 
-function looked(fd: number, b: Buffer): Looked {
+/** Output space of the calls made on this thread (each is done with it before it returns). */
+const scratch = Buffer.alloc(LOOKED_BYTES);
+const scratchView = new DataView(scratch.buffer, scratch.byteOffset, scratch.byteLength);
+
+function looked(fd: number, b: Buffer, dv?: DataView): Looked {
   const mountId = b.readInt32LE(256);
   const handle = mountId < 0 ? undefined : { mountId, handle: Buffer.from(b.subarray(260, 260 + 8 + b.readUInt32LE(260))) };
-  return { fd, st: parseStatx(b), handle };
+  return { fd, st: parseStatx(b, dv), handle };
 }
