@@ -193,12 +193,13 @@ test('config errors name the bad key and the allowed values', async () => {
   }
 });
 
-test('dpfs devices reports /dev/fuse as usable here', async () => {
+test('dpfs devices reports /dev/fuse and vhost-user-fs as usable here', async () => {
   const r = await cli(['devices', '--json']);
   assert.equal(r.code, 0);
   const rows = JSON.parse(r.stdout) as { transport: string; usable: boolean }[];
   assert.equal(rows.find((x) => x.transport.startsWith('fuse'))?.usable, true);
-  assert.ok(rows.some((x) => x.transport.startsWith('vhost-user')));
+  assert.equal(rows.find((x) => x.transport.startsWith('vhost-user'))?.usable, true);
+  assert.ok(rows.some((x) => x.transport === 'io_uring'));
   assert.ok(rows.some((x) => x.transport.startsWith('DPU')));
 });
 

@@ -1,10 +1,14 @@
 /**
  * `dpfs devices`: what this machine can serve. The generalisation of DPFS's
- * list_emulation_managers: FUSE, vhost-user, and RDMA devices that may be DPUs.
+ * list_emulation_managers: FUSE, vhost-user, and RDMA devices that may be DPUs, and the
+ * kernel features the backends use when present.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import { availableParallelism, release } from 'node:os';
 import { devFuseUsable } from '../devices/devfuse/device.js';
+import { native } from '../native/native.js';
+import { Uring } from '../native/uring.js';
 
 export interface DeviceReport {
   transport: string;
@@ -38,10 +42,35 @@ export function reportDevices(): DeviceReport[] {
   } catch {
     /* not installed */
   }
+  let shared = '';
+  try {
+    closeSync(native().memfdCreate('dpfs-probe', 4096));
+  } catch (err) {
+    shared = (err as Error).message;
+  }
+  const cores = availableParallelism();
   out.push({
     transport: 'vhost-user-fs',
-    usable: false,
-    detail: `not in this build yet (unix sockets and memfd available${qemu ? `; ${qemu}` : '; no QEMU found'})`,
+    usable: shared === '',
+    detail: shared
+      ? `no shared guest memory: ${shared}`
+      : `virtio-fs devices for QEMU's vhost-user-fs-pci; ${cores} cores: ` +
+        (cores >= 4 ? `queue threads by default for 2 to ${cores - 2} request queues` : 'request queues on the event loop by default (queue threads need spare cores)') +
+        (qemu ? `; ${qemu}` : '; no QEMU found'),
+  });
+
+  const [major = 0, minor = 0] = release().split('.').map((n) => parseInt(n, 10));
+  const passthrough = major > 6 || (major === 6 && minor >= 9);
+  out.push({
+    transport: 'kernel FUSE passthrough',
+    usable: passthrough,
+    detail: passthrough ? `Linux ${release()}: the kernel does reads and writes of open passthrough files` : `Linux ${release()}: needs 6.9 or later`,
+  });
+  const ring = Uring.get();
+  out.push({
+    transport: 'io_uring',
+    usable: ring !== null,
+    detail: ring ? 'file I/O that may wait goes to the kernel\'s workers' : "refused here (or DPFS_IO_URING=0): file I/O that may wait goes to libuv's pool",
   });
 
   const ib = '/sys/class/infiniband';
