@@ -14,24 +14,40 @@ typedef struct {
   napi_ref callback;
   napi_async_context context;
   int active;        /* polling and calling back */
-  int closed;        /* uv handle closed, JS references released */
+  int closed;        /* uv handle closed */
   int external_live; /* the JS handle object still exists */
+  int hooked;        /* an env cleanup hook is registered */
 } watcher_t;
 
 /* Freed once both the uv handle is closed and the JS handle is collected. */
 static void watcher_closed(uv_handle_t *handle) {
   watcher_t *w = handle->data;
-  napi_delete_reference(w->env, w->callback);
-  napi_async_destroy(w->env, w->context);
   w->closed = 1;
   if (!w->external_live) free(w);
 }
 
+static void env_cleanup(void *arg);
+
+/*
+ * Stops polling and releases the JS references at once, while the env is surely alive
+ * (the uv handle's close completes later, maybe after the env is gone).
+ */
 static void watcher_stop(watcher_t *w) {
   if (!w->active) return;
   w->active = 0;
+  napi_delete_reference(w->env, w->callback);
+  napi_async_destroy(w->env, w->context);
+  if (w->hooked) napi_remove_env_cleanup_hook(w->env, env_cleanup, w);
+  w->hooked = 0;
   uv_poll_stop(&w->poll);
   uv_close((uv_handle_t *)&w->poll, watcher_closed);
+}
+
+/* A worker thread ending with watches still active: stop them before its env goes. */
+static void env_cleanup(void *arg) {
+  watcher_t *w = arg;
+  w->hooked = 0; /* this hook is running: nothing to remove */
+  watcher_stop(w);
 }
 
 static void watcher_event(uv_poll_t *poll, int status, int events) {
@@ -89,6 +105,7 @@ napi_value js_watch(napi_env env, napi_callback_info info) {
   napi_async_init(env, NULL, name, &w->context);
   napi_create_reference(env, argv[1], 1, &w->callback);
   w->active = 1;
+  w->hooked = napi_add_env_cleanup_hook(env, env_cleanup, w) == napi_ok;
   rc = uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, watcher_event);
   if (rc != 0) {
     watcher_stop(w);

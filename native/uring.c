@@ -80,6 +80,29 @@ static void on_events(uv_poll_t *poll, int status, int events) {
   }
 }
 
+/*
+ * The thread is ending (a worker's env goes away): stop watching, release the JS callback,
+ * and let the kernel finish what it still reads or writes in this thread's buffers before the
+ * ring goes. The struct is left behind: its uv handle finishes closing after we return.
+ */
+static void uring_cleanup(void *arg) {
+  uring_t *u = arg;
+  uv_poll_stop(&u->poll);
+  uv_close((uv_handle_t *)&u->poll, NULL);
+  napi_delete_reference(u->env, u->callback);
+  napi_async_destroy(u->env, u->context);
+  io_uring_submit(&u->ring);
+  while (u->inflight > 0) {
+    struct io_uring_cqe *cqe;
+    if (io_uring_wait_cqe(&u->ring, &cqe) != 0) break;
+    free(io_uring_cqe_get_data(cqe));
+    io_uring_cqe_seen(&u->ring, cqe);
+    u->inflight--;
+  }
+  io_uring_queue_exit(&u->ring);
+  close(u->efd);
+}
+
 napi_value js_uring_create(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
@@ -112,6 +135,7 @@ napi_value js_uring_create(napi_env env, napi_callback_info info) {
   u->poll.data = u;
   uv_poll_start(&u->poll, UV_READABLE, on_events);
   uv_unref((uv_handle_t *)&u->poll); /* referenced only while operations are in flight */
+  napi_add_env_cleanup_hook(env, uring_cleanup, u);
   napi_value handle;
   napi_create_external(env, u, NULL, NULL, &handle);
   return handle;

@@ -165,6 +165,39 @@ test('a second VMM gets the queue threads after the first went away', async () =
   }
 });
 
+test('a queue thread that dies ends its connection; the device replaces it and serves the next VMM', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'dpfs-harness-'));
+  const socket = join(dir, 'vfs.sock');
+  const dev = new VhostUserFsDevice({ socketPath: socket, fs: new NullFs(), requestQueues: 1, threads: 1 });
+  dev.start();
+  try {
+    const first = new GuestDriver({ socket, depth: 4, queueSize: 16, slotBytes: 64 * 1024 });
+    try {
+      await first.connect();
+      const c = new FuseClient(first);
+      await c.init();
+      assert.equal((await c.getattr(1)).error, 0);
+      await dev.threads!.worker(0).terminate();
+      await waitFor(() => dev.connection === undefined || dev.connection.isClosed, 'the connection to end');
+    } finally {
+      first.close();
+    }
+    const second = new GuestDriver({ socket, depth: 4, queueSize: 16, slotBytes: 64 * 1024 });
+    try {
+      await second.connect();
+      const c = new FuseClient(second);
+      await c.init();
+      assert.equal((await c.getattr(1)).error, 0);
+      assert.equal(dev.queueThreads, 1);
+    } finally {
+      second.close();
+    }
+  } finally {
+    await dev.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('an indirect table outside guest memory is a bad chain, not a broken ring (found by the fuzzer)', async () => {
   await withHarness(new NullFs(), { indirect: true }, async (c, drv, dev) => {
     const { desc, num } = drv.raw(1);

@@ -423,6 +423,10 @@ export class VhostUserConnection implements QueueThreadSink {
     this.log.warn({ ring: q, err: message }, 'cannot signal the guest');
   }
 
+  threadFailed(reason: string): void {
+    this.close(`queue thread failed: ${reason}`);
+  }
+
   private ringBroken(q: number, message: string): void {
     this.log.error({ ring: q, err: message }, 'ring broken; stopping it until the VMM resets it');
     try {

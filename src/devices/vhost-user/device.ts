@@ -38,7 +38,8 @@ export class VhostUserFsDevice implements RequestSink {
   session: Session;
   private readonly log: Logger;
   private stopped = false;
-  private threads?: QueueThreads;
+  /** The queue threads, when the request queues have them. */
+  threads?: QueueThreads;
   connections = 0;
   /** Requests served per queue (0: hiprio), over all connections. */
   readonly perQueue: number[] = [];

@@ -20,6 +20,8 @@ export interface QueueThreadSink {
   badChain(q: number, head: number, message: string): void;
   broken(q: number, gen: number, message: string): void;
   notifyFailed(q: number, message: string): void;
+  /** A queue thread died (a bug, never a guest's doing): its rings are gone; it is being replaced. */
+  threadFailed(reason: string): void;
 }
 
 interface QueueThread {
@@ -36,26 +38,38 @@ const CONTROL_TIMEOUT_MS = 5000;
 export class QueueThreads {
   private readonly threads: QueueThread[] = [];
   private nextGen = 1;
+  private terminating = false;
   sink?: QueueThreadSink;
 
   constructor(
     readonly count: number,
     private readonly log: Logger,
   ) {
-    const url = new URL('./queue-worker.js', import.meta.url);
-    for (let i = 0; i < count; i++) {
-      const ctl = new Int32Array(new SharedArrayBuffer(CTL_SLOTS * 4));
-      // A clean execArgv: the parent's flags (inspectors, -e) mean nothing to a queue thread.
-      const worker = new Worker(url, { workerData: { ctl: ctl.buffer }, execArgv: [] });
-      const t: QueueThread = { worker, ctl, done: new Map(), flushScheduled: false };
-      worker.on('message', (m: FromQueueThread) => this.onMessage(m));
-      worker.on('error', (err) => {
-        t.failed = err.message;
-        this.log.error({ thread: i, err: err.message }, 'queue thread failed');
-      });
-      worker.on('exit', () => (t.failed ??= 'exited'));
-      this.threads.push(t);
-    }
+    for (let i = 0; i < count; i++) this.threads.push(this.spawn(i));
+  }
+
+  private spawn(i: number): QueueThread {
+    const ctl = new Int32Array(new SharedArrayBuffer(CTL_SLOTS * 4));
+    // A clean execArgv: the parent's flags (inspectors, -e) mean nothing to a queue thread.
+    const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { ctl: ctl.buffer }, execArgv: [] });
+    const t: QueueThread = { worker, ctl, done: new Map(), flushScheduled: false };
+    worker.on('message', (m: FromQueueThread) => this.onMessage(m));
+    const failed = (reason: string) => {
+      if (t.failed || this.terminating) return;
+      t.failed = reason;
+      this.log.error({ thread: i, err: reason }, 'queue thread failed; replacing it');
+      // The connection it served loses its rings: end it, so the VMM reconnects to a whole device.
+      this.threads[i] = this.spawn(i);
+      this.sink?.threadFailed(reason);
+    };
+    worker.on('error', (err) => failed(err.message));
+    worker.on('exit', (code) => failed(`exited (${code})`));
+    return t;
+  }
+
+  /** Queue thread i's worker (for metrics and tests). */
+  worker(i: number): Worker {
+    return this.threads[i]!.worker;
   }
 
   private onMessage(m: FromQueueThread): void {
@@ -141,6 +155,7 @@ export class QueueThreads {
   }
 
   async terminate(): Promise<void> {
+    this.terminating = true;
     this.sink = undefined;
     await Promise.all(this.threads.map((t) => t.worker.terminate()));
   }
