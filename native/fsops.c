@@ -264,6 +264,8 @@ static int64_t run(fsop_t *r) {
       if (r->buflen < 256 + 4 + sizeof(struct file_handle) + 8) return errno = EINVAL, -1;
       struct open_how how = {.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC, .resolve = RESOLVE_CACHED | RESOLVE_NO_MAGICLINKS};
       int fd = (int)syscall(SYS_openat2, (int)a[0], r->s1, &how, sizeof how);
+      /* Kernels before 5.12 know no RESOLVE_CACHED (EINVAL), before 5.6 no openat2: the pool then. */
+      if (fd < 0 && (errno == EINVAL || errno == ENOSYS || errno == E2BIG)) errno = EAGAIN;
       if (fd < 0) return -1;
       return describe(r, fd, 1, (uint32_t)a[1], (uint32_t)a[2]);
     }
