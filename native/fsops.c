@@ -108,10 +108,24 @@ void fsop_module_init(void) {
   saved_gid = getegid();
 }
 
-/* Credentials the daemon has already need no switch (requests from root, mostly). */
+static int has_group(const gid_t *groups, int n, gid_t g) {
+  for (int i = 0; i < n; i++)
+    if (groups[i] == g) return 1;
+  return 0;
+}
+
+/*
+ * Credentials the daemon has already need no switch (requests from root, mostly): the same
+ * fsuid and fsgid and the same group membership ({fsgid} and the supplementary groups, which
+ * is all the kernel consults).
+ */
 static int are_ours(const fsop_t *r) {
-  return r->uid == saved_uid && r->gid == saved_gid && r->ngroups == saved_ngroups &&
-         memcmp(r->groups, saved_groups, (size_t)r->ngroups * sizeof(gid_t)) == 0;
+  if (r->uid != saved_uid || r->gid != saved_gid) return 0;
+  for (int i = 0; i < r->ngroups; i++)
+    if (r->groups[i] != saved_gid && !has_group(saved_groups, saved_ngroups, r->groups[i])) return 0;
+  for (int i = 0; i < saved_ngroups; i++)
+    if (saved_groups[i] != r->gid && !has_group(r->groups, r->ngroups, saved_groups[i])) return 0;
+  return 1;
 }
 
 static int become(fsop_t *r) {
