@@ -198,6 +198,25 @@ test('a queue thread that dies ends its connection; the device replaces it and s
   }
 });
 
+for (const threads of [0, 1]) {
+  test(`a new memory table mid-flight loses no request (${threads ? 'queue thread' : 'event loop'})`, async () => {
+    // A backend slow enough that requests are still in flight when the table changes.
+    const fs: FileSystem = new NullFs();
+    const getattr = fs.getattr!.bind(fs);
+    fs.getattr = async (...args: Parameters<typeof getattr>) => {
+      await new Promise((r) => setTimeout(r, 30));
+      return getattr(...args);
+    };
+    await withHarness(fs, { threads }, async (c, drv) => {
+      const inflight = Array.from({ length: 12 }, () => c.getattr(1));
+      await drv.resendMemoryTable();
+      const results = await Promise.race([Promise.all(inflight), new Promise<never>((_, rej) => setTimeout(() => rej(new Error('requests lost')), 5000))]);
+      assert.ok(results.every((r) => r.error === 0));
+      assert.equal((await c.getattr(1)).error, 0, 'and the ring goes on');
+    });
+  });
+}
+
 test('an indirect table outside guest memory is a bad chain, not a broken ring (found by the fuzzer)', async () => {
   await withHarness(new NullFs(), { indirect: true }, async (c, drv, dev) => {
     const { desc, num } = drv.raw(1);

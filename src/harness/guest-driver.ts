@@ -131,13 +131,7 @@ export class GuestDriver {
       if (max < nq) throw new Error(`device offers ${max} queues, ${nq} needed`);
     }
     this.send(Req.SET_OWNER, Buffer.alloc(0));
-    const table = Buffer.alloc(8 + 32);
-    table.writeUInt32LE(1, 0);
-    table.writeBigUInt64LE(0n, 8); // guest-physical address
-    table.writeBigUInt64LE(BigInt(size), 16);
-    table.writeBigUInt64LE(BigInt(VMM_VA_BASE), 24);
-    table.writeBigUInt64LE(0n, 32);
-    this.send(Req.SET_MEM_TABLE, table, [this.memFd]);
+    this.sendMemTable();
     this.queues.forEach((dq, q) => {
       const st = Buffer.alloc(8);
       st.writeUInt32LE(q, 0);
@@ -162,6 +156,22 @@ export class GuestDriver {
     });
     // A round trip proves the device has taken every message above.
     await this.call(Req.GET_FEATURES);
+  }
+
+  private sendMemTable(): void {
+    const table = Buffer.alloc(8 + 32);
+    table.writeUInt32LE(1, 0);
+    table.writeBigUInt64LE(0n, 8); // guest-physical address
+    table.writeBigUInt64LE(BigInt(this.mem.byteLength), 16);
+    table.writeBigUInt64LE(BigInt(VMM_VA_BASE), 24);
+    table.writeBigUInt64LE(0n, 32);
+    this.send(Req.SET_MEM_TABLE, table, [this.memFd]);
+  }
+
+  /** Hands the device the memory table again, as a VMM does when guest memory is hot-plugged. */
+  async resendMemoryTable(): Promise<void> {
+    this.sendMemTable();
+    await this.call(Req.GET_FEATURES); // taken once the device answers what follows it
   }
 
   /** Sends a raw message (tests and the fuzzer use this for hostile ones). */

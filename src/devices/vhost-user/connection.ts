@@ -25,7 +25,7 @@ import {
 } from './protocol.js';
 import type { QueueThreadSink, QueueThreads } from './queue-threads.js';
 import { RingRunner } from './ring-runner.js';
-import { Virtqueue } from './virtqueue.js';
+import { Virtqueue, ringViews } from './virtqueue.js';
 
 /** What a connection asks of the device that owns it. */
 export interface RequestSink {
@@ -238,11 +238,20 @@ export class VhostUserConnection implements QueueThreadSink {
           });
         }
         const mem = GuestMemory.map(regions, takeFds(n));
-        // Running rings are stopped and re-derived from the new table.
-        const running = this.rings.map((_, i) => this.deactivate(i));
+        // Running rings carry on over the new table with their indices, so chains in flight
+        // still complete; a ring the new table no longer holds is stopped.
+        this.rings.forEach((r, i) => {
+          if (!r.runner && r.remoteGen === undefined) return;
+          try {
+            const views = ringViews(mem, r.addr!, r.num);
+            r.runner?.remap(mem, views);
+          } catch (err) {
+            this.log.error({ ring: i, err: (err as Error).message }, 'vring outside the new memory table; stopped');
+            this.deactivate(i);
+          }
+        });
         this.mem = mem;
         this.threads?.setMemory(mem);
-        running.forEach((was, i) => was && this.activate(i));
         this.log.info({ regions: n, bytes: regions.reduce((a, r) => a + r.size, 0) }, 'guest memory mapped');
         break;
       }
@@ -344,12 +353,7 @@ export class VhostUserConnection implements QueueThreadSink {
     let vq: Virtqueue;
     try {
       // Built here even for a queue thread: a bad ring address is refused before it goes there.
-      vq = new Virtqueue(
-        this.mem,
-        r.num,
-        { desc: this.mem.sliceVa(r.addr.desc, 16 * r.num), avail: this.mem.sliceVa(r.addr.avail, 6 + 2 * r.num), used: this.mem.sliceVa(r.addr.used, 6 + 8 * r.num) },
-        { eventIdx, indirect },
-      );
+      vq = new Virtqueue(this.mem, r.num, ringViews(this.mem, r.addr, r.num), { eventIdx, indirect });
       vq.setBase(r.base);
     } catch (err) {
       this.log.error({ ring: index, err: (err as Error).message }, 'cannot set up vring');

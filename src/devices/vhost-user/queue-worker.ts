@@ -9,24 +9,19 @@ import { GuestMemory } from './guest-memory.js';
 import { CTL_SEQ, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
 import { RingRunner } from './ring-runner.js';
 import type { Chain } from './virtqueue.js';
-import { Virtqueue } from './virtqueue.js';
+import { Virtqueue, ringViews } from './virtqueue.js';
 
 const port = parentPort!;
 const ctl = new Int32Array((workerData as { ctl: SharedArrayBuffer }).ctl);
 let mem: GuestMemory | undefined;
-const rings = new Map<number, { runner: RingRunner; gen: number }>();
+const rings = new Map<number, { runner: RingRunner; gen: number; spec: RingStart }>();
 
 const post = (m: FromQueueThread, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
 
 function start(s: RingStart): void {
   if (!mem) throw new Error('no guest memory');
   stop(s.q);
-  const vq = new Virtqueue(
-    mem,
-    s.num,
-    { desc: mem.sliceVa(s.addr.desc, 16 * s.num), avail: mem.sliceVa(s.addr.avail, 6 + 2 * s.num), used: mem.sliceVa(s.addr.used, 6 + 8 * s.num) },
-    { eventIdx: s.eventIdx, indirect: s.indirect },
-  );
+  const vq = new Virtqueue(mem, s.num, ringViews(mem, s.addr, s.num), { eventIdx: s.eventIdx, indirect: s.indirect });
   vq.setBase(s.base);
   let batch: Chain[] = [];
   const runner = new RingRunner(vq, s.kickFd, s.callFd, {
@@ -55,7 +50,7 @@ function start(s: RingStart): void {
     broken: (message) => post({ t: 'broken', q: s.q, gen: s.gen, message }),
     notifyFailed: (message) => post({ t: 'notifyFailed', q: s.q, message }),
   });
-  rings.set(s.q, { gen: s.gen, runner });
+  rings.set(s.q, { gen: s.gen, runner, spec: s });
   runner.start();
 }
 
@@ -79,6 +74,11 @@ port.on('message', (m: ToQueueThread) => {
     switch (m.t) {
       case 'memory':
         mem = m.regions ? GuestMemory.fromShared(m.regions) : undefined;
+        // Running rings carry on over the new table (the main thread checked they fit it).
+        for (const [q, ring] of rings) {
+          if (!mem) stop(q);
+          else ring.runner.remap(mem, ringViews(mem, ring.spec.addr, ring.spec.num));
+        }
         break;
       case 'start':
         start(m);

@@ -6,7 +6,8 @@
  */
 import { readSync, writeSync } from 'node:fs';
 import { native } from '../../native/native.js';
-import { type Chain, ChainError, type Virtqueue } from './virtqueue.js';
+import type { GuestMemory } from './guest-memory.js';
+import { type Chain, ChainError, type RingAddrs, type Virtqueue } from './virtqueue.js';
 
 export interface RingEvents {
   /** A well-formed chain to serve; answer it with complete(). */
@@ -37,7 +38,7 @@ export class RingRunner {
   private readonly kickBuf = Buffer.alloc(8);
 
   constructor(
-    readonly vq: Virtqueue,
+    private vq: Virtqueue,
     private readonly kickFd: number,
     private callFd: number,
     private readonly events: RingEvents,
@@ -52,6 +53,12 @@ export class RingRunner {
 
   setCallFd(fd: number): void {
     this.callFd = fd;
+  }
+
+  /** The ring over a new memory table: same indices, so chains in flight still complete. */
+  remap(mem: GuestMemory, rings: RingAddrs): void {
+    this.vq = this.vq.remapped(mem, rings);
+    if (!this.stopped) this.process();
   }
 
   /** Stops serving (the kick fd is no longer watched; the caller closes it). Returns the next avail index. */

@@ -27,6 +27,11 @@ export interface RingAddrs {
   used: Uint8Array;
 }
 
+/** Views of a ring's three parts, from their VMM virtual addresses. Throws if one lies outside memory. */
+export function ringViews(mem: GuestMemory, addr: { desc: number; avail: number; used: number }, num: number): RingAddrs {
+  return { desc: mem.sliceVa(addr.desc, 16 * num), avail: mem.sliceVa(addr.avail, 6 + 2 * num), used: mem.sliceVa(addr.used, 6 + 8 * num) };
+}
+
 export class Virtqueue {
   lastAvail = 0;
   usedIdx = 0;
@@ -50,6 +55,15 @@ export class Virtqueue {
     this.avail16 = new Uint16Array(rings.avail.buffer, rings.avail.byteOffset, 3 + num);
     this.used16 = new Uint16Array(rings.used.buffer, rings.used.byteOffset, 2);
     this.used32 = new Uint32Array(rings.used.buffer, rings.used.byteOffset + 4, 2 * num);
+  }
+
+  /** The same ring over a new mapping of its memory (a new memory table): its indices carry over. */
+  remapped(mem: GuestMemory, rings: RingAddrs): Virtqueue {
+    const vq = new Virtqueue(mem, this.num, rings, this.opts);
+    vq.lastAvail = this.lastAvail;
+    vq.usedIdx = this.usedIdx;
+    vq.signalledUsed = this.signalledUsed;
+    return vq;
   }
 
   /** Starts from the indices the VMM handed over (SET_VRING_BASE). */
