@@ -138,6 +138,19 @@ async function hostileFuse(c: FuseClient, r: () => number): Promise<void> {
 }
 
 function hostileVhost(drv: GuestDriver, r: () => number): void {
+  if (r() < 0.15) {
+    // A memory table while the rings run, with the real memory file but a region made up:
+    // shifted, shrunk, grown past the file, or moved in the VMM's address space.
+    const size = drv.memorySize;
+    const pick = <T>(...xs: T[]) => xs[Math.floor(r() * xs.length)]!;
+    drv.sendMemTable({
+      gpa: pick(0, 4096, Math.floor(r() * size)),
+      size: pick(size, size / 2, size * 2, 4096, Math.floor(r() * size) + 1),
+      va: pick(0x7f00_0000_0000, 0x7f00_0000_0000 + 4096, Math.floor(r() * 2 ** 47)),
+      offset: pick(0, 4096, Math.floor(r() * size)),
+    });
+    return;
+  }
   const reqs = [Req.SET_VRING_NUM, Req.SET_VRING_ADDR, Req.SET_VRING_BASE, Req.GET_VRING_BASE, Req.SET_MEM_TABLE, Req.SET_VRING_KICK, Req.SET_FEATURES, Req.SET_VRING_ENABLE, 0, 999];
   const req = reqs[Math.floor(r() * reqs.length)]!;
   const payload = Buffer.alloc(Math.floor(r() * 80));

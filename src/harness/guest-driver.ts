@@ -158,14 +158,20 @@ export class GuestDriver {
     await this.call(Req.GET_FEATURES);
   }
 
-  private sendMemTable(): void {
+  /** SET_MEM_TABLE with the guest memory as one region (or, for the fuzzer, a region made up). */
+  sendMemTable(region: { gpa: number; size: number; va: number; offset: number } = { gpa: 0, size: this.mem.byteLength, va: VMM_VA_BASE, offset: 0 }): void {
     const table = Buffer.alloc(8 + 32);
     table.writeUInt32LE(1, 0);
-    table.writeBigUInt64LE(0n, 8); // guest-physical address
-    table.writeBigUInt64LE(BigInt(this.mem.byteLength), 16);
-    table.writeBigUInt64LE(BigInt(VMM_VA_BASE), 24);
-    table.writeBigUInt64LE(0n, 32);
+    table.writeBigUInt64LE(BigInt(region.gpa), 8);
+    table.writeBigUInt64LE(BigInt(region.size), 16);
+    table.writeBigUInt64LE(BigInt(region.va), 24);
+    table.writeBigUInt64LE(BigInt(region.offset), 32);
     this.send(Req.SET_MEM_TABLE, table, [this.memFd]);
+  }
+
+  /** Bytes of guest memory. */
+  get memorySize(): number {
+    return this.mem.byteLength;
   }
 
   /** Hands the device the memory table again, as a VMM does when guest memory is hot-plugged. */
