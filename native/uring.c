@@ -7,10 +7,11 @@
 
 /*
  * io_uring for the file reads, writes and fsyncs that cannot be answered at once: one ring
- * per thread that asks for it, kept for the life of the process. Each operation is submitted
- * as it comes; the kernel runs it inline where it can and on its own workers where it would
- * wait, so no thread of ours wakes for it. Completions are signalled on an eventfd watched
- * by the thread's event loop and handed to one JS callback per batch.
+ * per thread that asks for it, kept for the life of that thread. Operations are queued as
+ * they come and submitted together once per event-loop turn; the kernel runs each inline
+ * where it can and on its own workers where it would wait, so no thread of ours wakes for
+ * it. Completions are signalled on an eventfd watched by the thread's event loop and handed
+ * to one JS callback per batch.
  *   uringCreate(entries, onComplete(Float64Array [id, result, ...])) -> handle
  *   uringSubmit(handle, op, id, fd, buffers | null, offset, datasync) -> 0 queued, or -errno.
  *     op 1 readv, 2 writev, 3 fsync; op 0 submits everything queued (once per event-loop
