@@ -8,8 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { GuestMemory } from './guest-memory.js';
 import { CTL_SEQ, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
 import { RingRunner } from './ring-runner.js';
-import type { Chain } from './virtqueue.js';
-import { Virtqueue, ringViews } from './virtqueue.js';
+import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
 
 const port = parentPort!;
 const ctl = new Int32Array((workerData as { ctl: SharedArrayBuffer }).ctl);
