@@ -148,7 +148,7 @@ async function suite(server: Server, queues: number, fileName: string, quick: bo
       rows.push(await run(server, clients, '1 MiB sequential read', 'MiB/s', 4, 1 << 20, read(1 << 20, (i) => (i * 1048576) % FILE_BYTES)));
       rows.push(await run(server, clients, '1 MiB sequential write', 'MiB/s', 4, 1 << 20, write(data1m, (i) => (i * 1048576) % FILE_BYTES)));
       rows.push(
-        await run(server, clients, 'LOOKUP+GETATTR', 'ops/s', 8, 0, async (c) => {
+        await run(server, clients, 'LOOKUP+GETATTR+FORGET', 'ops/s', 8, 0, async (c) => {
           const n = await c.lookup(1, fileName);
           check(await c.getattr(n), 'GETATTR');
           await c.forget(n, 1);
