@@ -168,13 +168,15 @@ function svg(results: Record<string, Row[]>): string {
   const rowH = 16 * names.length + 14;
   const h = 40 + rows.length * rowH;
   const colors = ['#2f6fd0', '#d07a2f', '#3a9a4a', '#9a3a8a'];
+  // Relative to virtiofsd when it ran, else to the first server measured.
+  const refName = results.virtiofsd ? 'virtiofsd' : names[0]!;
   let out = `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif" font-size="11">`;
-  out += `<text x="10" y="18" font-size="14">virtio-fs over vhost-user: throughput relative to virtiofsd (1.0 = equal)</text>`;
+  out += `<text x="10" y="18" font-size="14">virtio-fs over vhost-user: throughput relative to ${refName} (1.0 = equal)</text>`;
   names.forEach((n, i) => (out += `<rect x="${520 + i * 95}" y="26" width="10" height="10" fill="${colors[i % 4]}"/><text x="${534 + i * 95}" y="35">${n}</text>`));
   rows.forEach((label, ri) => {
     const y0 = 44 + ri * rowH;
     out += `<text x="10" y="${y0 + 12}">${label}</text>`;
-    const ref = results.virtiofsd?.[ri]?.value ?? 1;
+    const ref = results[refName]![ri]?.value ?? 1;
     names.forEach((n, i) => {
       const v = results[n]![ri]?.value;
       if (v === undefined) return;
