@@ -574,7 +574,6 @@ export class MemoryFs implements FileSystem {
 
   fsync(): void {}
   fsyncdir(): void {}
-  flush(): void {}
   syncfs(): void {}
 
   private checkXattrAccess(ctx: RequestContext, n: Inode, name: string, write: boolean): void {

@@ -39,5 +39,4 @@ export class NullFs implements FileSystem {
   }
   release(): void {}
   releasedir(): void {}
-  flush(): void {}
 }

@@ -515,8 +515,6 @@ export class PassthroughFs implements FileSystem {
     await syncFile(this.handle(fh).fd, datasync);
   }
 
-  async flush(): Promise<void> {}
-
   /**
    * Through /proc the name resolves to the inode itself, but for a symlink it would go on
    * to its target: symlinks have no xattrs here (Linux allows no user.* ones on them anyway).
