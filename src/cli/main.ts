@@ -107,7 +107,7 @@ program.name('dpfs').description('File-system virtualization: serve FUSE and vir
 function backendOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('-b, --backend <type>', 'backend').choices([...BACKEND_TYPES]).default('memory'))
-    .option('--capacity <size>', 'memory backend capacity', sizeArg, 16 * 1024 ** 3)
+    .addOption(new Option('--capacity <size>', 'memory backend capacity').argParser(sizeArg).default(16 * 1024 ** 3, '16GiB'))
     .option('-s, --source <dir>', 'passthrough: the directory to serve')
     .addOption(new Option('--cache <mode>', 'passthrough: kernel caching').choices(['never', 'metadata', 'auto', 'always']).default('auto'))
     .option('--writeback', 'passthrough: kernel write-back caching', false)
