@@ -1,6 +1,8 @@
 /* Shared helpers of the dpfs native addon. */
 #include "common.h"
 
+#include <unistd.h>
+
 napi_value errno_error(napi_env env, int err, const char *syscall) {
   char msg[256];
   snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
@@ -20,6 +22,18 @@ napi_value errno_error(napi_env env, int err, const char *syscall) {
 napi_value throw_errno(napi_env env, int err, const char *syscall) {
   napi_throw(env, errno_error(env, err, syscall));
   return NULL;
+}
+
+napi_value close_and_throw(napi_env env, int fd, const char *syscall) {
+  int e = errno;
+  close(fd);
+  return throw_errno(env, e, syscall);
+}
+
+napi_value int32_value(napi_env env, int32_t n) {
+  napi_value v;
+  napi_create_int32(env, n, &v);
+  return v;
 }
 
 char *get_string(napi_env env, napi_value v) {

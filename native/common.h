@@ -21,6 +21,10 @@
 napi_value throw_errno(napi_env env, int err, const char *syscall);
 /* Builds (without throwing) the same Error object. */
 napi_value errno_error(napi_env env, int err, const char *syscall);
+/* Throws the Error of the failed `syscall` (errno as it is now) after closing fd; returns NULL. */
+napi_value close_and_throw(napi_env env, int fd, const char *syscall);
+/* A JS number for n (a descriptor, a count, a status). */
+napi_value int32_value(napi_env env, int32_t n);
 /* Copies a JS string argument into a malloc'd C string (caller frees); NULL on failure. */
 char *get_string(napi_env env, napi_value v);
 

@@ -143,6 +143,13 @@ static void restore(void) {
   syscall(SYS_setgroups, saved_ngroups, saved_groups);
 }
 
+/* Closes fd after a failed step, keeping that step's errno; returns -1. */
+static int64_t fail_closing(int fd) {
+  int e = errno;
+  close(fd);
+  return errno = e, -1;
+}
+
 /*
  * Fills buf for a lookup of `fd` (see OP_LOOKUP) and returns fd, or closes it and fails.
  * same_dev: the entry must be on device major:minor, else EAGAIN (see OP_LOOKUP_CACHED);
@@ -163,10 +170,8 @@ static int64_t describe(fsop_t *r, int fd, int same_dev, uint32_t major, uint32_
   if (name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) mount_id = -1;
   memcpy((char *)r->buf + 256, &mount_id, 4);
   return fd;
-fail:;
-  int e = errno;
-  close(fd);
-  return errno = e, -1;
+fail:
+  return fail_closing(fd);
 }
 
 static int64_t run(fsop_t *r) {
@@ -299,11 +304,7 @@ static int64_t run(fsop_t *r) {
       char path[32];
       snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
       int pfd = openat(AT_FDCWD, path, O_PATH | O_CLOEXEC);
-      if (pfd < 0 || describe(r, pfd, 0, 0, 0) < 0) {
-        int e = errno;
-        close(fd);
-        return errno = e, -1;
-      }
+      if (pfd < 0 || describe(r, pfd, 0, 0, 0) < 0) return fail_closing(fd);
       int twin = a[3] ? openat(AT_FDCWD, path, O_RDWR | O_CLOEXEC) : -EINVAL;
       if (a[3] && twin < 0) twin = -errno;
       memcpy((char *)r->buf + 396, &pfd, 4);

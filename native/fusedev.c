@@ -29,9 +29,7 @@ napi_value js_backing_open(napi_env env, napi_callback_info info) {
   struct fuse_backing_map map = {.fd = fd, .flags = 0, .padding = 0};
   int id = ioctl(dev, FUSE_DEV_IOC_BACKING_OPEN, &map);
   if (id < 0) return throw_errno(env, errno, "FUSE_DEV_IOC_BACKING_OPEN");
-  napi_value v;
-  napi_create_int32(env, id, &v);
-  return v;
+  return int32_value(env, id);
 }
 
 napi_value js_backing_close(napi_env env, napi_callback_info info) {

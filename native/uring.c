@@ -158,11 +158,7 @@ napi_value js_uring_submit(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_double(env, argv[5], &offset));
   CHECK(napi_get_value_bool(env, argv[6], &datasync));
   uint32_t n = 0;
-  if (op == U_FLUSH) {
-    napi_value v;
-    napi_create_int32(env, io_uring_submit(&u->ring) < 0 ? 1 : 0, &v);
-    return v;
-  }
+  if (op == U_FLUSH) return int32_value(env, io_uring_submit(&u->ring) < 0 ? 1 : 0);
   if (op == U_READV || op == U_WRITEV) {
     CHECK(napi_get_array_length(env, argv[4], &n));
     if (n == 0 || n > MAX_IOV || offset < 0) return throw_errno(env, EINVAL, "uringSubmit");
@@ -196,7 +192,5 @@ napi_value js_uring_submit(napi_env env, napi_callback_info info) {
     io_uring_sqe_set_data(sqe, r);
     if (u->inflight++ == 0) uv_ref((uv_handle_t *)&u->poll);
   }
-  napi_value v;
-  napi_create_int32(env, res, &v);
-  return v;
+  return int32_value(env, res);
 }

@@ -46,14 +46,8 @@ napi_value js_listen_unix(napi_env env, napi_callback_info info) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket");
   unlink(sa.sun_path);
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 4) != 0) {
-    int e = errno;
-    close(fd);
-    return throw_errno(env, e, "bind");
-  }
-  napi_value v;
-  napi_create_int32(env, fd, &v);
-  return v;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 4) != 0) return close_and_throw(env, fd, "bind");
+  return int32_value(env, fd);
 }
 
 napi_value js_accept_unix(napi_env env, napi_callback_info info) {
@@ -64,9 +58,7 @@ napi_value js_accept_unix(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[0], &lfd));
   int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (fd < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return throw_errno(env, errno, "accept4");
-  napi_value v;
-  napi_create_int32(env, fd, &v);
-  return v;
+  return int32_value(env, fd);
 }
 
 /* The (fd, buffer, ...) arguments of recvMsg and sendMsg: *argc in, the count given out. */
@@ -152,9 +144,7 @@ napi_value js_send_msg(napi_env env, napi_callback_info info) {
   }
   ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
   if (n < 0) return throw_errno(env, errno, "sendmsg");
-  napi_value v;
-  napi_create_int32(env, (int32_t)n, &v);
-  return v;
+  return int32_value(env, (int32_t)n);
 }
 
 napi_value js_connect_unix(napi_env env, napi_callback_info info) {
@@ -163,15 +153,9 @@ napi_value js_connect_unix(napi_env env, napi_callback_info info) {
   if (err) return throw_errno(env, err, "connectUnix");
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket");
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-    int e = errno;
-    close(fd);
-    return throw_errno(env, e, "connect");
-  }
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) return close_and_throw(env, fd, "connect");
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-  napi_value v;
-  napi_create_int32(env, fd, &v);
-  return v;
+  return int32_value(env, fd);
 }
 
 napi_value js_memfd_create(napi_env env, napi_callback_info info) {
@@ -187,21 +171,13 @@ napi_value js_memfd_create(napi_env env, napi_callback_info info) {
   int fd = memfd_create(name, MFD_CLOEXEC);
   free(name);
   if (fd < 0) return throw_errno(env, errno, "memfd_create");
-  if (ftruncate(fd, (off_t)size) != 0) {
-    int e = errno;
-    close(fd);
-    return throw_errno(env, e, "ftruncate");
-  }
-  napi_value v;
-  napi_create_int32(env, fd, &v);
-  return v;
+  if (ftruncate(fd, (off_t)size) != 0) return close_and_throw(env, fd, "ftruncate");
+  return int32_value(env, fd);
 }
 
 napi_value js_eventfd(napi_env env, napi_callback_info info) {
   (void)info;
   int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (fd < 0) return throw_errno(env, errno, "eventfd");
-  napi_value v;
-  napi_create_int32(env, fd, &v);
-  return v;
+  return int32_value(env, fd);
 }
