@@ -82,6 +82,13 @@ const O_ACCMODE = 3;
 const O_WRONLY = 1;
 const O_RDWR = 2;
 
+/** A kernel-passthrough backing file: our read-write descriptor, its id, and the opens using it. */
+interface Backing {
+  fd: number;
+  id: number;
+  refs: number;
+}
+
 interface Handle extends NowaitState {
   fd: number;
   node: PInode;
@@ -118,7 +125,7 @@ export class PassthroughFs implements FileSystem {
    * descriptor of ours (access was checked when the caller opened), shared and counted.
    * Inodes for which none could be had (read-only file systems...) are served by us.
    */
-  private readonly backing = new Map<number, { fd: number; id: number; refs: number } | null>();
+  private readonly backing = new Map<number, Backing | null>();
 
   constructor(readonly opts: PassthroughOptions) {
     this.cache = opts.cache ?? 'auto';
@@ -415,43 +422,30 @@ export class PassthroughFs implements FileSystem {
     return { fh, flags };
   }
 
-  /** Makes `fd` (read-write, just opened for a new file) its inode's backing file, unless it has one. */
+  /** Makes `fd` (read-write, just opened) its inode's backing file, unless it has one (then `fd` is closed). */
   private adoptBacking(node: PInode, fd: number): void {
     if (this.backing.get(node.nodeid) === undefined) {
       try {
         this.backing.set(node.nodeid, { fd, id: this.kernelIo!.open(fd), refs: 0 });
         return;
       } catch {
-        /* the kernel refused it: backingOf decides as for any file */
+        /* the kernel refused it: served by us */
       }
     }
     void sys.close(fd).catch(() => undefined);
   }
 
-  private async backingOf(node: PInode): Promise<{ fd: number; id: number; refs: number } | undefined> {
+  private async backingOf(node: PInode): Promise<Backing | undefined> {
     const known = this.backing.get(node.nodeid);
     if (known !== undefined) return known ?? undefined;
-    let entry: { fd: number; id: number; refs: number } | null = null;
     try {
-      const fd = await this.table.withFd(node, (pfd) => sys.openat(null, AT_FDCWD, procPath(pfd), O_RDWR));
-      try {
-        entry = { fd, id: this.kernelIo!.open(fd), refs: 0 };
-      } catch {
-        await sys.close(fd);
-      }
+      this.adoptBacking(node, await this.table.withFd(node, (pfd) => sys.openat(null, AT_FDCWD, procPath(pfd), O_RDWR)));
     } catch {
       /* no read-write access: this inode is served by us */
     }
-    const raced = this.backing.get(node.nodeid);
-    if (raced !== undefined) {
-      if (entry) {
-        this.kernelIo!.close(entry.id);
-        await sys.close(entry.fd);
-      }
-      return raced ?? undefined;
-    }
-    this.backing.set(node.nodeid, entry);
-    return entry ?? undefined;
+    // Remembered either way (null: served by us), unless a concurrent open decided first.
+    if (this.backing.get(node.nodeid) === undefined) this.backing.set(node.nodeid, null);
+    return this.backing.get(node.nodeid) ?? undefined;
   }
 
   /** Drops an open's reference to its inode's backing file; returns the descriptor to close at the last one (else -1). */
