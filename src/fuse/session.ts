@@ -122,7 +122,7 @@ export class Session {
       this.malformed(buf, send, err);
       return;
     }
-    const reply = this.replier(h, send);
+    const reply = new PendingReply(this, h, send);
     try {
       this.route(h, buf, reply, target);
     } catch (err) {
@@ -154,10 +154,6 @@ export class Session {
         this.safeSend(send, [w.finish()]);
       }
     }
-  }
-
-  private replier(h: InHeader, send: SendFn): Reply {
-    return new PendingReply(this, h, send);
   }
 
   /** Sends a reply (called once per request by PendingReply). */

@@ -62,13 +62,17 @@ export class VhostUserFsDevice implements RequestSink {
     });
   }
 
+  private get requestQueues(): number {
+    return this.options.requestQueues ?? 1;
+  }
+
   /** Queue threads serving the request queues (0: the event loop serves them). */
   get queueThreads(): number {
     return this.threads?.count ?? 0;
   }
 
   start(): void {
-    const requestQueues = this.options.requestQueues ?? 1;
+    const requestQueues = this.requestQueues;
     const parallel = requestQueues > 1 && availableParallelism() >= requestQueues + 2;
     const threads = Math.min(this.options.threads ?? (parallel ? requestQueues : 0), requestQueues);
     if (threads > 0) this.threads = new QueueThreads(threads, this.log);
@@ -90,7 +94,7 @@ export class VhostUserFsDevice implements RequestSink {
         continue;
       }
       this.connections++;
-      const conn = new VhostUserConnection(fd, 1 + (this.options.requestQueues ?? 1), this, this.log, this.threads);
+      const conn = new VhostUserConnection(fd, 1 + this.requestQueues, this, this.log, this.threads);
       this.connection = conn;
       this.log.info({}, 'VMM connected');
       void conn.ended.then(() => {
