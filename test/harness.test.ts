@@ -20,25 +20,38 @@ import { fuzz } from '../src/harness/fuzz.js';
 import { type DriverOptions, GuestDriver } from '../src/harness/guest-driver.js';
 import { startDaemon, stopDaemon, waitFor } from './helpers/daemon.js';
 
-type HarnessOptions = Partial<DriverOptions> & { threads?: number };
-
-async function withHarness(fs: FileSystem, opts: HarnessOptions, fn: (c: FuseClient, drv: GuestDriver, dev: VhostUserFsDevice) => Promise<void>): Promise<void> {
+/** A device on a fresh socket, for `fn`'s VMMs; stopped and removed afterwards. */
+async function withDevice(fs: FileSystem, opts: { queues?: number; threads?: number }, fn: (socket: string, dev: VhostUserFsDevice) => Promise<void>): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-harness-'));
   const socket = join(dir, 'vfs.sock');
-  const { threads = 0, ...driver } = opts;
-  const dev = new VhostUserFsDevice({ socketPath: socket, fs, requestQueues: opts.queues ?? 1, threads });
+  const dev = new VhostUserFsDevice({ socketPath: socket, fs, requestQueues: opts.queues ?? 1, threads: opts.threads ?? 0 });
   dev.start();
-  const drv = new GuestDriver({ socket, depth: 16, queueSize: 64, slotBytes: 256 * 1024, ...driver });
   try {
-    await drv.connect();
-    const c = new FuseClient(drv);
-    await c.init();
-    await fn(c, drv, dev);
+    await fn(socket, dev);
   } finally {
-    drv.close();
     await dev.stop();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** One VMM (the guest driver) on `socket`, its FUSE session started on request queue `queue`. */
+async function withVmm(socket: string, opts: Partial<DriverOptions>, fn: (c: FuseClient, drv: GuestDriver) => Promise<void>, queue = 1): Promise<void> {
+  const drv = new GuestDriver({ socket, depth: 16, queueSize: 64, slotBytes: 256 * 1024, ...opts });
+  try {
+    await drv.connect();
+    const c = new FuseClient(drv, queue);
+    await c.init();
+    await fn(c, drv);
+  } finally {
+    drv.close();
+  }
+}
+
+type HarnessOptions = Partial<DriverOptions> & { threads?: number };
+
+async function withHarness(fs: FileSystem, opts: HarnessOptions, fn: (c: FuseClient, drv: GuestDriver, dev: VhostUserFsDevice) => Promise<void>): Promise<void> {
+  const { threads = 0, ...driver } = opts;
+  await withDevice(fs, { queues: opts.queues, threads }, (socket, dev) => withVmm(socket, driver, (c, drv) => fn(c, drv, dev)));
 }
 
 for (const [eventIdx, indirect, threads] of [
@@ -132,70 +145,44 @@ test('two request queues on two queue threads serve requests independently', asy
 });
 
 test('a second VMM gets the queue threads after the first went away', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'dpfs-harness-'));
-  const socket = join(dir, 'vfs.sock');
-  const dev = new VhostUserFsDevice({ socketPath: socket, fs: new MemoryFs(), requestQueues: 2, threads: 2 });
-  dev.start();
-  try {
+  await withDevice(new MemoryFs(), { queues: 2, threads: 2 }, async (socket, dev) => {
     for (const round of [1, 2]) {
-      const drv = new GuestDriver({ socket, queues: 2, depth: 8, queueSize: 16, slotBytes: 64 * 1024 });
-      try {
-        await drv.connect();
-        const c = new FuseClient(drv, 2);
-        await c.init();
-        if (round === 1) {
-          const { ino, fh } = await c.create(1, 'kept', 0o100644, 2);
-          // More requests than the ring has entries: the indices wrap.
-          await Promise.all(Array.from({ length: 40 }, (_, i) => c.write(ino, fh, i * 8, Buffer.from(`line ${String(i).padStart(2)}`))));
-        }
-        const ino = await c.lookup(1, 'kept');
-        const fh = await c.open(ino, 0);
-        const r = await c.read(ino, fh, 0, 320);
-        assert.equal(r.error, 0);
-        assert.equal(r.body.subarray(312, 320).toString(), 'line 39');
-      } finally {
-        drv.close();
-      }
+      await withVmm(
+        socket,
+        { queues: 2, depth: 8, queueSize: 16, slotBytes: 64 * 1024 },
+        async (c) => {
+          if (round === 1) {
+            const { ino, fh } = await c.create(1, 'kept', 0o100644, 2);
+            // More requests than the ring has entries: the indices wrap.
+            await Promise.all(Array.from({ length: 40 }, (_, i) => c.write(ino, fh, i * 8, Buffer.from(`line ${String(i).padStart(2)}`))));
+          }
+          const ino = await c.lookup(1, 'kept');
+          const fh = await c.open(ino, 0);
+          const r = await c.read(ino, fh, 0, 320);
+          assert.equal(r.error, 0);
+          assert.equal(r.body.subarray(312, 320).toString(), 'line 39');
+        },
+        2,
+      );
       await waitFor(() => dev.connection === undefined || dev.connection.isClosed, 'the first VMM to go', 5000);
     }
     assert.equal(dev.connections, 2);
-  } finally {
-    await dev.stop();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a queue thread that dies ends its connection; the device replaces it and serves the next VMM', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'dpfs-harness-'));
-  const socket = join(dir, 'vfs.sock');
-  const dev = new VhostUserFsDevice({ socketPath: socket, fs: new NullFs(), requestQueues: 1, threads: 1 });
-  dev.start();
-  try {
-    const first = new GuestDriver({ socket, depth: 4, queueSize: 16, slotBytes: 64 * 1024 });
-    try {
-      await first.connect();
-      const c = new FuseClient(first);
-      await c.init();
+  await withDevice(new NullFs(), { threads: 1 }, async (socket, dev) => {
+    const small = { depth: 4, queueSize: 16, slotBytes: 64 * 1024 };
+    await withVmm(socket, small, async (c) => {
       assert.equal((await c.getattr(1)).error, 0);
       await dev.threads!.worker(0).terminate();
       await waitFor(() => dev.connection === undefined || dev.connection.isClosed, 'the connection to end');
-    } finally {
-      first.close();
-    }
-    const second = new GuestDriver({ socket, depth: 4, queueSize: 16, slotBytes: 64 * 1024 });
-    try {
-      await second.connect();
-      const c = new FuseClient(second);
-      await c.init();
+    });
+    await withVmm(socket, small, async (c) => {
       assert.equal((await c.getattr(1)).error, 0);
       assert.equal(dev.queueThreads, 1);
-    } finally {
-      second.close();
-    }
-  } finally {
-    await dev.stop();
-    rmSync(dir, { recursive: true, force: true });
-  }
+    });
+  });
 });
 
 for (const threads of [0, 1]) {
