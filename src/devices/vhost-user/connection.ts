@@ -243,8 +243,8 @@ export class VhostUserConnection implements QueueThreadSink {
         this.rings.forEach((r, i) => {
           if (!r.runner && r.remoteGen === undefined) return;
           try {
-            const views = ringViews(mem, r.addr!, r.num);
-            r.runner?.remap(mem, views);
+            if (r.runner) r.runner.remap(mem, ringViews(mem, r.addr!, r.num));
+            else this.queueOver(mem, r); // checked here with the same rules before its thread remaps it
           } catch (err) {
             this.log.error({ ring: i, err: (err as Error).message }, 'vring outside the new memory table; stopped');
             this.deactivate(i);
@@ -348,21 +348,20 @@ export class VhostUserConnection implements QueueThreadSink {
     const r = this.rings[index]!;
     if (r.runner || r.remoteGen !== undefined || this.closed) return;
     if (!this.mem || !r.addr || !r.num || r.kickFd < 0 || !r.enabled) return;
-    const eventIdx = (this.features & F.VIRTIO_RING_F_EVENT_IDX) !== 0n;
-    const indirect = (this.features & F.VIRTIO_RING_F_INDIRECT_DESC) !== 0n;
     let vq: Virtqueue;
     try {
       // Built here even for a queue thread: a bad ring address is refused before it goes there.
-      vq = new Virtqueue(this.mem, r.num, ringViews(this.mem, r.addr, r.num), { eventIdx, indirect });
-      vq.setBase(r.base);
+      vq = this.queueOver(this.mem, r);
     } catch (err) {
       this.log.error({ ring: index, err: (err as Error).message }, 'cannot set up vring');
       return;
     }
     if (this.threads && index > 0) {
+      const { eventIdx, indirect } = this.ringFeatures();
       r.remoteGen = this.threads.start({ q: index, num: r.num, addr: r.addr, base: r.base, eventIdx, indirect, kickFd: r.kickFd, callFd: r.callFd });
       return;
     }
+    vq.setBase(r.base);
     const runner: RingRunner = new RingRunner(vq, r.kickFd, r.callFd, {
       // A private copy of the request: the guest cannot change it under us.
       request: (chain) => this.serve(index, Buffer.concat(chain.readable), chain.writable, (len) => runner.complete(chain.head, len)),
@@ -372,6 +371,15 @@ export class VhostUserConnection implements QueueThreadSink {
     });
     r.runner = runner;
     runner.start();
+  }
+
+  private ringFeatures(): { eventIdx: boolean; indirect: boolean } {
+    return { eventIdx: (this.features & F.VIRTIO_RING_F_EVENT_IDX) !== 0n, indirect: (this.features & F.VIRTIO_RING_F_INDIRECT_DESC) !== 0n };
+  }
+
+  /** Ring r over `mem`; throws where a part lies outside it or is misaligned. */
+  private queueOver(mem: GuestMemory, r: Vring): Virtqueue {
+    return new Virtqueue(mem, r.num, ringViews(mem, r.addr!, r.num), this.ringFeatures());
   }
 
   /** Stops serving ring `index`, keeping where it stopped; returns whether it was running. */
