@@ -255,16 +255,17 @@ export class PassthroughFs implements FileSystem {
     try {
       const entry = await this.entryFor(r.looked);
       const node = this.table.get(entry.ino);
-      // A file that already existed may carry setuid/setgid: openReply keeps those uncached.
-      if (r.twinFd >= 0 && !hasPrivBits(entry.attr.mode)) this.adoptBacking(node, r.twinFd);
-      else if (r.twinFd >= 0) void sys.close(r.twinFd).catch(() => undefined);
+      if (r.twinFd >= 0) {
+        // A file that already existed may carry setuid/setgid: openReply keeps those uncached.
+        if (hasPrivBits(entry.attr.mode)) void sys.close(r.twinFd).catch(() => undefined);
+        else this.adoptBacking(node, r.twinFd);
+      }
       return { entry, open: await this.openReply(r.fd, node, flags, entry.attr.mode) };
     } catch (err) {
       await sys.close(r.fd);
       throw err;
     }
   }
-
 
   // ---- FileSystem --------------------------------------------------------------------
 
@@ -290,7 +291,10 @@ export class PassthroughFs implements FileSystem {
   async getattr(_ctx: RequestContext, ino: number, fh?: number): Promise<AttrReply> {
     const h = fh !== undefined ? this.handles.get(fh) : undefined;
     const n = h ? h.node : this.table.get(ino);
-    const st = h ? await this.statFd(h.fd, n) : n.fd >= 0 && n.dev.local ? sys.fstatxNow(n.fd) : await this.table.withFd(n, async (fd) => this.statFd(fd, n));
+    let st: Statx;
+    if (h) st = await this.statFd(h.fd, n);
+    else if (n.fd >= 0 && n.dev.local) st = sys.fstatxNow(n.fd); // open, and in memory: no trip at all
+    else st = await this.table.withFd(n, async (fd) => this.statFd(fd, n));
     return { attr: this.attr(st), timeout: this.timeout };
   }
 
