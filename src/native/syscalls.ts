@@ -5,7 +5,7 @@
  * few operations that cannot wait for I/O, and throw an FsError.
  */
 import type { StatFs, Timespec } from '../fs/api.js';
-import { FsError } from '../fuse/errno.js';
+import { Errno, FsError } from '../fuse/errno.js';
 import { native } from './native.js';
 
 export type Creds = readonly number[] | null;
@@ -66,8 +66,6 @@ const enum Op {
   LOOKUP_CACHED,
   CREATE,
 }
-
-const EAGAIN = 11;
 
 type FsOp = (op: number, creds: Creds, a0: number, a1: number, a2: number, a3: number, a4: number, a5: number, s1: string | null, s2: string | null, buf: Buffer | null) => Promise<number>;
 let fsop: FsOp | undefined;
@@ -301,7 +299,7 @@ export const sys = {
    */
   lookupNow(c: Creds, dirfd: number, name: string, devMajor: number, devMinor: number): Looked | null {
     const fd = callNow(Op.LOOKUP_CACHED, c, [dirfd, devMajor, devMinor], name, scratch);
-    if (fd === -EAGAIN) return null;
+    if (fd === -Errno.EAGAIN) return null;
     if (fd < 0) throw new FsError(-fd);
     return looked(fd, scratch, scratchView);
   },

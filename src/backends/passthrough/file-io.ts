@@ -6,10 +6,10 @@
  * when the file was opened as the caller, so no credentials are needed here.
  */
 import { fdatasync, fsync as fsFsync, readv as fsReadv, writev as fsWritev } from 'node:fs';
+import { Errno } from '../../fuse/errno.js';
 import { native } from '../../native/native.js';
 import { Uring } from '../../native/uring.js';
 
-const EAGAIN = 11;
 const IOV_MAX = 1024;
 
 /** Per open file: which directions the host file system lets us try without waiting. */
@@ -21,15 +21,16 @@ export interface NowaitState {
 /** Reads into `bufs` at `offset` until they are full or the file ends; returns the bytes read. */
 export async function readAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): Promise<number> {
   let done = 0;
-  if (!state.noNowaitRead && bufs.length <= IOV_MAX) {
+  const fits = bufs.length <= IOV_MAX; // what preadv2 and io_uring take in one call
+  if (!state.noNowaitRead && fits) {
     const n = native().rwNowait(fd, bufs, offset, false);
     if (n === 0 || n === total(bufs)) return n; // end of file, or all from the page cache
     if (n > 0) done = n;
-    else if (n !== -EAGAIN) state.noNowaitRead = true; // EOPNOTSUPP (or an error the pool will report)
+    else if (n !== -Errno.EAGAIN) state.noNowaitRead = true; // EOPNOTSUPP (or an error the pool will report)
   }
   // The rest waits for I/O; a short read there means the end of the file.
   const rest = done ? advance(bufs, done) : bufs;
-  const ring = bufs.length <= IOV_MAX ? Uring.get() : null;
+  const ring = fits ? Uring.get() : null;
   return done + (await (ring ? ring.readv(fd, rest, offset + done) : poolv(fsReadv, fd, rest, offset + done)));
 }
 
@@ -40,7 +41,7 @@ export async function writeAt(fd: number, data: Uint8Array, offset: number, stat
     const n = native().rwNowait(fd, [data], offset, true);
     if (n === data.length) return n;
     if (n > 0) done = n;
-    else if (n !== -EAGAIN) state.noNowaitWrite = true;
+    else if (n !== -Errno.EAGAIN) state.noNowaitWrite = true;
   }
   const rest = [data.subarray(done)];
   const ring = Uring.get();
