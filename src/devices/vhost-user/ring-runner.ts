@@ -45,10 +45,9 @@ export class RingRunner {
   ) {}
 
   /** Watches for kicks and serves what the driver made available before the ring started. */
-  start(): this {
+  start(): void {
     this.kickWatch = native().watch(this.kickFd, () => this.onKick());
     this.process();
-    return this;
   }
 
   setCallFd(fd: number): void {
@@ -71,10 +70,6 @@ export class RingRunner {
     return this.vq.lastAvail;
   }
 
-  get isStopped(): boolean {
-    return this.stopped;
-  }
-
   /** Returns a served chain to the driver with `len` bytes written. */
   complete(head: number, len: number): void {
     if (this.stopped) return; // the ring stopped meanwhile: the VMM has moved on
@@ -91,7 +86,7 @@ export class RingRunner {
     this.process();
   }
 
-  process(): void {
+  private process(): void {
     const vq = this.vq;
     for (let taken = 0; !this.stopped; taken++) {
       if (taken === BATCH) {
