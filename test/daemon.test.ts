@@ -217,6 +217,21 @@ test('--debug logs every request and reply', async () => {
   }
 });
 
+test('the kernel sends FLUSH once at most: backends with nothing to flush answer ENOSYS', async () => {
+  const dir = tempDir();
+  const d = startDaemon(['mount', dir, '--debug']);
+  try {
+    await waitFor(() => isDpfsMount(dir), 'mount');
+    await sh(`for i in 1 2 3 4 5 6; do echo $i > "${dir}/f$i"; cat "${dir}/f$i" > /dev/null; done`);
+    await waitFor(() => (d.stderr().match(/"op":"FUSE_RELEASE"[^\n]*"msg":"request"/g) ?? []).length >= 12, 'releases of 12 closes');
+    const flushes = (d.stderr().match(/"op":"FUSE_FLUSH"[^\n]*"msg":"request"/g) ?? []).length;
+    assert.equal(flushes, 1, 'one FLUSH, answered ENOSYS, then none');
+  } finally {
+    await stopDaemon(d, [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('the README example file system mounts and serves its file', async () => {
   const dir = tempDir();
   const d = startDaemonScript(join(CLI, '..', '..', '..', 'examples', 'hello-fs.js'), [dir]);

@@ -1,7 +1,7 @@
 /** The passthrough backend: real programs on a mount, host-side checks, credentials, confinement. */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, lstatSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, lstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { PassthroughFs } from '../src/backends/passthrough/passthrough-fs.js';
 import { Errno } from '../src/fuse/errno.js';
 import { Opcode } from '../src/fuse/opcodes.js';
+import { AT_EMPTY_PATH, sys } from '../src/native/syscalls.js';
 import { sh, withPassthrough } from './helpers/daemon.js';
 import { SessionPeer } from './helpers/session-peer.js';
 import { workloads } from './helpers/workloads.js';
@@ -55,6 +56,28 @@ test('passthrough: a host file system mounted inside the export is served too (a
       await sh(`umount -l "${src}/sub"`);
     }
   });
+});
+
+test('passthrough: lookups on the event loop answer from the dentry cache only, on the parent\'s device only', async () => {
+  const src = mkdtempSync(join(tmpdir(), 'dpfs-src-'));
+  mkdirSync(join(src, 'sub'));
+  writeFileSync(join(src, 'f'), 'x');
+  await sh(`mount -t tmpfs -o size=1m dpfs-test-sub "${src}/sub"`);
+  const fd = openSync(src, 'r');
+  try {
+    statSync(join(src, 'f'));
+    statSync(join(src, 'sub')); // both cached now
+    const st = await sys.statx(null, fd, '', AT_EMPTY_PATH);
+    const same = sys.lookupNow(null, fd, 'f', st.devMajor, st.devMinor);
+    assert.ok(same, 'a cached entry on the same device is served');
+    closeSync(same.fd);
+    assert.equal(sys.lookupNow(null, fd, 'sub', st.devMajor, st.devMinor), null, 'a mount point leads to another device: left to the pool');
+    assert.equal(sys.lookupNow(null, fd, 'never-looked-up', st.devMajor, st.devMinor), null, 'an uncached name: left to the pool');
+  } finally {
+    closeSync(fd);
+    await sh(`umount -l "${src}/sub"`);
+    rmSync(src, { recursive: true, force: true });
+  }
 });
 
 test('passthrough: each request runs as its caller (ownership, EACCES, setgid, sticky)', async () => {
