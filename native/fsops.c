@@ -12,10 +12,12 @@
  * JS: fsop(op, creds | null, a0..a5 (numbers), s1, s2 (strings | null), buf | null) -> Promise<number>
  * Output structs (statx, statfs, handles, dirents, xattr values) are written into `buf`.
  *
- * fsopNow(...same arguments) -> number (>= 0) or -errno runs on the calling thread, for the
- * few operations that cannot wait for I/O: OP_LOOKUP_CACHED (refuses with EAGAIN whatever
- * is not already in the kernel's caches) and OP_STATX (the caller allows it only on local
- * file systems, whose attributes are in memory once the inode is open).
+ * fsopNow(...same arguments) -> number (>= 0) or -errno runs on the calling thread, for
+ * calls that cannot wait for I/O: OP_LOOKUP_LOCAL (from the dentry cache on a local file
+ * system, or on one held wholly in memory), OP_STATX of an open local inode, and on file
+ * systems held in memory (tmpfs, ramfs: the caller knows) the metadata calls, which there
+ * never wait for a device. Calls that move file data (or may, like fallocate and
+ * copy_file_range) and syncs are refused: they always take the pool.
  */
 #include "common.h"
 
@@ -63,7 +65,7 @@ enum {
   OP_CLOSE,
   OP_FACCESSAT,
   OP_LOOKUP,
-  OP_LOOKUP_CACHED,
+  OP_LOOKUP_LOCAL,
   OP_CREATE,
   OP_MAX
 };
@@ -137,6 +139,22 @@ static int become(fsop_t *r) {
   return 0;
 }
 
+/* What fsopNow may run (see the top): everything but data, syncs and a lookup that may cross mounts. */
+static int may_run_now(int op) {
+  switch (op) {
+    case OP_FALLOCATE:
+    case OP_COPY_FILE_RANGE:
+    case OP_SYNCFS:
+    case OP_FSYNC:
+    case OP_PREAD:
+    case OP_PWRITE:
+    case OP_LOOKUP:
+      return 0;
+    default:
+      return 1;
+  }
+}
+
 static void restore(void) {
   setfsuid(0);
   setfsgid(0);
@@ -152,10 +170,11 @@ static int64_t fail_closing(int fd) {
 
 /*
  * Fills buf for a lookup of `fd` (see OP_LOOKUP) and returns fd, or closes it and fails.
- * same_dev: the entry must be on device major:minor, else EAGAIN (see OP_LOOKUP_CACHED);
+ * same_dev: the entry must be on device major:minor, else EAGAIN (see OP_LOOKUP_LOCAL);
  * its attributes are then taken as cached (nothing to synchronise on a local file system).
+ * Without want_handle the mount id is left -2 (not asked): the caller knows the inode.
  */
-static int64_t describe(fsop_t *r, int fd, int same_dev, uint32_t major, uint32_t minor) {
+static int64_t describe(fsop_t *r, int fd, int same_dev, uint32_t major, uint32_t minor, int want_handle) {
   struct statx *st = r->buf;
   int flags = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | (same_dev ? AT_STATX_DONT_SYNC : 0);
   if (statx(fd, "", flags, STATX_BASIC_STATS | STATX_BTIME, st) != 0) goto fail;
@@ -166,18 +185,40 @@ static int64_t describe(fsop_t *r, int fd, int same_dev, uint32_t major, uint32_
   struct file_handle *fh = (struct file_handle *)((char *)r->buf + 260);
   size_t room = r->buflen - 260 - sizeof(struct file_handle);
   fh->handle_bytes = (unsigned)(room < MAX_HANDLE_SZ ? room : MAX_HANDLE_SZ); /* OP_CREATE's fds follow */
-  int mount_id = -1;
-  if (name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) mount_id = -1;
+  int mount_id = -2;
+  if (want_handle && name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) mount_id = -1;
   memcpy((char *)r->buf + 256, &mount_id, 4);
   return fd;
 fail:
   return fail_closing(fd);
 }
 
+/*
+ * An open that must not wait, on this thread: never across a mount (the file may be on
+ * another file system), and O_NONBLOCK so that a lease another process holds on the file
+ * is not waited for (EAGAIN, as is anything refused: the pool then opens it as asked).
+ * O_NONBLOCK is cleared again unless the caller asked for it.
+ */
+static int open_now(int dirfd, const char *name, int flags, mode_t mode) {
+  struct open_how how = {
+      .flags = (uint64_t)(flags | O_NONBLOCK | O_CLOEXEC),
+      .mode = flags & (O_CREAT | __O_TMPFILE) ? mode : 0,
+      .resolve = RESOLVE_NO_XDEV,
+  };
+  int fd = (int)syscall(SYS_openat2, dirfd, name, &how, sizeof how);
+  if (fd < 0) {
+    if (errno == EINVAL || errno == ENOSYS || errno == E2BIG || errno == EXDEV || errno == EWOULDBLOCK) errno = EAGAIN;
+    return -1;
+  }
+  if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) return (int)fail_closing(fd);
+  return fd;
+}
+
 static int64_t run(fsop_t *r) {
   int64_t *a = r->a;
   switch (r->op) {
     case OP_OPENAT:
+      if (a[3]) return open_now((int)a[0], r->s1, (int)a[1], (mode_t)a[2]);
       return openat((int)a[0], r->s1, (int)a[1], (mode_t)a[2]);
     case OP_MKDIRAT:
       return mkdirat((int)a[0], r->s1, (mode_t)a[1]);
@@ -252,12 +293,8 @@ static int64_t run(fsop_t *r) {
       return pread((int)a[0], r->buf, r->buflen, (off_t)a[1]);
     case OP_PWRITE:
       return pwrite((int)a[0], r->buf, r->buflen, (off_t)a[1]);
-    case OP_CLOSE: {
-      /* a[1] >= 0: a second descriptor closed in the same trip (a file and its backing twin). */
-      int ret = close((int)a[0]), e = errno;
-      if (a[1] >= 0) close((int)a[1]);
-      return errno = e, ret;
-    }
+    case OP_CLOSE:
+      return close((int)a[0]);
     case OP_FACCESSAT:
       return faccessat((int)a[0], r->s1, (int)a[1], (int)a[2]);
     case OP_LOOKUP: {
@@ -271,44 +308,45 @@ static int64_t run(fsop_t *r) {
       if (r->buflen < 256 + 4 + sizeof(struct file_handle) + 8) return errno = EINVAL, -1;
       int fd = openat((int)a[0], r->s1, (int)a[1] | O_PATH | (a[2] ? 0 : O_NOFOLLOW) | O_CLOEXEC);
       if (fd < 0) return -1;
-      return describe(r, fd, 0, 0, 0);
+      return describe(r, fd, 0, 0, 0, 1);
     }
-    case OP_LOOKUP_CACHED: {
+    case OP_LOOKUP_LOCAL: {
       /*
-       * OP_LOOKUP from the dentry cache alone (RESOLVE_CACHED: EAGAIN where a lookup would
-       * need I/O or revalidation), for an entry on the parent's own device (a[1], a[2]:
-       * major, minor) — another device may be a network mount whose attributes would
-       * need a round trip: EAGAIN too, and the pool does it.
+       * OP_LOOKUP on this thread, for an entry on the parent's own device (a[1], a[2]:
+       * major, minor): never across a mount (another device may be a network mount whose
+       * attributes would need a round trip, or an automount). a[3] != 0: from the dentry
+       * cache alone (RESOLVE_CACHED: where a lookup would need I/O or revalidation), for
+       * disk file systems; 0 for file systems held in memory, where a lookup never waits.
+       * Whatever is refused comes back EAGAIN, and the pool does it. a[4] != 0: no file
+       * handle (an inode the caller knows already).
        */
       if (r->buflen < 256 + 4 + sizeof(struct file_handle) + 8) return errno = EINVAL, -1;
-      struct open_how how = {.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC, .resolve = RESOLVE_CACHED | RESOLVE_NO_MAGICLINKS};
+      struct open_how how = {
+          .flags = O_PATH | O_NOFOLLOW | O_CLOEXEC,
+          .resolve = RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS | (a[3] ? RESOLVE_CACHED : 0),
+      };
       int fd = (int)syscall(SYS_openat2, (int)a[0], r->s1, &how, sizeof how);
       /* Kernels before 5.12 know no RESOLVE_CACHED (EINVAL), before 5.6 no openat2: the pool then. */
-      if (fd < 0 && (errno == EINVAL || errno == ENOSYS || errno == E2BIG)) errno = EAGAIN;
+      if (fd < 0 && (errno == EINVAL || errno == ENOSYS || errno == E2BIG || errno == EXDEV)) errno = EAGAIN;
       if (fd < 0) return -1;
-      return describe(r, fd, 1, (uint32_t)a[1], (uint32_t)a[2]);
+      return describe(r, fd, 1, (uint32_t)a[1], (uint32_t)a[2], !a[4]);
     }
     case OP_CREATE: {
       /*
        * create and tmpfile in one trip: openat(dirfd, name, flags, mode) as the caller; then,
        * as the daemon, what OP_LOOKUP gives for the new file, from its own descriptor (no
-       * second name lookup to race on), and with a[3] a read-write twin for kernel
-       * passthrough (the creator may lack read access to its own new file). buf: the
-       * OP_LOOKUP layout, then int32 O_PATH fd at 396 and int32 twin fd (or -errno) at 400.
-       * Returns the open file's descriptor.
+       * second name lookup to race on). buf: the OP_LOOKUP layout, then the int32 O_PATH fd
+       * at 396. Returns the open file's descriptor. a[3] != 0: on this thread (see open_now).
        */
-      if (r->buflen < 404) return errno = EINVAL, -1;
-      int fd = openat((int)a[0], r->s1, (int)a[1] | O_CLOEXEC, (mode_t)a[2]);
+      if (r->buflen < 400) return errno = EINVAL, -1;
+      int fd = a[3] ? open_now((int)a[0], r->s1, (int)a[1], (mode_t)a[2]) : openat((int)a[0], r->s1, (int)a[1] | O_CLOEXEC, (mode_t)a[2]);
       if (fd < 0) return -1;
       if (r->has_creds) restore();
       char path[32];
       snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
       int pfd = openat(AT_FDCWD, path, O_PATH | O_CLOEXEC);
-      if (pfd < 0 || describe(r, pfd, 0, 0, 0) < 0) return fail_closing(fd);
-      int twin = a[3] ? openat(AT_FDCWD, path, O_RDWR | O_CLOEXEC) : -EINVAL;
-      if (a[3] && twin < 0) twin = -errno;
+      if (pfd < 0 || describe(r, pfd, 0, 0, 0, 1) < 0) return fail_closing(fd);
       memcpy((char *)r->buf + 396, &pfd, 4);
-      memcpy((char *)r->buf + 400, &twin, 4);
       return fd;
     }
     default:
@@ -437,7 +475,7 @@ napi_value js_fsop(napi_env env, napi_callback_info info) {
 napi_value js_fsop_now(napi_env env, napi_callback_info info) {
   fsop_t *r = parse_op(env, info);
   if (!r) return NULL;
-  if (r->op != OP_LOOKUP_CACHED && r->op != OP_STATX) {
+  if (!may_run_now(r->op)) {
     free_op(env, r);
     napi_throw_type_error(env, "EINVAL", "fsopNow: this operation may wait; use fsop");
     return NULL;

@@ -1,11 +1,13 @@
 /**
- * Typed wrappers over the native `fsop` executor: each call runs on libuv's pool, as the
- * given credentials ([uid, gid, ...groups], or null for the daemon's own), and rejects with
- * an Error carrying the errno `code`. The `*Now` calls run on the calling thread, for the
- * few operations that cannot wait for I/O, and throw an FsError.
+ * Typed wrappers over the native `fsop` executor, as the given credentials ([uid, gid,
+ * ...groups], or null for the daemon's own). `sys` runs each call on libuv's pool and
+ * rejects with an Error carrying the errno `code`; `sysNow` has the same calls run on the
+ * calling thread (rejecting with an FsError), for file systems held in memory, where
+ * metadata calls never wait for a device. The `*Now` calls of `sys` run on the calling
+ * thread for the few operations that cannot wait for I/O anywhere, and throw an FsError.
  */
 import type { StatFs, Timespec } from '../fs/api.js';
-import { Errno, FsError } from '../fuse/errno.js';
+import { Errno, FsError, errnoOf } from '../fuse/errno.js';
 import { native } from './native.js';
 
 export type Creds = readonly number[] | null;
@@ -14,6 +16,7 @@ export const AT_FDCWD = -100;
 export const AT_SYMLINK_NOFOLLOW = 0x100;
 export const AT_REMOVEDIR = 0x200;
 export const AT_SYMLINK_FOLLOW = 0x400;
+export const AT_NO_AUTOMOUNT = 0x800;
 export const AT_EMPTY_PATH = 0x1000;
 export const O_PATH = 0o10000000;
 export const O_NOFOLLOW = 0o400000;
@@ -63,14 +66,14 @@ const enum Op {
   CLOSE,
   FACCESSAT,
   LOOKUP,
-  LOOKUP_CACHED,
+  LOOKUP_LOCAL,
   CREATE,
 }
 
 type FsOp = (op: number, creds: Creds, a0: number, a1: number, a2: number, a3: number, a4: number, a5: number, s1: string | null, s2: string | null, buf: Buffer | null) => Promise<number>;
 let fsop: FsOp | undefined;
 
-function call(op: Op, creds: Creds, a: number[] = [], s1: string | null = null, s2: string | null = null, buf: Buffer | null = null): Promise<number> {
+function callPool(op: Op, creds: Creds, a: number[] = [], s1: string | null = null, s2: string | null = null, buf: Buffer | null = null): Promise<number> {
   fsop ??= (native() as unknown as { fsop: FsOp }).fsop;
   return fsop(op, creds, a[0] ?? 0, a[1] ?? 0, a[2] ?? 0, a[3] ?? 0, a[4] ?? 0, a[5] ?? 0, s1, s2, buf);
 }
@@ -79,10 +82,18 @@ type FsOpNow = (...args: Parameters<FsOp>) => number;
 let fsopNow: FsOpNow | undefined;
 
 /** Runs on this thread: the result, or -errno. */
-function callNow(op: Op, creds: Creds, a: number[], s1: string | null, buf: Buffer): number {
+function callNow(op: Op, creds: Creds, a: number[], s1: string | null = null, s2: string | null = null, buf: Buffer | null = null): number {
   fsopNow ??= (native() as unknown as { fsopNow: FsOpNow }).fsopNow;
-  return fsopNow(op, creds, a[0] ?? 0, a[1] ?? 0, a[2] ?? 0, 0, 0, 0, s1, null, buf);
+  return fsopNow(op, creds, a[0] ?? 0, a[1] ?? 0, a[2] ?? 0, a[3] ?? 0, a[4] ?? 0, a[5] ?? 0, s1, s2, buf);
 }
+
+/** `call` on this thread. */
+function callHere(op: Op, creds: Creds, a: number[] = [], s1: string | null = null, s2: string | null = null, buf: Buffer | null = null): Promise<number> {
+  const r = callNow(op, creds, a, s1, s2, buf);
+  return r < 0 ? Promise.reject(new FsError(-r)) : Promise.resolve(r);
+}
+
+type Call = typeof callPool;
 
 /** The path through which a descriptor (also an O_PATH one) can be reopened or named. */
 export const procPath = (fd: number) => `/proc/self/fd/${fd}`;
@@ -155,124 +166,143 @@ export interface Looked {
   handle?: FileHandle;
 }
 
+/** A file created and opened by `create`: its descriptor, and what `lookup` gives for it. */
+export interface CreatedFile {
+  fd: number;
+  looked: Looked;
+}
+
 /** Timespec, 'now' or 'omit' for utimensat. */
 export type TimeArg = Timespec | 'now' | 'omit';
 
+/** The calls, run by `callPool` or `callHere` (this thread). */
+function calls(call: Call, here: boolean) {
+  return {
+    openat(c: Creds, dirfd: number, name: string, flags: number, mode = 0): Promise<number> {
+      const a = [dirfd, flags | O_CLOEXEC, mode];
+      if (!here) return call(Op.OPENAT, c, a, name);
+      // Refused here (a lease to wait for, a mount to cross): the pool opens it as asked.
+      return call(Op.OPENAT, c, [...a, 1], name).catch((err) => (errnoOf(err) === Errno.EAGAIN ? callPool(Op.OPENAT, c, a, name) : Promise.reject(err)));
+    },
+    mkdirat: (c: Creds, dirfd: number, name: string, mode: number) => call(Op.MKDIRAT, c, [dirfd, mode], name),
+    mknodat: (c: Creds, dirfd: number, name: string, mode: number, dev: number) => call(Op.MKNODAT, c, [dirfd, mode, dev], name),
+    symlinkat: (c: Creds, target: string, dirfd: number, name: string) => call(Op.SYMLINKAT, c, [dirfd], name, target),
+    linkat: (c: Creds, olddirfd: number, oldname: string, newdirfd: number, newname: string, flags: number) =>
+      call(Op.LINKAT, c, [olddirfd, newdirfd, flags], oldname, newname),
+    unlinkat: (c: Creds, dirfd: number, name: string, flags: number) => call(Op.UNLINKAT, c, [dirfd, flags], name),
+    renameat2: (c: Creds, olddirfd: number, oldname: string, newdirfd: number, newname: string, flags: number) =>
+      call(Op.RENAMEAT2, c, [olddirfd, newdirfd, flags], oldname, newname),
+    fchmodat: (c: Creds, dirfd: number, name: string, mode: number, flags = 0) => call(Op.FCHMODAT, c, [dirfd, mode, flags], name),
+    fchownat: (c: Creds, dirfd: number, name: string, uid: number, gid: number, flags: number) =>
+      call(Op.FCHOWNAT, c, [dirfd, uid >>> 0, gid >>> 0, flags], name),
+    utimensat(c: Creds, dirfd: number, name: string, atime: TimeArg, mtime: TimeArg, flags: number): Promise<number> {
+      const b = Buffer.alloc(32);
+      const put = (at: number, t: TimeArg) => {
+        if (t === 'now' || t === 'omit') {
+          b.writeBigInt64LE(0n, at);
+          b.writeBigInt64LE(BigInt(t === 'now' ? UTIME_NOW : UTIME_OMIT), at + 8);
+        } else {
+          b.writeBigInt64LE(BigInt(t.sec), at);
+          b.writeBigInt64LE(BigInt(t.nsec), at + 8);
+        }
+      };
+      put(0, atime);
+      put(16, mtime);
+      return call(Op.UTIMENSAT, c, [dirfd, flags], name, null, b);
+    },
+    async statx(c: Creds, dirfd: number, name: string, flags: number, mask = STATX_BASIC_STATS | STATX_BTIME): Promise<Statx> {
+      const b = Buffer.alloc(256);
+      await call(Op.STATX, c, [dirfd, flags, mask], name, null, b);
+      return parseStatx(b);
+    },
+    async readlinkat(c: Creds, dirfd: number, name: string): Promise<string> {
+      const b = Buffer.alloc(4096);
+      const n = await call(Op.READLINKAT, c, [dirfd], name, null, b);
+      return b.toString('utf8', 0, n);
+    },
+    async nameToHandleAt(dirfd: number, name: string, flags: number): Promise<FileHandle> {
+      const b = Buffer.alloc(8 + 128);
+      const mountId = await call(Op.NAME_TO_HANDLE_AT, null, [dirfd, flags], name, null, b);
+      return { mountId, handle: b.subarray(0, 8 + b.readUInt32LE(0)) };
+    },
+    openByHandleAt: (mountFd: number, handle: Buffer, flags: number) => call(Op.OPEN_BY_HANDLE_AT, null, [mountFd, flags | O_CLOEXEC], null, null, handle),
+    /** Reads directory entries starting at `offset` (a d_off cookie; 0n = start). */
+    async getdents(fd: number, offset: bigint, size: number): Promise<DirentRaw[]> {
+      const b = Buffer.alloc(Math.max(size, 1024));
+      const n = await call(Op.GETDENTS, null, [fd], offset.toString(), null, b);
+      const out: DirentRaw[] = [];
+      for (let at = 0; at + 19 < n; ) {
+        const reclen = b.readUInt16LE(at + 16);
+        if (reclen < 20 || at + reclen > n) break;
+        const nameEnd = b.indexOf(0, at + 19);
+        out.push({
+          ino: Number(b.readBigUInt64LE(at)),
+          off: b.readBigInt64LE(at + 8),
+          type: b[at + 18]!,
+          name: b.toString('utf8', at + 19, nameEnd < 0 || nameEnd > at + reclen ? at + reclen : nameEnd),
+        });
+        at += reclen;
+      }
+      return out;
+    },
+    setxattr: (c: Creds, path: string, name: string, value: Uint8Array, flags: number) =>
+      call(Op.SETXATTR, c, [flags], path, name, Buffer.from(value.buffer, value.byteOffset, value.byteLength)),
+    async getxattr(c: Creds, path: string, name: string): Promise<Buffer> {
+      for (;;) {
+        const size = await call(Op.GETXATTR, c, [], path, name, Buffer.alloc(0));
+        const b = Buffer.alloc(size);
+        try {
+          const n = await call(Op.GETXATTR, c, [], path, name, b);
+          return b.subarray(0, n);
+        } catch (err) {
+          if (errnoOf(err) !== Errno.ERANGE) throw err; // grew meanwhile: ask again
+        }
+      }
+    },
+    async listxattr(c: Creds, path: string): Promise<string[]> {
+      for (;;) {
+        const size = await call(Op.LISTXATTR, c, [], path, null, Buffer.alloc(0));
+        const b = Buffer.alloc(size);
+        try {
+          const n = await call(Op.LISTXATTR, c, [], path, null, b);
+          return b.toString('utf8', 0, n).split('\0').filter(Boolean);
+        } catch (err) {
+          if (errnoOf(err) !== Errno.ERANGE) throw err;
+        }
+      }
+    },
+    removexattr: (c: Creds, path: string, name: string) => call(Op.REMOVEXATTR, c, [], path, name),
+    fallocate: (c: Creds, fd: number, mode: number, offset: number, length: number) => call(Op.FALLOCATE, c, [fd, mode, offset, length]),
+    lseek: (fd: number, offset: number, whence: number) => call(Op.LSEEK, null, [fd, offset, whence]),
+    copyFileRange: (c: Creds, fdIn: number, offIn: number, fdOut: number, offOut: number, len: number, flags: number) =>
+      call(Op.COPY_FILE_RANGE, c, [fdIn, offIn, fdOut, offOut, len, flags]),
+    async fstatfs(fd: number): Promise<StatFs> {
+      const b = Buffer.alloc(120);
+      await call(Op.FSTATFS, null, [fd], null, null, b);
+      const n = (at: number) => Number(b.readBigUInt64LE(at));
+      return { bsize: n(8), blocks: n(16), bfree: n(24), bavail: n(32), files: n(40), ffree: n(48), namelen: n(64), frsize: n(72) };
+    },
+    /** The file system type (statfs f_type) of the one `fd` is on. */
+    async fsType(fd: number): Promise<number> {
+      const b = Buffer.alloc(120);
+      await call(Op.FSTATFS, null, [fd], null, null, b);
+      return Number(b.readBigInt64LE(0));
+    },
+    syncfs: (fd: number) => call(Op.SYNCFS, null, [fd]),
+    fsync: (fd: number, datasync: boolean) => call(Op.FSYNC, null, [fd, datasync ? 1 : 0]),
+    ftruncate: (c: Creds, fd: number, size: number) => call(Op.FTRUNCATE, c, [fd, size]),
+    truncate: (c: Creds, path: string, size: number) => call(Op.TRUNCATE, c, [size], path),
+    pread: (fd: number, buf: Buffer, offset: number) => call(Op.PREAD, null, [fd, offset], null, null, buf),
+    pwrite: (c: Creds, fd: number, buf: Buffer, offset: number) => call(Op.PWRITE, c, [fd, offset], null, null, buf),
+    close: (fd: number) => call(Op.CLOSE, null, [fd]),
+    faccessat: (c: Creds, dirfd: number, name: string, mode: number, flags: number) => call(Op.FACCESSAT, c, [dirfd, mode, flags], name),
+  };
+}
+
+export const sysNow = calls(callHere, true);
+
 export const sys = {
-  openat: (c: Creds, dirfd: number, name: string, flags: number, mode = 0) => call(Op.OPENAT, c, [dirfd, flags | O_CLOEXEC, mode], name),
-  mkdirat: (c: Creds, dirfd: number, name: string, mode: number) => call(Op.MKDIRAT, c, [dirfd, mode], name),
-  mknodat: (c: Creds, dirfd: number, name: string, mode: number, dev: number) => call(Op.MKNODAT, c, [dirfd, mode, dev], name),
-  symlinkat: (c: Creds, target: string, dirfd: number, name: string) => call(Op.SYMLINKAT, c, [dirfd], name, target),
-  linkat: (c: Creds, olddirfd: number, oldname: string, newdirfd: number, newname: string, flags: number) =>
-    call(Op.LINKAT, c, [olddirfd, newdirfd, flags], oldname, newname),
-  unlinkat: (c: Creds, dirfd: number, name: string, flags: number) => call(Op.UNLINKAT, c, [dirfd, flags], name),
-  renameat2: (c: Creds, olddirfd: number, oldname: string, newdirfd: number, newname: string, flags: number) =>
-    call(Op.RENAMEAT2, c, [olddirfd, newdirfd, flags], oldname, newname),
-  fchmodat: (c: Creds, dirfd: number, name: string, mode: number, flags = 0) => call(Op.FCHMODAT, c, [dirfd, mode, flags], name),
-  fchownat: (c: Creds, dirfd: number, name: string, uid: number, gid: number, flags: number) =>
-    call(Op.FCHOWNAT, c, [dirfd, uid >>> 0, gid >>> 0, flags], name),
-  utimensat(c: Creds, dirfd: number, name: string, atime: TimeArg, mtime: TimeArg, flags: number): Promise<number> {
-    const b = Buffer.alloc(32);
-    const put = (at: number, t: TimeArg) => {
-      if (t === 'now' || t === 'omit') {
-        b.writeBigInt64LE(0n, at);
-        b.writeBigInt64LE(BigInt(t === 'now' ? UTIME_NOW : UTIME_OMIT), at + 8);
-      } else {
-        b.writeBigInt64LE(BigInt(t.sec), at);
-        b.writeBigInt64LE(BigInt(t.nsec), at + 8);
-      }
-    };
-    put(0, atime);
-    put(16, mtime);
-    return call(Op.UTIMENSAT, c, [dirfd, flags], name, null, b);
-  },
-  async statx(c: Creds, dirfd: number, name: string, flags: number, mask = STATX_BASIC_STATS | STATX_BTIME): Promise<Statx> {
-    const b = Buffer.alloc(256);
-    await call(Op.STATX, c, [dirfd, flags, mask], name, null, b);
-    return parseStatx(b);
-  },
-  async readlinkat(c: Creds, dirfd: number, name: string): Promise<string> {
-    const b = Buffer.alloc(4096);
-    const n = await call(Op.READLINKAT, c, [dirfd], name, null, b);
-    return b.toString('utf8', 0, n);
-  },
-  async nameToHandleAt(dirfd: number, name: string, flags: number): Promise<FileHandle> {
-    const b = Buffer.alloc(8 + 128);
-    const mountId = await call(Op.NAME_TO_HANDLE_AT, null, [dirfd, flags], name, null, b);
-    return { mountId, handle: b.subarray(0, 8 + b.readUInt32LE(0)) };
-  },
-  openByHandleAt: (mountFd: number, handle: Buffer, flags: number) => call(Op.OPEN_BY_HANDLE_AT, null, [mountFd, flags | O_CLOEXEC], null, null, handle),
-  /** Reads directory entries starting at `offset` (a d_off cookie; 0n = start). */
-  async getdents(fd: number, offset: bigint, size: number): Promise<DirentRaw[]> {
-    const b = Buffer.alloc(Math.max(size, 1024));
-    const n = await call(Op.GETDENTS, null, [fd], offset.toString(), null, b);
-    const out: DirentRaw[] = [];
-    for (let at = 0; at + 19 < n; ) {
-      const reclen = b.readUInt16LE(at + 16);
-      if (reclen < 20 || at + reclen > n) break;
-      const nameEnd = b.indexOf(0, at + 19);
-      out.push({
-        ino: Number(b.readBigUInt64LE(at)),
-        off: b.readBigInt64LE(at + 8),
-        type: b[at + 18]!,
-        name: b.toString('utf8', at + 19, nameEnd < 0 || nameEnd > at + reclen ? at + reclen : nameEnd),
-      });
-      at += reclen;
-    }
-    return out;
-  },
-  setxattr: (c: Creds, path: string, name: string, value: Uint8Array, flags: number) =>
-    call(Op.SETXATTR, c, [flags], path, name, Buffer.from(value.buffer, value.byteOffset, value.byteLength)),
-  async getxattr(c: Creds, path: string, name: string): Promise<Buffer> {
-    for (;;) {
-      const size = await call(Op.GETXATTR, c, [], path, name, Buffer.alloc(0));
-      const b = Buffer.alloc(size);
-      try {
-        const n = await call(Op.GETXATTR, c, [], path, name, b);
-        return b.subarray(0, n);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ERANGE') throw err; // grew meanwhile: ask again
-      }
-    }
-  },
-  async listxattr(c: Creds, path: string): Promise<string[]> {
-    for (;;) {
-      const size = await call(Op.LISTXATTR, c, [], path, null, Buffer.alloc(0));
-      const b = Buffer.alloc(size);
-      try {
-        const n = await call(Op.LISTXATTR, c, [], path, null, b);
-        return b.toString('utf8', 0, n).split('\0').filter(Boolean);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ERANGE') throw err;
-      }
-    }
-  },
-  removexattr: (c: Creds, path: string, name: string) => call(Op.REMOVEXATTR, c, [], path, name),
-  fallocate: (c: Creds, fd: number, mode: number, offset: number, length: number) => call(Op.FALLOCATE, c, [fd, mode, offset, length]),
-  lseek: (fd: number, offset: number, whence: number) => call(Op.LSEEK, null, [fd, offset, whence]),
-  copyFileRange: (c: Creds, fdIn: number, offIn: number, fdOut: number, offOut: number, len: number, flags: number) =>
-    call(Op.COPY_FILE_RANGE, c, [fdIn, offIn, fdOut, offOut, len, flags]),
-  async fstatfs(fd: number): Promise<StatFs> {
-    const b = Buffer.alloc(120);
-    await call(Op.FSTATFS, null, [fd], null, null, b);
-    const n = (at: number) => Number(b.readBigUInt64LE(at));
-    return { bsize: n(8), blocks: n(16), bfree: n(24), bavail: n(32), files: n(40), ffree: n(48), namelen: n(64), frsize: n(72) };
-  },
-  /** The file system type (statfs f_type) of the one `fd` is on. */
-  async fsType(fd: number): Promise<number> {
-    const b = Buffer.alloc(120);
-    await call(Op.FSTATFS, null, [fd], null, null, b);
-    return Number(b.readBigInt64LE(0));
-  },
-  syncfs: (fd: number) => call(Op.SYNCFS, null, [fd]),
-  fsync: (fd: number, datasync: boolean) => call(Op.FSYNC, null, [fd, datasync ? 1 : 0]),
-  ftruncate: (c: Creds, fd: number, size: number) => call(Op.FTRUNCATE, c, [fd, size]),
-  truncate: (c: Creds, path: string, size: number) => call(Op.TRUNCATE, c, [size], path),
-  pread: (fd: number, buf: Buffer, offset: number) => call(Op.PREAD, null, [fd, offset], null, null, buf),
-  pwrite: (c: Creds, fd: number, buf: Buffer, offset: number) => call(Op.PWRITE, c, [fd, offset], null, null, buf),
-  /** Closes fd (and `also`, when given, in the same trip). */
-  close: (fd: number, also = -1) => call(Op.CLOSE, null, [fd, also]),
-  faccessat: (c: Creds, dirfd: number, name: string, mode: number, flags: number) => call(Op.FACCESSAT, c, [dirfd, mode, flags], name),
+  ...calls(callPool, false),
   /**
    * openat(dirfd, name, O_PATH|O_NOFOLLOW|flags) + statx + name_to_handle_at, in one trip.
    * `followProcFd` drops O_NOFOLLOW, to reach the file behind /proc/self/fd/N of a
@@ -280,32 +310,54 @@ export const sys = {
    */
   async lookup(c: Creds, dirfd: number, name: string, flags = 0, followProcFd = false): Promise<Looked> {
     const b = Buffer.alloc(LOOKED_BYTES);
-    return looked(await call(Op.LOOKUP, c, [dirfd, flags, followProcFd ? 1 : 0], name, null, b), b);
+    return looked(await callPool(Op.LOOKUP, c, [dirfd, flags, followProcFd ? 1 : 0], name, null, b), b);
   },
   /**
    * openat(dirfd, name, flags, mode) as `c` (create, tmpfile), and in the same trip what
-   * `lookup` gives for the new file (from its descriptor) and, with `twin`, a read-write
-   * descriptor of it opened as the daemon (`twinFd`, or a negative errno).
+   * `lookup` gives for the new file (from its descriptor).
    */
-  async create(c: Creds, dirfd: number, name: string, flags: number, mode: number, twin: boolean): Promise<{ fd: number; looked: Looked; twinFd: number }> {
-    const b = Buffer.alloc(LOOKED_BYTES + 8);
-    const fd = await call(Op.CREATE, c, [dirfd, flags, mode, twin ? 1 : 0], name, null, b);
-    return { fd, looked: looked(b.readInt32LE(LOOKED_BYTES), b), twinFd: b.readInt32LE(LOOKED_BYTES + 4) };
+  async create(c: Creds, dirfd: number, name: string, flags: number, mode: number): Promise<CreatedFile> {
+    const b = Buffer.alloc(LOOKED_BYTES + 4);
+    const fd = await callPool(Op.CREATE, c, [dirfd, flags, mode], name, null, b);
+    return { fd, looked: looked(b.readInt32LE(LOOKED_BYTES), b) };
   },
   /**
-   * `lookup` from the kernel's caches alone, on this thread, for an entry on the parent's
-   * device dev (major:minor) — for local file systems only. Null where that would need
-   * I/O, revalidation or another device: then use `lookup`.
+   * `create` on this thread, for file systems held in memory; null where it was refused
+   * (a lease to wait for, a mount to cross): then use `create`.
    */
-  lookupNow(c: Creds, dirfd: number, name: string, devMajor: number, devMinor: number): Looked | null {
-    const fd = callNow(Op.LOOKUP_CACHED, c, [dirfd, devMajor, devMinor], name, scratch);
+  createNow(c: Creds, dirfd: number, name: string, flags: number, mode: number): CreatedFile | null {
+    const fd = callNow(Op.CREATE, c, [dirfd, flags, mode, 1], name, null, scratch);
+    if (fd === -Errno.EAGAIN) return null;
+    if (fd < 0) throw new FsError(-fd);
+    return { fd, looked: looked(scratch.readInt32LE(LOOKED_BYTES), scratch, scratchView) };
+  },
+  /**
+   * `lookup` on this thread, for an entry on the parent's device dev (major:minor) of a
+   * local file system: from the kernel's caches alone where `cachedOnly` (disk file
+   * systems), else (file systems held in memory) in full. Null where that would need I/O,
+   * revalidation or another device: then use `lookup`.
+   */
+  lookupNow(c: Creds, dirfd: number, name: string, devMajor: number, devMinor: number, cachedOnly: boolean, withHandle = true): Looked | null {
+    const fd = callNow(Op.LOOKUP_LOCAL, c, [dirfd, devMajor, devMinor, cachedOnly ? 1 : 0, withHandle ? 0 : 1], name, null, scratch);
     if (fd === -Errno.EAGAIN) return null;
     if (fd < 0) throw new FsError(-fd);
     return looked(fd, scratch, scratchView);
   },
+  /** The file handle of `fd` (undefined where its file system makes none), on this thread: for local file systems. */
+  handleNow(fd: number): FileHandle | undefined {
+    const b = Buffer.alloc(8 + 128);
+    const mountId = callNow(Op.NAME_TO_HANDLE_AT, null, [fd, AT_EMPTY_PATH], '', null, b);
+    return mountId < 0 ? undefined : { mountId, handle: b.subarray(0, 8 + b.readUInt32LE(0)) };
+  },
+  /** statx of a name on this thread, without following a final symlink or automount: for file systems held in memory. */
+  statxNow(c: Creds, dirfd: number, name: string): Statx {
+    const r = callNow(Op.STATX, c, [dirfd, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS | STATX_BTIME], name, null, scratch);
+    if (r < 0) throw new FsError(-r);
+    return parseStatx(scratch, scratchView);
+  },
   /** statx of an open descriptor on this thread: for local file systems only (attributes in memory). */
   fstatxNow(fd: number): Statx {
-    const r = callNow(Op.STATX, null, [fd, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME], '', scratch);
+    const r = callNow(Op.STATX, null, [fd, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME], '', null, scratch);
     if (r < 0) throw new FsError(-r);
     return parseStatx(scratch, scratchView);
   },
@@ -314,11 +366,11 @@ export const sys = {
 const LOOKED_BYTES = 256 + 4 + 8 + 128;
 
 /** Output space of the calls made on this thread (each is done with it before it returns). */
-const scratch = Buffer.alloc(LOOKED_BYTES);
+const scratch = Buffer.alloc(LOOKED_BYTES + 4);
 const scratchView = new DataView(scratch.buffer, scratch.byteOffset, scratch.byteLength);
 
 function looked(fd: number, b: Buffer, dv?: DataView): Looked {
-  const mountId = b.readInt32LE(256);
+  const mountId = b.readInt32LE(256); // -1: no handle; -2: not asked for
   const handle = mountId < 0 ? undefined : { mountId, handle: Buffer.from(b.subarray(260, 260 + 8 + b.readUInt32LE(260))) };
   return { fd, st: parseStatx(b, dv), handle };
 }

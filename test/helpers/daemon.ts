@@ -61,8 +61,8 @@ export async function withMount(fn: (dir: string, d: Daemon) => Promise<void>, e
 }
 
 /** Serves a fresh host directory with the passthrough backend for the duration of `fn`. */
-export async function withPassthrough(fn: (dir: string, src: string, d: Daemon) => Promise<void>, extraArgs: string[] = []): Promise<void> {
-  const src = mkdtempSync(join(tmpdir(), 'dpfs-src-'));
+export async function withPassthrough(fn: (dir: string, src: string, d: Daemon) => Promise<void>, extraArgs: string[] = [], srcParent = tmpdir()): Promise<void> {
+  const src = mkdtempSync(join(srcParent, 'dpfs-src-'));
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-test-'));
   try {
     await mounted(dir, ['mount', dir, '-b', 'passthrough', '-s', src, ...extraArgs], (mnt, d) => fn(mnt, src, d));

@@ -3,14 +3,16 @@
  * by a kernel file handle so that it can be reopened at any time. O_PATH descriptors are
  * only a cache (LRU, bounded): a tree with millions of inodes needs no more than
  * `maxFds` descriptors. File systems that cannot make handles pin their descriptor
- * instead, up to `maxPinned`.
+ * instead, up to `maxPinned`. Reopening needs a real (not O_PATH) descriptor of the
+ * mount: one per mount, opened on its first directory seen.
  *
  * Every use of a descriptor goes through `withFd`, which holds a reference so an eviction
  * can never close (and so recycle the number of) a descriptor an operation is using.
  */
 import { closeSync } from 'node:fs';
-import { Errno, FsError } from '../../fuse/errno.js';
-import { type FileHandle, O_PATH, sys } from '../../native/syscalls.js';
+import { Errno, FsError, errnoOf } from '../../fuse/errno.js';
+import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, procPath, sys } from '../../native/syscalls.js';
+import { S_IFDIR } from '../../util/mode.js';
 
 export interface PInode {
   nodeid: number;
@@ -22,7 +24,7 @@ export interface PInode {
   fd: number;
   users: number;
   nlookup: number;
-  /** Never evicted: the root, and inodes on file systems without handles. */
+  /** Never evicted: the root, and inodes that cannot be reopened (no handle, or no mount descriptor). */
   pinned: boolean;
   /** Forgotten while in use: close the descriptor when the last user is done. */
   dead?: boolean;
@@ -35,6 +37,8 @@ export interface HostDevice {
   minor: number;
   /** A local file system: its attributes and cached dentries are read without waiting for I/O. */
   local: boolean;
+  /** Held wholly in memory (tmpfs, ramfs): no metadata call there waits for a device. */
+  memory: boolean;
 }
 
 export interface InodeTableOptions {
@@ -47,6 +51,7 @@ export class InodeTable {
   private readonly byKey = new Map<string, PInode>();
   /** Inodes whose fd is open and may be closed, least recently used first. */
   private readonly lru = new Map<number, PInode>();
+  /** Per mount id, a descriptor for open_by_handle_at (which refuses O_PATH ones). */
   private readonly mountFds = new Map<number, number>();
   private nextNode = 2;
   private pinnedCount = 0;
@@ -68,10 +73,10 @@ export class InodeTable {
     return this.byKey.get(key);
   }
 
-  /** Registers the root: its descriptor stays open and is the handle mount fd of its mount. */
-  addRoot(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode {
+  /** Registers the root (pinned: its descriptor stays open). */
+  async addRoot(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): Promise<PInode> {
     const root: PInode = { nodeid: 1, key, type, fd, handle, users: 0, nlookup: 1, pinned: true, dev };
-    if (handle) this.mountFds.set(handle.mountId, fd);
+    if (handle) await this.mountFdFor(fd, type, handle.mountId);
     this.byNode.set(1, root);
     this.byKey.set(key, root);
     this.openFds++;
@@ -88,12 +93,19 @@ export class InodeTable {
       closePath(fd);
       return existing;
     }
-    // First inode seen on a mount: its own descriptor serves open_by_handle_at there.
-    if (handle && !this.mountFds.has(handle.mountId)) this.mountFds.set(handle.mountId, fd);
-    const pinned = !handle || this.mountFds.get(handle.mountId) === fd;
-    if (pinned && !handle && this.pinnedCount >= this.opts.maxPinned) {
+    // An inode on a mount not seen before: reopened by handle only once that mount has a descriptor.
+    if (handle && !this.mountFds.has(handle.mountId)) {
+      await this.mountFdFor(fd, type, handle.mountId);
+      const raced = this.byKey.get(key);
+      if (raced) {
+        closePath(fd);
+        return raced;
+      }
+    }
+    const pinned = !handle || !this.mountFds.has(handle.mountId);
+    if (pinned && this.pinnedCount >= this.opts.maxPinned) {
       closePath(fd);
-      throw new FsError(Errno.ENFILE, 'too many inodes without file handles');
+      throw new FsError(Errno.ENFILE, 'too many inodes that cannot be reopened');
     }
     const n: PInode = { nodeid: this.nextNode++, key, type, handle, fd, users: 0, nlookup: 0, pinned, dev };
     if (pinned) this.pinnedCount++;
@@ -103,6 +115,22 @@ export class InodeTable {
     this.byKey.set(key, n);
     this.trim();
     return n;
+  }
+
+  /** Opens the descriptor of mount `mountId` from a directory on it (others cannot serve: a FIFO would block). */
+  private async mountFdFor(fd: number, type: number, mountId: number): Promise<void> {
+    if (type !== S_IFDIR) return;
+    let mfd: number;
+    try {
+      mfd = await sys.openat(null, AT_FDCWD, procPath(fd), O_DIRECTORY | O_NONBLOCK);
+    } catch {
+      return; // unreadable: its inodes stay pinned
+    }
+    if (this.mountFds.has(mountId)) closePath(mfd);
+    else {
+      this.mountFds.set(mountId, mfd);
+      this.openFds++;
+    }
   }
 
   /** Runs `fn` with an open O_PATH descriptor of `n`, reopening it from its handle if needed. */
@@ -125,7 +153,7 @@ export class InodeTable {
       }
       return await fn(n.fd);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ESTALE') throw new FsError(Errno.ESTALE);
+      if (errnoOf(err) === Errno.ESTALE) throw new FsError(Errno.ESTALE);
       throw err;
     } finally {
       n.users--;
@@ -156,9 +184,7 @@ export class InodeTable {
     this.byNode.delete(nodeid);
     this.byKey.delete(n.key);
     this.lru.delete(nodeid);
-    const isMountFd = n.handle && this.mountFds.get(n.handle.mountId) === n.fd;
-    if (n.pinned && !isMountFd) this.pinnedCount--;
-    if (isMountFd) return true;
+    if (n.pinned) this.pinnedCount--;
     n.dead = true;
     if (n.fd >= 0 && n.users === 0) this.closeFd(n);
     return true;

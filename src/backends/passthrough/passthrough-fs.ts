@@ -3,8 +3,10 @@
  * mounted file system. Confinement comes from never resolving paths: every inode is held
  * by a kernel handle / O_PATH descriptor, and every operation is an *at() call on one
  * component relative to such a descriptor, with O_NOFOLLOW where a symlink could be
- * swapped in. Every call runs off the event loop with the caller's fsuid/fsgid/groups,
- * so the host kernel checks permissions and assigns ownership exactly as for that user.
+ * swapped in. Every call runs with the caller's fsuid/fsgid/groups, so the host kernel
+ * checks permissions and assigns ownership exactly as for that user; off the event loop,
+ * except where it cannot wait: lookups in the dentry cache and attributes of open inodes
+ * on local file systems, and the metadata calls on file systems held in memory.
  */
 import type {
   Attr,
@@ -50,6 +52,7 @@ import {
   type TimeArg,
   procPath,
   sys,
+  sysNow,
 } from '../../native/syscalls.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, S_ISUID } from '../../util/mode.js';
 import { type NowaitState, readAt, syncFile, writeAt } from './file-io.js';
@@ -82,9 +85,8 @@ const O_ACCMODE = 3;
 const O_WRONLY = 1;
 const O_RDWR = 2;
 
-/** A kernel-passthrough backing file: our read-write descriptor, its id, and the opens using it. */
+/** A kernel-passthrough backing file: its id, and the opens using it. */
 interface Backing {
-  fd: number;
   id: number;
   refs: number;
 }
@@ -121,9 +123,11 @@ export class PassthroughFs implements FileSystem {
   private readonly switchCreds: boolean;
   private kernelIo?: KernelPassthrough;
   /**
-   * Kernel passthrough needs one backing file per inode for all its opens: an O_RDWR
-   * descriptor of ours (access was checked when the caller opened), shared and counted.
-   * Inodes for which none could be had (read-only file systems...) are served by us.
+   * Kernel passthrough needs one backing file per inode for all its opens, shared and
+   * counted: registered from the first open's descriptor. The kernel keeps its own
+   * reference to that file and only takes its path (each open gets a file of its own, with
+   * its own flags, as the daemon: access was checked when the caller opened), so the
+   * descriptor is ours to close as usual. Inodes the kernel refuses are served by us.
    */
   private readonly backing = new Map<number, Backing | null>();
 
@@ -158,7 +162,7 @@ export class PassthroughFs implements FileSystem {
     // The tenant's kernel applied the caller's umask already; ours must not apply again.
     process.umask(0);
     const root = await sys.lookup(null, AT_FDCWD, this.opts.root, O_DIRECTORY);
-    this.table.addRoot(root.fd, key(root.st), root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
+    await this.table.addRoot(root.fd, key(root.st), root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
   }
 
   /** Open descriptors held by the backend (for tests and metrics). */
@@ -207,6 +211,11 @@ export class PassthroughFs implements FileSystem {
     return h;
   }
 
+  /** Where calls on these inodes run: on this thread if all are held in memory (see sysNow), else the pool. */
+  private io(...nodes: PInode[]): typeof sysNow {
+    return nodes.every((n) => n.dev.memory) ? sysNow : sys;
+  }
+
   /** Attributes of an open descriptor of `n`: read at once on a local file system, else through the pool. */
   private statFd(fd: number, n?: PInode): Statx | Promise<Statx> {
     if (n?.dev.local) return sys.fstatxNow(fd);
@@ -219,8 +228,8 @@ export class PassthroughFs implements FileSystem {
     const known = this.devices.get(k);
     if (known) return known;
     return sys.fsType(l.fd).then(
-      (type) => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: LOCAL_FS_TYPES.has(type) }),
-      () => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: false }),
+      (type) => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: LOCAL_FS_TYPES.has(type), memory: MEMORY_FS_TYPES.has(type) }),
+      () => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: false, memory: false }),
     );
   }
 
@@ -233,36 +242,51 @@ export class PassthroughFs implements FileSystem {
 
   /** Registers a looked-up (or created) host inode and answers with its Entry. */
   private async entryFor(l: Looked): Promise<Entry> {
-    const n = await this.table.add(l.fd, key(l.st), l.st.mode & S_IFMT, l.handle, await this.deviceOf(l));
+    return this.entryOf(await this.table.add(l.fd, key(l.st), l.st.mode & S_IFMT, l.handle, await this.deviceOf(l)), l.st);
+  }
+
+  /** The Entry of a known inode, counting the kernel's new reference. */
+  private entryOf(n: PInode, st: Statx): Entry {
     n.nlookup++;
-    return { ino: n.nodeid, attr: this.attr(l.st), entryTimeout: this.timeout, attrTimeout: this.timeout };
+    return { ino: n.nodeid, attr: this.attr(st), entryTimeout: this.timeout, attrTimeout: this.timeout };
   }
 
   private async lookupIn(ctx: RequestContext | null, parent: PInode, name: string): Promise<Entry> {
-    const l = await this.table.withFd(parent, (pfd) => sys.lookup(ctx ? this.creds(ctx) : null, pfd, name));
-    return this.entryFor(l);
+    const c = ctx ? this.creds(ctx) : null;
+    const dev = parent.dev;
+    if (parent.fd >= 0 && dev.local) {
+      if (dev.memory) {
+        // Held in memory: a name is resolved here at once, and an inode already known needs
+        // no descriptor at all (another device, a mount point, takes the long way).
+        const st = sys.statxNow(c, parent.fd, name);
+        const known = st.devMajor === dev.major && st.devMinor === dev.minor ? this.table.find(key(st)) : undefined;
+        if (known) return this.entryOf(known, st);
+      }
+      // On the parent's local file system, a name in the kernel's dentry cache (or any name
+      // where all is in memory): one call here, no trip through the pool. Anything else
+      // comes back null and takes the pool. A known inode's handle is not asked for again.
+      const l = sys.lookupNow(c, parent.fd, name, dev.major, dev.minor, !dev.memory, false);
+      if (l) {
+        if (!this.table.find(key(l.st))) l.handle = sys.handleNow(l.fd);
+        return this.entryFor(l);
+      }
+    }
+    return this.entryFor(await this.table.withFd(parent, (pfd) => sys.lookup(c, pfd, name)));
   }
 
   /**
    * Creates and opens a file (create, tmpfile) in one trip, with its O_PATH descriptor taken
-   * from the open file itself (no second name lookup to race on) and, when the kernel will
-   * do its I/O, the read-write backing file too.
+   * from the open file itself (no second name lookup to race on).
    */
   private async createIn(ctx: RequestContext, parent: PInode, name: string, openFlags: number, mode: number, flags: number): Promise<Created> {
     const c = this.creds(ctx);
-    const twin = this.kernelIo !== undefined && !hasPrivBits(mode);
-    const r = await this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, openFlags, mode & ~S_IFMT, twin));
+    const here = parent.fd >= 0 && parent.dev.memory ? sys.createNow(c, parent.fd, name, openFlags, mode & ~S_IFMT) : null;
+    const r = here ?? (await this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, openFlags, mode & ~S_IFMT)));
     try {
       const entry = await this.entryFor(r.looked);
-      const node = this.table.get(entry.ino);
-      if (r.twinFd >= 0) {
-        // A file that already existed may carry setuid/setgid: openReply keeps those uncached.
-        if (hasPrivBits(entry.attr.mode)) void sys.close(r.twinFd).catch(() => undefined);
-        else this.adoptBacking(node, r.twinFd);
-      }
-      return { entry, open: await this.openReply(r.fd, node, flags, entry.attr.mode) };
+      return { entry, open: await this.openReply(r.fd, this.table.get(entry.ino), flags, entry.attr.mode) };
     } catch (err) {
-      await sys.close(r.fd);
+      await this.io(parent).close(r.fd);
       throw err;
     }
   }
@@ -272,14 +296,7 @@ export class PassthroughFs implements FileSystem {
   lookup(ctx: RequestContext, parent: number, name: string): Promise<Entry> {
     // The kernel resolves "." and ".." itself; from anyone else they could climb out.
     if (name === '.' || name === '..') throw new FsError(Errno.EPERM, 'no dot lookups');
-    const p = this.table.get(parent);
-    if (p.fd >= 0 && p.dev.local) {
-      // A name in the kernel's dentry cache, on the parent's local file system: one call
-      // here, no trip through the pool. Anything else comes back null and takes the pool.
-      const l = sys.lookupNow(this.creds(ctx), p.fd, name, p.dev.major, p.dev.minor);
-      if (l) return this.entryFor(l);
-    }
-    return this.lookupIn(ctx, p, name);
+    return this.lookupIn(ctx, this.table.get(parent), name);
   }
 
   forget(ino: number, nlookup: number): void {
@@ -303,6 +320,7 @@ export class PassthroughFs implements FileSystem {
     const n = this.table.get(ino);
     const c = this.creds(ctx);
     const h = s.fh !== undefined ? this.handles.get(s.fh) : undefined;
+    const sys = this.io(n);
     return this.table.withFd(n, async (fd) => {
       if (s.mode !== undefined) {
         if (n.type === S_IFLNK) fail(Errno.EOPNOTSUPP);
@@ -331,13 +349,14 @@ export class PassthroughFs implements FileSystem {
   }
 
   readlink(_ctx: RequestContext, ino: number): Promise<string> {
-    return this.table.withFd(this.table.get(ino), (fd) => sys.readlinkat(null, fd, ''));
+    const n = this.table.get(ino);
+    return this.table.withFd(n, (fd) => this.io(n).readlinkat(null, fd, ''));
   }
 
   async symlink(ctx: RequestContext, parent: number, name: string, target: string): Promise<Entry> {
     this.writable();
     const p = this.table.get(parent);
-    await this.table.withFd(p, (pfd) => sys.symlinkat(this.creds(ctx), target, pfd, name));
+    await this.table.withFd(p, (pfd) => this.io(p).symlinkat(this.creds(ctx), target, pfd, name));
     return this.lookupIn(null, p, name);
   }
 
@@ -348,32 +367,34 @@ export class PassthroughFs implements FileSystem {
     const major = (rdev >>> 8) & 0xfff;
     const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
     const dev = (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12);
-    await this.table.withFd(p, (pfd) => sys.mknodat(this.creds(ctx), pfd, name, mode, dev));
+    await this.table.withFd(p, (pfd) => this.io(p).mknodat(this.creds(ctx), pfd, name, mode, dev));
     return this.lookupIn(null, p, name);
   }
 
   async mkdir(ctx: RequestContext, parent: number, name: string, mode: number): Promise<Entry> {
     this.writable();
     const p = this.table.get(parent);
-    await this.table.withFd(p, (pfd) => sys.mkdirat(this.creds(ctx), pfd, name, mode));
+    await this.table.withFd(p, (pfd) => this.io(p).mkdirat(this.creds(ctx), pfd, name, mode));
     return this.lookupIn(null, p, name);
   }
 
   async unlink(ctx: RequestContext, parent: number, name: string): Promise<void> {
     this.writable();
-    await this.table.withFd(this.table.get(parent), (pfd) => sys.unlinkat(this.creds(ctx), pfd, name, 0));
+    const p = this.table.get(parent);
+    await this.table.withFd(p, (pfd) => this.io(p).unlinkat(this.creds(ctx), pfd, name, 0));
   }
 
   async rmdir(ctx: RequestContext, parent: number, name: string): Promise<void> {
     this.writable();
-    await this.table.withFd(this.table.get(parent), (pfd) => sys.unlinkat(this.creds(ctx), pfd, name, AT_REMOVEDIR));
+    const p = this.table.get(parent);
+    await this.table.withFd(p, (pfd) => this.io(p).unlinkat(this.creds(ctx), pfd, name, AT_REMOVEDIR));
   }
 
   async rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): Promise<void> {
     this.writable();
     const a = this.table.get(parent);
     const b = this.table.get(newParent);
-    await this.table.withFd(a, (afd) => this.table.withFd(b, (bfd) => sys.renameat2(this.creds(ctx), afd, name, bfd, newName, flags)));
+    await this.table.withFd(a, (afd) => this.table.withFd(b, (bfd) => this.io(a, b).renameat2(this.creds(ctx), afd, name, bfd, newName, flags)));
   }
 
   async link(ctx: RequestContext, ino: number, newParent: number, newName: string): Promise<Entry> {
@@ -381,6 +402,7 @@ export class PassthroughFs implements FileSystem {
     const n = this.table.get(ino);
     const p = this.table.get(newParent);
     const c = this.creds(ctx);
+    const sys = this.io(n, p);
     await this.table.withFd(n, (fd) =>
       this.table.withFd(p, async (pfd) => {
         if (n.type !== S_IFLNK) return sys.linkat(c, AT_FDCWD, procPath(fd), pfd, newName, AT_SYMLINK_FOLLOW);
@@ -416,7 +438,7 @@ export class PassthroughFs implements FileSystem {
     // bits that an unprivileged write must clear: such files are served by us, uncached.
     const privileged = this.kernelIo && node.type === S_IFREG && !this.backing.get(node.nodeid) && hasPrivBits(mode ?? (await this.statFd(fd)).mode);
     if (privileged) return { fh, flags: flags | FOPEN_DIRECT_IO };
-    const b = this.kernelIo && node.type === S_IFREG ? await this.backingOf(node) : undefined;
+    const b = this.kernelIo && node.type === S_IFREG ? this.backingOf(node, fd) : undefined;
     if (b) {
       // The kernel reads and writes this file itself from now on: no round trips through us.
       b.refs++;
@@ -426,43 +448,30 @@ export class PassthroughFs implements FileSystem {
     return { fh, flags };
   }
 
-  /** Makes `fd` (read-write, just opened) its inode's backing file, unless it has one (then `fd` is closed). */
-  private adoptBacking(node: PInode, fd: number): void {
-    if (this.backing.get(node.nodeid) === undefined) {
+  /** The backing file of `node`, registered from `fd` (an open of it) if it has none yet; undefined: served by us. */
+  private backingOf(node: PInode, fd: number): Backing | undefined {
+    let b = this.backing.get(node.nodeid);
+    if (b === undefined) {
       try {
-        this.backing.set(node.nodeid, { fd, id: this.kernelIo!.open(fd), refs: 0 });
-        return;
+        b = { id: this.kernelIo!.open(fd), refs: 0 };
       } catch {
-        /* the kernel refused it: served by us */
+        b = null; // the kernel refused it (a file system it cannot stack on): remembered
       }
+      this.backing.set(node.nodeid, b);
     }
-    void sys.close(fd).catch(() => undefined);
+    return b ?? undefined;
   }
 
-  private async backingOf(node: PInode): Promise<Backing | undefined> {
-    const known = this.backing.get(node.nodeid);
-    if (known !== undefined) return known ?? undefined;
-    try {
-      this.adoptBacking(node, await this.table.withFd(node, (pfd) => sys.openat(null, AT_FDCWD, procPath(pfd), O_RDWR)));
-    } catch {
-      /* no read-write access: this inode is served by us */
-    }
-    // Remembered either way (null: served by us), unless a concurrent open decided first.
-    if (this.backing.get(node.nodeid) === undefined) this.backing.set(node.nodeid, null);
-    return this.backing.get(node.nodeid) ?? undefined;
-  }
-
-  /** Drops an open's reference to its inode's backing file; returns the descriptor to close at the last one (else -1). */
-  private dropBacking(nodeid: number): number {
+  /** Drops an open's reference to its inode's backing file, which goes with the last one. */
+  private dropBacking(nodeid: number): void {
     const b = this.backing.get(nodeid);
-    if (!b || --b.refs > 0) return -1;
+    if (!b || --b.refs > 0) return;
     this.backing.delete(nodeid);
     try {
       this.kernelIo?.close(b.id);
     } catch {
       /* the connection is gone */
     }
-    return b.fd;
   }
 
   async open(ctx: RequestContext, ino: number, flags: number): Promise<Opened> {
@@ -471,7 +480,9 @@ export class PassthroughFs implements FileSystem {
     // The kernel never opens a symlink; reopening one through /proc would open its target.
     if (n.type === S_IFLNK) fail(Errno.ELOOP);
     if (n.type === S_IFDIR && (flags & O_ACCMODE) !== 0) fail(Errno.EISDIR);
-    const fd = await this.table.withFd(n, (pfd) => sys.openat(this.creds(ctx), AT_FDCWD, procPath(pfd), this.openFlags(flags)));
+    // Only files and directories here: opening a FIFO or a device may wait for a peer.
+    const io = n.type === S_IFREG || n.type === S_IFDIR ? this.io(n) : sys;
+    const fd = await this.table.withFd(n, (pfd) => io.openat(this.creds(ctx), AT_FDCWD, procPath(pfd), this.openFlags(flags)));
     return await this.openReply(fd, n, flags);
   }
 
@@ -498,7 +509,8 @@ export class PassthroughFs implements FileSystem {
   }
 
   statfs(_ctx: RequestContext, ino: number): Promise<StatFs> {
-    return this.table.withFd(this.table.get(ino), (fd) => sys.fstatfs(fd));
+    const n = this.table.get(ino);
+    return this.table.withFd(n, (fd) => this.io(n).fstatfs(fd));
   }
 
   async release(_ctx: RequestContext, ino: number, fh: number, info: ReleaseInfo): Promise<void> {
@@ -506,7 +518,8 @@ export class PassthroughFs implements FileSystem {
     if (!h) return;
     this.handles.delete(fh);
     if (info.flockUnlock) this.locks.get(ino)?.releaseOwner(info.lockOwner, 'flock');
-    await sys.close(h.fd, h.backed ? this.dropBacking(h.node.nodeid) : -1);
+    if (h.backed) this.dropBacking(h.node.nodeid);
+    await this.io(h.node).close(h.fd);
   }
 
   async fsync(_ctx: RequestContext, _ino: number, fh: number, datasync: boolean): Promise<void> {
@@ -517,37 +530,37 @@ export class PassthroughFs implements FileSystem {
    * Through /proc the name resolves to the inode itself, but for a symlink it would go on
    * to its target: symlinks have no xattrs here (Linux allows no user.* ones on them anyway).
    */
-  private async xattrPath<T>(ino: number, onSymlink: number, fn: (path: string) => Promise<T>): Promise<T> {
+  private async xattrPath<T>(ino: number, onSymlink: number, fn: (path: string, io: typeof sysNow) => Promise<T>): Promise<T> {
     const n = this.table.get(ino);
     if (n.type === S_IFLNK) throw new FsError(onSymlink);
-    return this.table.withFd(n, (fd) => fn(procPath(fd)));
+    return this.table.withFd(n, (fd) => fn(procPath(fd), this.io(n)));
   }
 
   async setxattr(ctx: RequestContext, ino: number, name: string, value: Uint8Array, flags: number): Promise<void> {
     this.writable();
-    await this.xattrPath(ino, Errno.EPERM, (p) => sys.setxattr(this.creds(ctx), p, name, value, flags));
+    await this.xattrPath(ino, Errno.EPERM, (p, io) => io.setxattr(this.creds(ctx), p, name, value, flags));
   }
 
   getxattr(ctx: RequestContext, ino: number, name: string): Promise<Uint8Array> {
-    return this.xattrPath(ino, Errno.ENODATA, (p) => sys.getxattr(this.creds(ctx), p, name));
+    return this.xattrPath(ino, Errno.ENODATA, (p, io) => io.getxattr(this.creds(ctx), p, name));
   }
 
   listxattr(ctx: RequestContext, ino: number): Promise<string[]> {
     const n = this.table.get(ino);
     if (n.type === S_IFLNK) return Promise.resolve([]);
-    return this.xattrPath(ino, Errno.ENODATA, (p) => sys.listxattr(this.creds(ctx), p));
+    return this.xattrPath(ino, Errno.ENODATA, (p, io) => io.listxattr(this.creds(ctx), p));
   }
 
   async removexattr(ctx: RequestContext, ino: number, name: string): Promise<void> {
     this.writable();
-    await this.xattrPath(ino, Errno.ENODATA, (p) => sys.removexattr(this.creds(ctx), p, name));
+    await this.xattrPath(ino, Errno.ENODATA, (p, io) => io.removexattr(this.creds(ctx), p, name));
   }
 
   async opendir(ctx: RequestContext, ino: number, flags: number): Promise<Opened> {
     const n = this.table.get(ino);
     if (n.type !== S_IFDIR) fail(Errno.ENOTDIR);
     const fd = await this.table.withFd(n, (pfd) =>
-      sys.openat(this.creds(ctx), AT_FDCWD, procPath(pfd), (this.openFlags(flags) & ~O_ACCMODE) | O_DIRECTORY | O_NONBLOCK),
+      this.io(n).openat(this.creds(ctx), AT_FDCWD, procPath(pfd), (this.openFlags(flags) & ~O_ACCMODE) | O_DIRECTORY | O_NONBLOCK),
     );
     const fh = this.nextFh++;
     this.handles.set(fh, { fd, node: n, dirQueue: Promise.resolve(), cookies: [] });
@@ -563,7 +576,7 @@ export class PassthroughFs implements FileSystem {
       let hostOff = offset === 0 ? 0n : cookies[offset - 1]!;
       let cookie = offset;
       for (;;) {
-        const entries = await sys.getdents(h.fd, hostOff, 32 * 1024);
+        const entries = await this.io(h.node).getdents(h.fd, hostOff, 32 * 1024);
         if (entries.length === 0) return;
         for (const e of entries) {
           // Reuse the cookie when the kernel re-reads a stretch it has seen.
@@ -584,7 +597,7 @@ export class PassthroughFs implements FileSystem {
     if (!h) return;
     this.handles.delete(fh);
     await h.dirQueue;
-    await sys.close(h.fd);
+    await this.io(h.node).close(h.fd);
   }
 
   async fsyncdir(_ctx: RequestContext, _ino: number, fh: number, datasync: boolean): Promise<void> {
@@ -610,7 +623,7 @@ export class PassthroughFs implements FileSystem {
   async access(ctx: RequestContext, ino: number, mask: number): Promise<void> {
     const n = this.table.get(ino);
     if (n.type === S_IFLNK) return; // symlinks carry no permissions (and /proc would follow)
-    await this.table.withFd(n, (fd) => sys.faccessat(this.creds(ctx), AT_FDCWD, procPath(fd), mask, 0));
+    await this.table.withFd(n, (fd) => this.io(n).faccessat(this.creds(ctx), AT_FDCWD, procPath(fd), mask, 0));
   }
 
   async create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number): Promise<Created> {
@@ -631,7 +644,8 @@ export class PassthroughFs implements FileSystem {
   }
 
   lseek(_ctx: RequestContext, _ino: number, fh: number, offset: number, whence: number): Promise<number> {
-    return sys.lseek(this.handle(fh).fd, offset, whence);
+    const h = this.handle(fh);
+    return this.io(h.node).lseek(h.fd, offset, whence);
   }
 
   copyFileRange(
@@ -659,6 +673,12 @@ export class PassthroughFs implements FileSystem {
 function hasPrivBits(mode: number): boolean {
   return (mode & S_ISUID) !== 0 || (mode & (S_ISGID | 0o010)) === (S_ISGID | 0o010);
 }
+
+/** File systems held wholly in memory (statfs f_type). */
+const MEMORY_FS_TYPES = new Set([
+  0x01021994, // tmpfs
+  0x858458f6, // ramfs
+]);
 
 /** File systems whose inode attributes and cached dentries are in memory (statfs f_type). */
 const LOCAL_FS_TYPES = new Set([
