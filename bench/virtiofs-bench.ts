@@ -1,6 +1,6 @@
 /**
  * virtio-fs device benchmark without a VM: the guest-driver harness drives dpfs and
- * Debian's virtiofsd (C) over vhost-user, in the same run, over the same tmpfs directory;
+ * Debian's virtiofsd (C) over vhost-user, in the same run, over the same directory;
  * then dpfs's null backend (the framework's own cost) on 1 queue and on N queues served by N
  * queue threads.
  *

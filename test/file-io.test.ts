@@ -48,11 +48,14 @@ for (const place of places) {
           for (let i = 0; i < 50; i++) {
             const at = (i * 7919) % 290_000;
             const chunk = randomBytes(1 + ((i * 131) % 9000));
-            assert.equal(await writeAt(fd, chunk, at, state), chunk.length);
+            // Scattered as a guest's pages are: up to three pieces.
+            const cut = [0, (i * 37) % chunk.length, (i * 101) % chunk.length, chunk.length].sort((x, y) => x - y);
+            const pieces = [0, 1, 2].map((k) => chunk.subarray(cut[k], cut[k + 1]));
+            assert.equal(await writeAt(fd, pieces, at, state), chunk.length);
             chunk.copy(expected, at);
           }
           const tail = randomBytes(1000);
-          assert.equal(await writeAt(fd, tail, 300_500, state), tail.length); // extends the file, leaving a hole
+          assert.equal(await writeAt(fd, [tail], 300_500, state), tail.length); // extends the file, leaving a hole
           await syncFile(fd, false);
           await syncFile(fd, true);
           const back = readFileSync(path);

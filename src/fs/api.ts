@@ -254,6 +254,12 @@ export interface FileSystem {
   readInto?(ctx: Ctx, ino: number, fh: number, offset: number, dest: Uint8Array[], info: ReadInfo): R<number>;
   /** Returns the number of bytes written. */
   write?(ctx: Ctx, ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): R<number>;
+  /**
+   * Optional zero-copy WRITE: the data as the transport holds it (virtio-fs: the guest's
+   * buffers, in order, which the guest could change meanwhile, as with any device's DMA).
+   * Transports that can use it instead of write; returns the bytes written.
+   */
+  writeFrom?(ctx: Ctx, ino: number, fh: number, offset: number, src: Uint8Array[], info: WriteInfo): R<number>;
   statfs?(ctx: Ctx, ino: number): R<StatFs>;
   release?(ctx: Ctx, ino: number, fh: number, info: ReleaseInfo): R<void>;
   fsync?(ctx: Ctx, ino: number, fh: number, datasync: boolean): R<void>;

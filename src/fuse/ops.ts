@@ -200,12 +200,13 @@ export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | { 
     }
     case Opcode.FUSE_WRITE: {
       const wf = a.write_flags as number;
-      const n = await method(fs, 'write')(ctx, ino, a.fh as number, a.offset as number, a.data as Uint8Array, {
-        flags: a.flags as number,
-        writeFlags: wf,
-        lockOwner: wf & O.FUSE_WRITE_LOCKOWNER ? (a.lock_owner as bigint) : undefined,
-      });
-      return u32(Math.min(n, (a.data as Uint8Array).length));
+      const info = { flags: a.flags as number, writeFlags: wf, lockOwner: wf & O.FUSE_WRITE_LOCKOWNER ? (a.lock_owner as bigint) : undefined };
+      const src = o.target?.writeSrc;
+      let n: number;
+      // Data held in place by the transport (guest memory): straight from there where the backend can.
+      if (src && fs.writeFrom) n = await fs.writeFrom(ctx, ino, a.fh as number, a.offset as number, src, info);
+      else n = await method(fs, 'write')(ctx, ino, a.fh as number, a.offset as number, src ? Buffer.concat(src) : (a.data as Uint8Array), info);
+      return u32(Math.min(n, a.size as number));
     }
     case Opcode.FUSE_STATFS: {
       const s = await method(fs, 'statfs')(ctx, ino);

@@ -19,7 +19,8 @@ export interface InHeader {
   total_extlen: number;
 }
 
-export function decodeInHeader(buf: Uint8Array): InHeader {
+/** `outOfLine`: bytes of the request the transport holds elsewhere (see ReplyTarget.writeSrc). */
+export function decodeInHeader(buf: Uint8Array, outOfLine = 0): InHeader {
   if (buf.length < SIZE.in_header) {
     throw new WireError(`request shorter than fuse_in_header: ${buf.length} bytes`);
   }
@@ -34,8 +35,8 @@ export function decodeInHeader(buf: Uint8Array): InHeader {
     pid: r.u32(),
     total_extlen: r.u16(),
   };
-  if (h.len !== buf.length) {
-    throw new WireError(`fuse_in_header.len ${h.len} disagrees with the ${buf.length} bytes received`);
+  if (h.len !== buf.length + outOfLine) {
+    throw new WireError(`fuse_in_header.len ${h.len} disagrees with the ${buf.length + outOfLine} bytes received`);
   }
   if (SIZE.in_header + h.total_extlen * 8 > h.len) {
     throw new WireError(`total_extlen ${h.total_extlen} exceeds the request`);

@@ -69,6 +69,16 @@ const copyFileRangeIn = [
   ['u64', 'flags'],
 ] as const;
 
+const writeIn = [
+  ['u64', 'fh'],
+  ['u64', 'offset'],
+  ['u32', 'size'],
+  ['u32', 'write_flags'],
+  ['u64b', 'lock_owner'],
+  ['u32', 'flags'],
+  ['u32', 'padding'],
+] as const;
+
 export const RequestSpecs = {
   [Opcode.FUSE_LOOKUP]: [['name', 'name']],
   [Opcode.FUSE_FORGET]: [['u64', 'nlookup']],
@@ -101,16 +111,7 @@ export const RequestSpecs = {
   [Opcode.FUSE_LINK]: [['u64', 'oldnodeid'], ['name', 'newname']],
   [Opcode.FUSE_OPEN]: openIn,
   [Opcode.FUSE_READ]: readIn,
-  [Opcode.FUSE_WRITE]: [
-    ['u64', 'fh'],
-    ['u64', 'offset'],
-    ['u32', 'size'],
-    ['u32', 'write_flags'],
-    ['u64b', 'lock_owner'],
-    ['u32', 'flags'],
-    ['u32', 'padding'],
-    ['sized', 'data', 'size'],
-  ],
+  [Opcode.FUSE_WRITE]: [...writeIn, ['sized', 'data', 'size']],
   [Opcode.FUSE_STATFS]: [],
   [Opcode.FUSE_RELEASE]: releaseIn,
   [Opcode.FUSE_FSYNC]: fsyncIn,
@@ -166,6 +167,9 @@ export const RequestSpecs = {
   [Opcode.FUSE_STATX]: [['u32', 'getattr_flags'], ['u32', 'reserved'], ['u64', 'fh'], ['u32', 'sx_flags'], ['u32', 'sx_mask']],
   [Opcode.FUSE_COPY_FILE_RANGE_64]: copyFileRangeIn,
 } as const satisfies Partial<Record<Opcode, readonly Field[]>>;
+
+/** fuse_write_in alone: a WRITE whose data the transport holds in place (ReplyTarget.writeSrc). */
+export const WriteInSpec = writeIn;
 
 /** fuse_setxattr_in when FUSE_SETXATTR_EXT was negotiated (7.33+). */
 export const SetxattrExtSpec = [

@@ -8,11 +8,12 @@ import { Errno, FsError, errnoName, errnoOf } from './errno.js';
 import { type Negotiation, decodeInitIn, encodeInitOut, negotiate } from './init.js';
 import { FUSE_INIT_BSWAP_RESERVED, CUSE_INIT_BSWAP_RESERVED, InitFlag, NotifyCode, Opcode, SIZE, opcodeName } from './opcodes.js';
 import { type InHeader, decodeArgs, decodeExtensions, decodeInHeader } from './request-codec.js';
-import { RequestSpecs, SetxattrExtSpec, hasSpec } from './request-specs.js';
+import { RequestSpecs, SetxattrExtSpec, WriteInSpec, hasSpec } from './request-specs.js';
 import { writeOutHeader } from './reply-codec.js';
 import { runOp, type OpContext } from './ops.js';
 import { Reader, WireError, Writer } from './wire.js';
 import { wantedFlags } from './capabilities.js';
+import { iovLength } from '../util/iov.js';
 
 /**
  * Sends one reply (or notification) as a single message: the chunks are written together.
@@ -22,12 +23,14 @@ import { wantedFlags } from './capabilities.js';
 export type SendFn = (chunks: Uint8Array[], placed?: number) => void;
 
 /**
- * Where a transport lets reply data be written in place (virtio-fs: the guest's writable
- * buffers, after the 16-byte out header), so READ data can go straight from the backend
- * into guest memory.
+ * Request and reply data a transport lets stay in place (virtio-fs: guest memory).
+ * `payload`: where READ data may be written (the guest's writable buffers after the 16-byte
+ * out header), straight from the backend. `writeSrc`: WRITE data, which then does not
+ * follow fuse_write_in in the request buffer (whose header still counts it).
  */
 export interface ReplyTarget {
   payload: Uint8Array[];
+  writeSrc?: Uint8Array[];
 }
 
 export interface TransportInfo {
@@ -115,9 +118,11 @@ export class Session {
    */
   handle(buf: Uint8Array, send: SendFn, target?: ReplyTarget): void {
     this.stats.requests++;
+    const outOfLine = target?.writeSrc ? iovLength(target.writeSrc) : 0;
     let h: InHeader;
     try {
-      h = decodeInHeader(buf);
+      h = decodeInHeader(buf, outOfLine);
+      if (outOfLine && (h.opcode !== Opcode.FUSE_WRITE || h.total_extlen !== 0)) throw new WireError('data out of line for a request other than a plain WRITE');
     } catch (err) {
       this.malformed(buf, send, err);
       return;
@@ -222,9 +227,11 @@ export class Session {
       return;
     }
     const ext = decodeExtensions(buf, h);
-    const bodyEnd = h.len - h.total_extlen * 8;
-    const spec = op === Opcode.FUSE_SETXATTR && this.setxattrExt ? SetxattrExtSpec : RequestSpecs[op];
+    const outOfLine = target?.writeSrc ? h.len - buf.length : 0;
+    const bodyEnd = h.len - h.total_extlen * 8 - outOfLine;
+    const spec = op === Opcode.FUSE_SETXATTR && this.setxattrExt ? SetxattrExtSpec : outOfLine ? WriteInSpec : RequestSpecs[op];
     const args = decodeArgs(spec, new Reader(buf, SIZE.in_header, bodyEnd));
+    if (outOfLine && args.size !== outOfLine) throw new WireError(`WRITE of ${String(args.size)} bytes with ${outOfLine} bytes of data`);
     if (this.options.trace) {
       this.log.debug({ unique: h.unique, op: opcodeName(op), nodeid: h.nodeid, uid: h.uid, pid: h.pid, args: summarize(args) }, 'request');
     }

@@ -45,6 +45,7 @@ import { DirTable } from './dir-table.js';
 import { FileData } from './file-data.js';
 import { FileLocks } from '../../fs/file-locks.js';
 import { check, checkSticky, inGroup, isOwnerOrRoot, permits } from './permissions.js';
+import { iovLength } from '../../util/iov.js';
 
 const O_ACCMODE = 3;
 const O_WRONLY = 1;
@@ -535,17 +536,26 @@ export class MemoryFs implements FileSystem {
   }
 
   write(ctx: RequestContext, ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): number {
+    return this.writeFrom(ctx, ino, fh, offset, [data], info);
+  }
+
+  /** Copies straight from the transport's buffers (guest memory over virtio-fs) into the file. */
+  writeFrom(ctx: RequestContext, ino: number, fh: number, offset: number, src: Uint8Array[], info: WriteInfo): number {
     const h = this.handle(fh, ino);
     if ((h.flags & O_ACCMODE) === 0) fail(Errno.EBADF);
     const n = h.node;
     if (!n.data) fail(Errno.EISDIR);
     if (h.flags & O_APPEND) offset = n.data.size;
-    if (offset + data.length > MAX_FILE_SIZE) fail(Errno.EFBIG);
-    this.reserve(n.data.wouldAllocate(offset, data.length));
-    this.used += n.data.write(offset, data);
+    const length = iovLength(src);
+    if (offset + length > MAX_FILE_SIZE) fail(Errno.EFBIG);
+    this.reserve(n.data.wouldAllocate(offset, length));
+    for (const piece of src) {
+      this.used += n.data.write(offset, piece);
+      offset += piece.length;
+    }
     n.touchM();
     this.killPriv(n, ctx, (info.writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0);
-    return data.length;
+    return length;
   }
 
   statfs(): StatFs {

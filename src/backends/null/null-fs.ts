@@ -5,6 +5,7 @@
  */
 import type { Attr, AttrReply, DirSink, Entry, FileSystem, Opened, RequestContext, StatFs } from '../../fs/api.js';
 import { Errno, fail } from '../../fuse/errno.js';
+import { iovLength } from '../../util/iov.js';
 
 const T = { sec: 0, nsec: 0 };
 const ROOT: Attr = { ino: 1, size: 4096, blocks: 8, atime: T, mtime: T, ctime: T, mode: 0o40755, nlink: 2, uid: 0, gid: 0, rdev: 0, blksize: 4096 };
@@ -33,6 +34,9 @@ export class NullFs implements FileSystem {
   }
   write(_ctx: RequestContext, _ino: number, _fh: number, _offset: number, data: Uint8Array): number {
     return data.length;
+  }
+  writeFrom(_ctx: RequestContext, _ino: number, _fh: number, _offset: number, src: Uint8Array[]): number {
+    return iovLength(src);
   }
   statfs(): StatFs {
     return { blocks: 2 ** 28, bfree: 2 ** 28, bavail: 2 ** 28, files: 1, ffree: 0, bsize: 4096, namelen: 255, frsize: 4096 };

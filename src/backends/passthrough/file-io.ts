@@ -9,6 +9,7 @@ import { fdatasync, fsync as fsFsync, readv as fsReadv, writev as fsWritev } fro
 import { Errno } from '../../fuse/errno.js';
 import { native } from '../../native/native.js';
 import { Uring } from '../../native/uring.js';
+import { iovAfter, iovLength } from '../../util/iov.js';
 
 const IOV_MAX = 1024;
 
@@ -24,27 +25,28 @@ export async function readAt(fd: number, bufs: Uint8Array[], offset: number, sta
   const fits = bufs.length <= IOV_MAX; // what preadv2 and io_uring take in one call
   if (!state.noNowaitRead && fits) {
     const n = native().rwNowait(fd, bufs, offset, false);
-    if (n === 0 || n === total(bufs)) return n; // end of file, or all from the page cache
+    if (n === 0 || n === iovLength(bufs)) return n; // end of file, or all from the page cache
     if (n > 0) done = n;
     else if (n !== -Errno.EAGAIN) state.noNowaitRead = true; // EOPNOTSUPP (or an error the pool will report)
   }
   // The rest waits for I/O; a short read there means the end of the file.
-  const rest = done ? advance(bufs, done) : bufs;
+  const rest = done ? iovAfter(bufs, done) : bufs;
   const ring = fits ? Uring.get() : null;
   return done + (await (ring ? ring.readv(fd, rest, offset + done) : poolv(fsReadv, fd, rest, offset + done)));
 }
 
-/** Writes `data` at `offset`; returns the bytes written. */
-export async function writeAt(fd: number, data: Uint8Array, offset: number, state: NowaitState): Promise<number> {
+/** Writes `bufs` at `offset`; returns the bytes written. */
+export async function writeAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): Promise<number> {
   let done = 0;
-  if (!state.noNowaitWrite) {
-    const n = native().rwNowait(fd, [data], offset, true);
-    if (n === data.length) return n;
+  const fits = bufs.length <= IOV_MAX;
+  if (!state.noNowaitWrite && fits) {
+    const n = native().rwNowait(fd, bufs, offset, true);
+    if (n === iovLength(bufs)) return n;
     if (n > 0) done = n;
     else if (n !== -Errno.EAGAIN) state.noNowaitWrite = true;
   }
-  const rest = [data.subarray(done)];
-  const ring = Uring.get();
+  const rest = done ? iovAfter(bufs, done) : bufs;
+  const ring = fits ? Uring.get() : null;
   return done + (await (ring ? ring.writev(fd, rest, offset + done) : poolv(fsWritev, fd, rest, offset + done)));
 }
 
@@ -62,24 +64,4 @@ function poolv(
   offset: number,
 ): Promise<number> {
   return new Promise((resolve, reject) => op(fd, bufs, offset, (err, n) => (err ? reject(err) : resolve(n))));
-}
-
-function total(bufs: Uint8Array[]): number {
-  let n = 0;
-  for (const b of bufs) n += b.length;
-  return n;
-}
-
-/** The buffers after the first `n` bytes. */
-function advance(bufs: Uint8Array[], n: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  for (const b of bufs) {
-    if (n >= b.length) {
-      n -= b.length;
-      continue;
-    }
-    out.push(n > 0 ? b.subarray(n) : b);
-    n = 0;
-  }
-  return out;
 }

@@ -498,14 +498,17 @@ export class PassthroughFs implements FileSystem {
     return readAt(h.fd, dest, offset, h);
   }
 
-  async write(ctx: RequestContext, _ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): Promise<number> {
+  write(ctx: RequestContext, ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): Promise<number> {
+    return this.writeFrom(ctx, ino, fh, offset, [data], info);
+  }
+
+  /** pwritev straight from the source (guest memory over virtio-fs). */
+  async writeFrom(ctx: RequestContext, _ino: number, fh: number, offset: number, src: Uint8Array[], info: WriteInfo): Promise<number> {
     this.writable();
     const h = this.handle(fh);
     // An unprivileged writer: write as that user, and the host kernel drops setuid/setgid.
-    if (info.writeFlags & FUSE_WRITE_KILL_SUIDGID && this.switchCreds) {
-      return sys.pwrite(this.creds(ctx), h.fd, Buffer.from(data.buffer, data.byteOffset, data.byteLength), offset);
-    }
-    return writeAt(h.fd, data, offset, h);
+    if (info.writeFlags & FUSE_WRITE_KILL_SUIDGID && this.switchCreds) return sys.pwrite(this.creds(ctx), h.fd, Buffer.concat(src), offset);
+    return writeAt(h.fd, src, offset, h);
   }
 
   statfs(_ctx: RequestContext, ino: number): Promise<StatFs> {

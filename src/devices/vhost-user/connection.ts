@@ -6,6 +6,7 @@
  */
 import { closeSync } from 'node:fs';
 import { Opcode } from '../../fuse/opcodes.js';
+import type { ReplyTarget } from '../../fuse/session.js';
 import { native } from '../../native/native.js';
 import type { Logger } from '../../util/log.js';
 import { GuestMemory, type RegionSpec } from './guest-memory.js';
@@ -24,6 +25,7 @@ import {
   u64Payload,
 } from './protocol.js';
 import type { QueueThreadSink, QueueThreads } from './queue-threads.js';
+import { splitRequest } from './fuse-request.js';
 import { RingRunner } from './ring-runner.js';
 import { Virtqueue, ringViews } from './virtqueue.js';
 
@@ -33,7 +35,7 @@ export interface RequestSink {
    * Handles one FUSE request; `reply` is called at most once with the reply bytes, of which
    * `placed` payload bytes were already written into `target` (the guest's buffers).
    */
-  handle(request: Buffer, reply: (chunks: Uint8Array[], placed?: number) => void, target?: { payload: Uint8Array[] }): void;
+  handle(request: Buffer, reply: (chunks: Uint8Array[], placed?: number) => void, target?: ReplyTarget): void;
 }
 
 interface Vring {
@@ -363,8 +365,10 @@ export class VhostUserConnection implements QueueThreadSink {
     }
     vq.setBase(r.base);
     const runner: RingRunner = new RingRunner(vq, r.kickFd, r.callFd, {
-      // A private copy of the request: the guest cannot change it under us.
-      request: (chain) => this.serve(index, Buffer.concat(chain.readable), chain.writable, (len) => runner.complete(chain.head, len)),
+      request: (chain) => {
+        const { request, writeSrc } = splitRequest(chain.readable);
+        this.serve(index, request, chain.writable, (len) => runner.complete(chain.head, len), writeSrc);
+      },
       badChain: (head, message) => this.badChain(index, head, message),
       broken: (message) => this.ringBroken(index, message),
       notifyFailed: (message) => this.notifyFailed(index, message),
@@ -408,18 +412,33 @@ export class VhostUserConnection implements QueueThreadSink {
 
   // ---- requests from queue threads (QueueThreadSink) -----------------------------------
 
-  request(q: number, gen: number, head: number, request: Buffer, writableGpa: number[]): void {
+  request(q: number, gen: number, head: number, request: Buffer, writableGpa: number[], writeSrcGpa?: number[]): void {
     const r = this.rings[q];
     if (!r || r.remoteGen !== gen || !this.mem) return; // the ring has stopped since
-    const writable: Uint8Array[] = [];
+    let writable: Uint8Array[];
+    let writeSrc: Uint8Array[] | undefined;
     try {
-      for (let i = 0; i < writableGpa.length; i += 2) writable.push(this.mem.slice(writableGpa[i]!, writableGpa[i + 1]!));
+      writable = this.views(writableGpa);
+      if (writeSrcGpa) writeSrc = this.views(writeSrcGpa);
     } catch {
       return; // checked by the thread against the same memory; cannot happen unless it changed
     }
-    this.serve(q, request, writable, (len) => {
-      if (r.remoteGen === gen && !this.closed) this.threads!.complete(q, gen, head, len);
-    });
+    this.serve(
+      q,
+      request,
+      writable,
+      (len) => {
+        if (r.remoteGen === gen && !this.closed) this.threads!.complete(q, gen, head, len);
+      },
+      writeSrc,
+    );
+  }
+
+  /** Guest memory at (guest-physical address, length) pairs. */
+  private views(gpa: number[]): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (let i = 0; i < gpa.length; i += 2) out.push(this.mem!.slice(gpa[i]!, gpa[i + 1]!));
+    return out;
   }
 
   badChain(q: number, head: number, message: string): void {
@@ -450,7 +469,8 @@ export class VhostUserConnection implements QueueThreadSink {
 
   // ---- serving -----------------------------------------------------------------------
 
-  private serve(index: number, request: Buffer, writable: Uint8Array[], complete: (len: number) => void): void {
+  /** `writeSrc`: a WRITE's data, left in guest memory (see splitRequest). */
+  private serve(index: number, request: Buffer, writable: Uint8Array[], complete: (len: number) => void, writeSrc?: Uint8Array[]): void {
     this.stats.requests++;
     this.stats.perQueue[index] = (this.stats.perQueue[index] ?? 0) + 1;
     let done = false;
@@ -466,7 +486,7 @@ export class VhostUserConnection implements QueueThreadSink {
         this.stats.zeroCopyBytes += placed;
         finish(scatter(chunks, writable) + placed);
       },
-      op === Opcode.FUSE_READ ? readTarget(writable) : undefined,
+      op === Opcode.FUSE_READ ? readTarget(writable) : writeSrc ? { payload: [], writeSrc } : undefined,
     );
     // Requests that get no reply (FORGET, BATCH_FORGET) still return their chain.
     if (!done && (op === Opcode.FUSE_FORGET || op === Opcode.FUSE_BATCH_FORGET || request.length < 16)) finish(0);

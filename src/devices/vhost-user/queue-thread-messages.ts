@@ -27,9 +27,10 @@ export type ToQueueThread =
 export type FromQueueThread =
   /**
    * Requests taken from ring q: request i is data[ends[i-1]..ends[i]) for chain heads[i],
-   * and its writable buffers are gpa[i] (guest-physical address and length pairs).
+   * and its writable buffers are gpa[i] (guest-physical address and length pairs). A WRITE
+   * whose data stays in guest memory has it at wsrc[i] (pairs too), else null.
    */
-  | { t: 'requests'; q: number; gen: number; data: ArrayBuffer; heads: number[]; ends: number[]; gpa: number[][] }
+  | { t: 'requests'; q: number; gen: number; data: ArrayBuffer; heads: number[]; ends: number[]; gpa: number[][]; wsrc: (number[] | null)[] }
   | { t: 'badChain'; q: number; head: number; message: string }
   | { t: 'broken'; q: number; gen: number; message: string }
   | { t: 'notifyFailed'; q: number; message: string };

@@ -16,7 +16,7 @@ import { CTL_SEQ, CTL_SLOTS, CTL_STATUS, CTL_VALUE, type FromQueueThread, type R
 
 /** What the queue threads hand to the device. */
 export interface QueueThreadSink {
-  request(q: number, gen: number, head: number, request: Buffer, writableGpa: number[]): void;
+  request(q: number, gen: number, head: number, request: Buffer, writableGpa: number[], writeSrcGpa?: number[]): void;
   badChain(q: number, head: number, message: string): void;
   broken(q: number, gen: number, message: string): void;
   notifyFailed(q: number, message: string): void;
@@ -81,7 +81,7 @@ export class QueueThreads {
         let from = 0;
         for (let i = 0; i < m.heads.length; i++) {
           const to = m.ends[i]!;
-          sink.request(m.q, m.gen, m.heads[i]!, data.subarray(from, to), m.gpa[i]!);
+          sink.request(m.q, m.gen, m.heads[i]!, data.subarray(from, to), m.gpa[i]!, m.wsrc[i] ?? undefined);
           from = to;
         }
         break;

@@ -5,6 +5,8 @@
  * answered to the used ring, signalling the driver.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { iovHead, iovLength, rangesAfter } from '../../util/iov.js';
+import { WRITE_HEAD, isPlainWrite } from './fuse-request.js';
 import { GuestMemory } from './guest-memory.js';
 import { CTL_SEQ, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
 import { RingRunner } from './ring-runner.js';
@@ -30,20 +32,26 @@ function start(s: RingStart): void {
       const chains = batch;
       batch = [];
       // One private copy of every request of the batch: the guest cannot change it under us.
+      // A WRITE's data is not parsed: it stays in guest memory (see splitRequest).
+      const wsrc = chains.map((c) => (isPlainWrite(iovHead(c.readable, WRITE_HEAD)) && iovLength(c.readable) > WRITE_HEAD ? rangesAfter(c.readableGpa, WRITE_HEAD) : null));
       let total = 0;
-      for (const c of chains) for (const b of c.readable) total += b.length;
+      for (let i = 0; i < chains.length; i++) total += wsrc[i] ? WRITE_HEAD : iovLength(chains[i]!.readable);
       const data = new ArrayBuffer(total);
       const bytes = new Uint8Array(data);
       const ends: number[] = [];
       let at = 0;
-      for (const c of chains) {
-        for (const b of c.readable) {
-          bytes.set(b, at);
-          at += b.length;
+      for (let i = 0; i < chains.length; i++) {
+        let room = wsrc[i] ? WRITE_HEAD : Infinity;
+        for (const b of chains[i]!.readable) {
+          if (room <= 0) break;
+          const part = b.length <= room ? b : b.subarray(0, room);
+          bytes.set(part, at);
+          at += part.length;
+          room -= part.length;
         }
         ends.push(at);
       }
-      post({ t: 'requests', q: s.q, gen: s.gen, data, heads: chains.map((c) => c.head), ends, gpa: chains.map((c) => c.writableGpa) }, [data]);
+      post({ t: 'requests', q: s.q, gen: s.gen, data, heads: chains.map((c) => c.head), ends, gpa: chains.map((c) => c.writableGpa), wsrc }, [data]);
     },
     badChain: (head, message) => post({ t: 'badChain', q: s.q, head, message }),
     broken: (message) => post({ t: 'broken', q: s.q, gen: s.gen, message }),

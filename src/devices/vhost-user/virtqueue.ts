@@ -17,7 +17,8 @@ export interface Chain {
   head: number;
   readable: Uint8Array[];
   writable: Uint8Array[];
-  /** Guest-physical address and length of each writable buffer, in pairs (for another thread to map). */
+  /** Guest-physical address and length of each buffer, in pairs (for another thread to map). */
+  readableGpa: number[];
   writableGpa: number[];
 }
 
@@ -89,7 +90,7 @@ export class Virtqueue {
   }
 
   private walk(head: number): Chain {
-    const chain: Chain = { head, readable: [], writable: [], writableGpa: [] };
+    const chain: Chain = { head, readable: [], writable: [], readableGpa: [], writableGpa: [] };
     let total = 0;
     let dv = this.descDv;
     let size = this.num;
@@ -133,7 +134,10 @@ export class Virtqueue {
         chain.writable.push(buf);
         chain.writableGpa.push(addr, len);
       } else if (chain.writable.length) throw new ChainError(head, 'readable descriptor after a writable one');
-      else chain.readable.push(buf);
+      else {
+        chain.readable.push(buf);
+        chain.readableGpa.push(addr, len);
+      }
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
       i = next;
     }

@@ -1,0 +1,25 @@
+/** What of a FUSE request taken from a descriptor chain is copied out of guest memory. */
+import { Opcode } from '../../fuse/opcodes.js';
+import { iovAfter, iovHead } from '../../util/iov.js';
+
+/** FUSE_IN_HEADER and fuse_write_in: all of a WRITE that is parsed. */
+export const WRITE_HEAD = 80;
+
+/** Whether a request that starts with `head` is a WRITE whose data may stay in guest memory (no extensions follow it). */
+export function isPlainWrite(head: Buffer): boolean {
+  return head.length === WRITE_HEAD && head.readUInt32LE(4) === Opcode.FUSE_WRITE && head.readUInt16LE(36) === 0;
+}
+
+/**
+ * The private copy of a request that is parsed (the guest cannot change it under us). A
+ * WRITE's data is not parsed: it stays in guest memory and goes to the backend from there,
+ * as a device's DMA would read it.
+ */
+export function splitRequest(readable: Uint8Array[]): { request: Buffer; writeSrc?: Uint8Array[] } {
+  const head = iovHead(readable, WRITE_HEAD);
+  if (isPlainWrite(head)) {
+    const writeSrc = iovAfter(readable, WRITE_HEAD);
+    if (writeSrc.length > 0) return { request: head, writeSrc };
+  }
+  return { request: head.length === WRITE_HEAD ? Buffer.concat(readable) : head };
+}
