@@ -7,7 +7,9 @@ import { FUSE_INIT_BSWAP_RESERVED, Opcode, SIZE } from '../src/fuse/opcodes.js';
 import { encodeRequest } from '../src/fuse/request-codec.js';
 import { RequestSpecs } from '../src/fuse/request-specs.js';
 import { Writer } from '../src/fuse/wire.js';
-import { SessionPeer } from './helpers/session-peer.js';
+import { type OutMsg, SessionPeer, parseOut } from './helpers/session-peer.js';
+import { WRITE_HEAD, splitRequest } from '../src/devices/vhost-user/fuse-request.js';
+import type { ReplyTarget } from '../src/fuse/session.js';
 
 const S_IFREG = 0o100000;
 
@@ -86,6 +88,43 @@ test('WRITE whose size disagrees with the data, and absurd READ sizes, are refus
   assert.equal(rd.error, -Errno.EINVAL);
   const bf = encodeRequest({ opcode: Opcode.FUSE_BATCH_FORGET, unique: 61n }, [['u32', 'count'], ['u32', 'dummy']], { count: 1_000_000 });
   assert.deepEqual(await p.raw(bf), [], 'no reply to a (bad) BATCH_FORGET');
+  await stillServes(p);
+});
+
+test('WRITE data held in place by the transport: split anywhere, checked against its header', async () => {
+  const p = await ready();
+  const created = await p.call(Opcode.FUSE_CREATE, 1, { flags: 2, mode: S_IFREG | 0o644, umask: 0, name: 'z' });
+  const ino = Number(created.body.readBigUInt64LE(0));
+  const fh = Number(created.body.readBigUInt64LE(SIZE.entry_out));
+  const data = Buffer.from(Array.from({ length: 5000 }, (_, i) => i % 251));
+  const whole = encodeRequest({ opcode: Opcode.FUSE_WRITE, unique: 70n, nodeid: ino }, RequestSpecs[Opcode.FUSE_WRITE], { fh, offset: 3, size: data.length, data });
+  // Chains as a guest lays them out: the header over three buffers, the data over two.
+  const chain = [whole.subarray(0, 7), whole.subarray(7, 50), whole.subarray(50, 90), whole.subarray(90, 4200), whole.subarray(4200)];
+  const { request, writeSrc } = splitRequest(chain);
+  assert.equal(request.length, WRITE_HEAD);
+  assert.ok(writeSrc && Buffer.concat(writeSrc).equals(data));
+  assert.equal(writeSrc[0]!.buffer, whole.buffer, 'the data is not copied');
+  const send = (target: ReplyTarget, head: Uint8Array) =>
+    new Promise<OutMsg>((resolve) => p.session.handle(head, (chunks) => resolve(parseOut(chunks)), target));
+  const ok = await send({ payload: [], writeSrc }, request);
+  assert.equal(ok.error, 0);
+  assert.equal(ok.body.readUInt32LE(0), data.length);
+  const back = await p.call(Opcode.FUSE_READ, ino, { fh, offset: 3, size: data.length });
+  assert.ok(back.body.equals(data));
+  // The header's length must count the data held elsewhere (else the request is malformed),
+  // fuse_write_in.size must match it, and only a WRITE may have any.
+  assert.equal((await send({ payload: [], writeSrc: [data.subarray(0, 100)] }, request)).error, -Errno.EIO);
+  const lying = Buffer.from(request);
+  lying.writeUInt32LE(4000, 56); // fuse_write_in.size
+  assert.equal((await send({ payload: [], writeSrc }, lying)).error, -Errno.EINVAL);
+  const getattr = encodeRequest({ opcode: Opcode.FUSE_GETATTR, unique: 71n, nodeid: ino }, RequestSpecs[Opcode.FUSE_GETATTR], { getattr_flags: 0, fh: 0 });
+  assert.equal((await send({ payload: [], writeSrc: [data] }, getattr)).error, -Errno.EIO);
+  // Not split: requests other than WRITE, WRITEs with extensions, too short to be a WRITE.
+  assert.equal(splitRequest([getattr]).writeSrc, undefined);
+  const ext = Buffer.from(whole);
+  ext.writeUInt16LE(1, 36);
+  assert.equal(splitRequest([ext]).writeSrc, undefined);
+  assert.equal(splitRequest([whole.subarray(0, 60)]).request.length, 60);
   await stillServes(p);
 });
 
