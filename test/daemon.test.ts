@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { mountAt } from '../src/devices/devfuse/mounts.js';
-import { CLI, isDpfsMount, sh, startDaemon, startDaemonScript, stopDaemon, waitFor } from './helpers/daemon.js';
+import { CLI, isDpfsMount, sh, startDaemon, startDaemonScript, stopDaemon, waitFor, withPassthrough } from './helpers/daemon.js';
 
 const execFileP = promisify(execFile);
 
@@ -229,6 +229,36 @@ test('the kernel sends FLUSH once at most: backends with nothing to flush answer
   } finally {
     await stopDaemon(d, [dir]);
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+const lookupsOf = (log: string, name: string) => (log.match(new RegExp(`"op":"FUSE_LOOKUP"[^\\n]*"name":"${name}"[^\\n]*"msg":"request"`, 'g')) ?? []).length;
+
+test('a missing name is remembered by the kernel for the entry timeout, and found once it exists', async () => {
+  const dir = tempDir();
+  const d = startDaemon(['mount', dir, '--debug']);
+  try {
+    await waitFor(() => isDpfsMount(dir), 'mount');
+    await sh(`for i in 1 2 3; do stat "${dir}/missing" 2>/dev/null && exit 1; done; true`);
+    assert.equal(lookupsOf(d.stderr(), 'missing'), 1, 'one LOOKUP, then the negative entry');
+    assert.equal((await sh(`touch "${dir}/missing" && stat -c %s "${dir}/missing"`)).trim(), '0');
+  } finally {
+    await stopDaemon(d, [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  // The passthrough's host may create the name itself: it shows once the timeout (1 s) passed;
+  // with cache=never nothing is remembered.
+  for (const cache of ['auto', 'never']) {
+    await withPassthrough(
+      async (mnt, src, pd) => {
+        await sh(`stat "${mnt}/late" 2>/dev/null && exit 1; stat "${mnt}/late" 2>/dev/null && exit 1; true`);
+        assert.equal(lookupsOf(pd.stderr(), 'late'), cache === 'never' ? 2 : 1, `cache=${cache}`);
+        writeFileSync(join(src, 'late'), 'from the host');
+        if (cache !== 'never') await new Promise((r) => setTimeout(r, 1200));
+        assert.equal((await sh(`cat "${mnt}/late"`)).trim(), 'from the host');
+      },
+      ['--debug', '--cache', cache],
+    );
   }
 });
 

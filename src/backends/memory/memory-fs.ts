@@ -44,6 +44,7 @@ import { compareTimespec, nowTimespec } from '../../util/time.js';
 import { DirTable } from './dir-table.js';
 import { FileData } from './file-data.js';
 import { FileLocks } from '../../fs/file-locks.js';
+import { negativeEntry } from '../../fs/negative-entry.js';
 import { check, checkSticky, inGroup, isOwnerOrRoot, permits } from './permissions.js';
 import { iovLength } from '../../util/iov.js';
 
@@ -276,7 +277,8 @@ export class MemoryFs implements FileSystem {
     if (name === '.') child = parent;
     else if (name === '..') child = parent.parent ?? parent;
     else child = parent.dir.get(name);
-    if (!child) throw new FsError(Errno.ENOENT);
+    // This backend is the only writer: the kernel may remember a missing name as long as any.
+    if (!child) return negativeEntry(this.timeout);
     return this.entry(child);
   }
 

@@ -29,7 +29,8 @@ import type {
   WriteInfo,
 } from '../../fs/api.js';
 import { FileLocks } from '../../fs/file-locks.js';
-import { Errno, FsError, fail } from '../../fuse/errno.js';
+import { negativeEntry } from '../../fs/negative-entry.js';
+import { Errno, FsError, errnoOf, fail } from '../../fuse/errno.js';
 import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_PASSTHROUGH, FUSE_WRITE_KILL_SUIDGID } from '../../fuse/opcodes.js';
 import {
   AT_EMPTY_PATH,
@@ -293,10 +294,16 @@ export class PassthroughFs implements FileSystem {
 
   // ---- FileSystem --------------------------------------------------------------------
 
-  lookup(ctx: RequestContext, parent: number, name: string): Promise<Entry> {
+  async lookup(ctx: RequestContext, parent: number, name: string): Promise<Entry> {
     // The kernel resolves "." and ".." itself; from anyone else they could climb out.
     if (name === '.' || name === '..') throw new FsError(Errno.EPERM, 'no dot lookups');
-    return this.lookupIn(ctx, this.table.get(parent), name);
+    try {
+      return await this.lookupIn(ctx, this.table.get(parent), name);
+    } catch (err) {
+      // A name that does not exist: the kernel may remember that as long as it remembers names.
+      if (this.timeout > 0 && errnoOf(err) === Errno.ENOENT) return negativeEntry(this.timeout);
+      throw err;
+    }
   }
 
   forget(ino: number, nlookup: number): void {
