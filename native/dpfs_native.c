@@ -4,7 +4,7 @@
  *   poll.c   fd readiness on the calling thread's event loop
  *   fsops.c  *at() system calls run on libuv's pool with the caller's credentials
  *   vhost.c  unix sockets with descriptor passing, memfd, eventfd
- *   fusedev.c  kernel FUSE passthrough backing files (/dev/fuse ioctls)
+ *   fusedev.c  /dev/fuse reads and writes, kernel FUSE passthrough backing files (ioctls)
  *   shared_map.cc  guest memory as a SharedArrayBuffer shared by threads
  *   nowait.c  page-cache reads and writes that never block (RWF_NOWAIT)
  *   uring.c  io_uring for the reads, writes and fsyncs that may wait
@@ -30,6 +30,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"eventfd", NULL, js_eventfd, NULL, NULL, NULL, napi_default, NULL},
       {"backingOpen", NULL, js_backing_open, NULL, NULL, NULL, napi_default, NULL},
       {"backingClose", NULL, js_backing_close, NULL, NULL, NULL, napi_default, NULL},
+      {"devRead", NULL, js_dev_read, NULL, NULL, NULL, napi_default, NULL},
+      {"devWritev", NULL, js_dev_writev, NULL, NULL, NULL, napi_default, NULL},
       {"rwNowait", NULL, js_rw_nowait, NULL, NULL, NULL, napi_default, NULL},
       {"uringCreate", NULL, js_uring_create, NULL, NULL, NULL, napi_default, NULL},
       {"uringSubmit", NULL, js_uring_submit, NULL, NULL, NULL, napi_default, NULL},

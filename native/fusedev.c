@@ -3,11 +3,14 @@
  * FUSE open, so the kernel serves its reads and writes without the daemon.
  *   backingOpen(devFd, fd) -> backing id      FUSE_DEV_IOC_BACKING_OPEN
  *   backingClose(devFd, id)                   FUSE_DEV_IOC_BACKING_CLOSE
+ * and the device's own reads and writes (see below).
  */
 #include "common.h"
 
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 struct fuse_backing_map {
   int32_t fd;
@@ -42,4 +45,58 @@ napi_value js_backing_close(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_uint32(env, argv[1], &id));
   if (ioctl(dev, FUSE_DEV_IOC_BACKING_CLOSE, &id) < 0) return throw_errno(env, errno, "FUSE_DEV_IOC_BACKING_CLOSE");
   return NULL;
+}
+
+/*
+ * The request and reply path of /dev/fuse, one call each (Node's fs calls cost more than
+ * the system call for messages this small):
+ *   devRead(devFd, scratch) -> a new Buffer holding the request read into scratch, or a
+ *     number: 0 at end of file, -errno on failure (EAGAIN: nothing queued).
+ *   devWritev(devFd, chunks) -> bytes written; throws on failure (code: the errno name).
+ */
+napi_value js_dev_read(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  void *data;
+  size_t len;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  ssize_t n = read(fd, data, len);
+  if (n <= 0) return int32_value(env, n == 0 ? 0 : -errno);
+  napi_value out;
+  void *copy;
+  CHECK(napi_create_buffer_copy(env, (size_t)n, data, &copy, &out));
+  return out;
+}
+
+#define DEV_IOV_MAX 64
+
+napi_value js_dev_writev(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  uint32_t n;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_array_length(env, argv[1], &n));
+  if (n == 0 || n > DEV_IOV_MAX) return throw_errno(env, EINVAL, "writev");
+  struct iovec iov[DEV_IOV_MAX];
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value c;
+    napi_typedarray_type type;
+    size_t length;
+    void *data;
+    CHECK(napi_get_element(env, argv[1], i, &c));
+    if (napi_get_typedarray_info(env, c, &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array)
+      return throw_errno(env, EINVAL, "writev");
+    iov[i].iov_base = data;
+    iov[i].iov_len = length;
+  }
+  ssize_t w = writev(fd, iov, (int)n);
+  if (w < 0) return throw_errno(env, errno, "writev");
+  napi_value out;
+  napi_create_double(env, (double)w, &out);
+  return out;
 }

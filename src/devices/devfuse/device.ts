@@ -3,11 +3,11 @@
  * it through a Session. Reads happen on dedicated reader threads so the event loop never
  * blocks, and so that the daemon's own process may use the mount without deadlocking.
  */
-import { closeSync, constants, existsSync, openSync, readFileSync, readSync, statSync, writeFileSync, writev, writevSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync, statSync, writeFileSync, writev } from 'node:fs';
 import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import type { FileSystem } from '../../fs/api.js';
-import { Errno, FsError, errnoOf } from '../../fuse/errno.js';
+import { Errno, FsError, errnoName, errnoOf } from '../../fuse/errno.js';
 import { Session } from '../../fuse/session.js';
 import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, native } from '../../native/native.js';
 import type { Logger } from '../../util/log.js';
@@ -124,7 +124,7 @@ export class DevFuseDevice {
   }
 
   private send = (chunks: Uint8Array[]) => {
-    writevSync(this.fd, chunks);
+    native().devWritev(this.fd, chunks);
   };
 
   private finish(): void {
@@ -143,21 +143,14 @@ export class DevFuseDevice {
   private startPolling(bufSize: number): void {
     const buf = Buffer.allocUnsafe(bufSize);
     const onReadable = () => {
-      let n: number;
-      try {
-        n = readSync(this.fd, buf, 0, bufSize, null);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'EAGAIN' || code === 'EINTR' || code === 'ENOENT') return;
-        this.stopPolling(code);
+      // A private copy of each request: backends may hold it (write data) past this call.
+      const r = native().devRead(this.fd, buf);
+      if (typeof r !== 'number') {
+        this.session.handle(r, this.send);
         return;
       }
-      if (n === 0) {
-        this.stopPolling('EOF');
-        return;
-      }
-      // A private copy: backends may hold the request (write data) past this call.
-      this.session.handle(Buffer.from(buf.subarray(0, n)), this.send);
+      if (r === -Errno.EAGAIN || r === -Errno.EINTR || r === -Errno.ENOENT) return;
+      this.stopPolling(r === 0 ? 'EOF' : errnoName(-r));
     };
     this.watcher = native().watch(this.fd, onReadable);
   }
