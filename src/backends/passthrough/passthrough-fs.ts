@@ -123,6 +123,7 @@ export class PassthroughFs implements FileSystem {
   private readonly cache: CacheMode;
   private readonly switchCreds: boolean;
   private kernelIo?: KernelPassthrough;
+  private lastCreds?: { uid: number; gid: number; groups: readonly number[]; creds: Creds };
   /**
    * Kernel passthrough needs one backing file per inode for all its opens, shared and
    * counted: registered from the first open's descriptor. The kernel keeps its own
@@ -179,8 +180,13 @@ export class PassthroughFs implements FileSystem {
 
   private creds(ctx: RequestContext): Creds {
     if (!this.switchCreds) return null;
-    const groups = ctx.groups.map((g) => this.gids.toHost(g));
-    return [this.uids.toHost(ctx.uid), this.gids.toHost(ctx.gid), ...groups];
+    // Requests come in runs from one caller (whose group list the transport caches): reuse.
+    const groups = ctx.groups;
+    const last = this.lastCreds;
+    if (last && last.uid === ctx.uid && last.gid === ctx.gid && last.groups === groups) return last.creds;
+    const creds = [this.uids.toHost(ctx.uid), this.gids.toHost(ctx.gid), ...groups.map((g) => this.gids.toHost(g))];
+    this.lastCreds = { uid: ctx.uid, gid: ctx.gid, groups, creds };
+    return creds;
   }
 
   private writable(): void {
