@@ -194,18 +194,19 @@ fail:
 }
 
 /*
- * An open that must not wait, on this thread: never across a mount (the file may be on
- * another file system), and O_NONBLOCK so that a lease another process holds on the file
- * is not waited for (EAGAIN, as is anything refused: the pool then opens it as asked).
+ * An open that must not wait, on this thread: O_NONBLOCK so that a lease another process
+ * holds on the file is not waited for (EAGAIN, as is anything refused: the pool then opens
+ * it as asked), and with `by_name` never across a mount (a name may lead to another file
+ * system; a /proc/self/fd reopen of an inode we hold may not, it leads to that inode).
  * O_NONBLOCK is cleared again unless the caller asked for it.
  */
-static int open_now(int dirfd, const char *name, int flags, mode_t mode) {
+static int open_now(int dirfd, const char *name, int flags, mode_t mode, int by_name) {
   struct open_how how = {
       .flags = (uint64_t)(flags | O_NONBLOCK | O_CLOEXEC),
       .mode = flags & (O_CREAT | __O_TMPFILE) ? mode : 0,
       .resolve = RESOLVE_NO_XDEV,
   };
-  int fd = (int)syscall(SYS_openat2, dirfd, name, &how, sizeof how);
+  int fd = by_name ? (int)syscall(SYS_openat2, dirfd, name, &how, sizeof how) : openat(dirfd, name, (int)how.flags, mode);
   if (fd < 0) {
     if (errno == EINVAL || errno == ENOSYS || errno == E2BIG || errno == EXDEV || errno == EWOULDBLOCK) errno = EAGAIN;
     return -1;
@@ -218,7 +219,7 @@ static int64_t run(fsop_t *r) {
   int64_t *a = r->a;
   switch (r->op) {
     case OP_OPENAT:
-      if (a[3]) return open_now((int)a[0], r->s1, (int)a[1], (mode_t)a[2]);
+      if (a[3]) return open_now((int)a[0], r->s1, (int)a[1], (mode_t)a[2], 0);
       return openat((int)a[0], r->s1, (int)a[1], (mode_t)a[2]);
     case OP_MKDIRAT:
       return mkdirat((int)a[0], r->s1, (mode_t)a[1]);
@@ -339,7 +340,7 @@ static int64_t run(fsop_t *r) {
        * at 396. Returns the open file's descriptor. a[3] != 0: on this thread (see open_now).
        */
       if (r->buflen < 400) return errno = EINVAL, -1;
-      int fd = a[3] ? open_now((int)a[0], r->s1, (int)a[1], (mode_t)a[2]) : openat((int)a[0], r->s1, (int)a[1] | O_CLOEXEC, (mode_t)a[2]);
+      int fd = a[3] ? open_now((int)a[0], r->s1, (int)a[1], (mode_t)a[2], 1) : openat((int)a[0], r->s1, (int)a[1] | O_CLOEXEC, (mode_t)a[2]);
       if (fd < 0) return -1;
       if (r->has_creds) restore();
       char path[32];

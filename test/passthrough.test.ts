@@ -1,6 +1,6 @@
 /** The passthrough backend: real programs on a mount, host-side checks, credentials, confinement. */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, lstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { PassthroughFs } from '../src/backends/passthrough/passthrough-fs.js';
 import { Errno } from '../src/fuse/errno.js';
 import { Opcode } from '../src/fuse/opcodes.js';
-import { AT_EMPTY_PATH, sys } from '../src/native/syscalls.js';
+import { AT_EMPTY_PATH, sys, sysNowStats } from '../src/native/syscalls.js';
 import { sh, withPassthrough } from './helpers/daemon.js';
 import { SessionPeer } from './helpers/session-peer.js';
 import { workloads } from './helpers/workloads.js';
@@ -84,6 +84,63 @@ test('passthrough: lookups on the event loop answer from the dentry cache only, 
     assert.equal(sys.lookupNow(null, fd, 'never-looked-up', st.devMajor, st.devMinor, true), null, 'an uncached name: left to the pool');
   } finally {
     closeSync(fd);
+    await sh(`umount -l "${src}/sub"`);
+    rmSync(src, { recursive: true, force: true });
+  }
+});
+
+/** Takes a read lease on argv[1], says so, and keeps it 1.5 s (ignoring the break signal). */
+const LEASE_HOLDER = `
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+print('leased', flush=True)
+time.sleep(1.5)
+`;
+
+test('passthrough: on tmpfs, opens and creates run on the event loop; across a mount or with a lease they take the pool', async () => {
+  const src = mkdtempSync(join('/dev/shm', 'dpfs-src-'));
+  mkdirSync(join(src, 'sub'));
+  writeFileSync(join(src, 'f'), 'x');
+  await sh(`mount -t tmpfs -o size=1m dpfs-test-sub "${src}/sub"`);
+  const fs = new PassthroughFs({ root: src });
+  const p = new SessionPeer(fs);
+  try {
+    assert.equal((await p.init()).error, 0);
+    const before = sysNowStats.poolFallbacks;
+    const f = await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'f' });
+    const ino = Number(f.body.readBigUInt64LE(0));
+    const o = await p.call(Opcode.FUSE_OPEN, ino, { flags: 0 });
+    assert.equal(o.error, 0);
+    const d = await p.call(Opcode.FUSE_OPENDIR, 1, { flags: 0 });
+    assert.equal(d.error, 0);
+    const c = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101, mode: 0o100644, umask: 0, name: 'g' });
+    assert.equal(c.error, 0);
+    assert.equal(sysNowStats.poolFallbacks, before, 'open, opendir and create were served on the event loop');
+    // A name that is a mount point is another file system: that create is left to the pool.
+    const sub = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101, mode: 0o100644, umask: 0, name: 'sub' });
+    assert.equal(sub.error, -Errno.EISDIR);
+    assert.equal(sysNowStats.poolFallbacks, before + 1);
+    // A host process holds a lease on f: opening it for writing must wait for the lease to be
+    // broken, on the pool, while the event loop goes on serving.
+    const holder = spawn('python3', ['-c', LEASE_HOLDER, join(src, 'f')], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        holder.stdout.once('data', () => resolve());
+        holder.once('exit', (code) => reject(new Error(`lease holder exited (${code})`)));
+      });
+      const order: string[] = [];
+      const open = p.call(Opcode.FUSE_OPEN, ino, { flags: 1 }).then((r) => (order.push('open'), r));
+      const attr = p.call(Opcode.FUSE_GETATTR, 1, { getattr_flags: 0, dummy: 0, fh: 0 }).then((r) => (order.push('getattr'), r));
+      assert.equal((await attr).error, 0);
+      assert.equal((await open).error, 0);
+      assert.deepEqual(order, ['getattr', 'open'], 'the event loop served on while the open waited');
+      assert.equal(sysNowStats.poolFallbacks, before + 2);
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  } finally {
     await sh(`umount -l "${src}/sub"`);
     rmSync(src, { recursive: true, force: true });
   }

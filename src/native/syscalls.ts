@@ -178,11 +178,16 @@ export type TimeArg = Timespec | 'now' | 'omit';
 /** The calls, run by `callPool` or `callHere` (this thread). */
 function calls(call: Call, here: boolean) {
   return {
+    /** On this thread (sysNow): only to reopen an inode held in memory through /proc/self/fd. */
     openat(c: Creds, dirfd: number, name: string, flags: number, mode = 0): Promise<number> {
       const a = [dirfd, flags | O_CLOEXEC, mode];
       if (!here) return call(Op.OPENAT, c, a, name);
-      // Refused here (a lease to wait for, a mount to cross): the pool opens it as asked.
-      return call(Op.OPENAT, c, [...a, 1], name).catch((err) => (errnoOf(err) === Errno.EAGAIN ? callPool(Op.OPENAT, c, a, name) : Promise.reject(err)));
+      // Refused here (a lease to wait for): the pool opens it as asked.
+      return call(Op.OPENAT, c, [...a, 1], name).catch((err) => {
+        if (errnoOf(err) !== Errno.EAGAIN) throw err;
+        sysNowStats.poolFallbacks++;
+        return callPool(Op.OPENAT, c, a, name);
+      });
     },
     mkdirat: (c: Creds, dirfd: number, name: string, mode: number) => call(Op.MKDIRAT, c, [dirfd, mode], name),
     mknodat: (c: Creds, dirfd: number, name: string, mode: number, dev: number) => call(Op.MKNODAT, c, [dirfd, mode, dev], name),
@@ -301,6 +306,9 @@ function calls(call: Call, here: boolean) {
 
 export const sysNow = calls(callHere, true);
 
+/** Opens and creates that were refused on this thread and went to the pool. */
+export const sysNowStats = { poolFallbacks: 0 };
+
 export const sys = {
   ...calls(callPool, false),
   /**
@@ -327,7 +335,10 @@ export const sys = {
    */
   createNow(c: Creds, dirfd: number, name: string, flags: number, mode: number): CreatedFile | null {
     const fd = callNow(Op.CREATE, c, [dirfd, flags, mode, 1], name, null, scratch);
-    if (fd === -Errno.EAGAIN) return null;
+    if (fd === -Errno.EAGAIN) {
+      sysNowStats.poolFallbacks++;
+      return null;
+    }
     if (fd < 0) throw new FsError(-fd);
     return { fd, looked: looked(scratch.readInt32LE(LOOKED_BYTES), scratch, scratchView) };
   },

@@ -40,8 +40,14 @@ export class SessionPeer {
   async init(minor = 45, flags = 0x73fffffb, flags2 = 0x5fd): Promise<OutMsg> {
     const w = new Writer().u32(7).u32(minor).u32(131072).u32(flags).u32(flags2).zeros(44);
     const buf = encodeRequest({ opcode: Opcode.FUSE_INIT, unique: 2n }, [['data', 'raw']], { raw: w.finish() });
-    const [r] = await this.raw(buf);
-    return r!;
+    // The backend's init may take a while (a passthrough opens its export through the pool).
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no reply to INIT')), 10000);
+      this.session.handle(buf, (chunks) => {
+        clearTimeout(timer);
+        resolve(parseOut(chunks));
+      });
+    });
   }
 
   /** Sends one request and waits for its single reply. */
