@@ -104,6 +104,7 @@ test('passthrough: on tmpfs, opens and creates run on the event loop; across a m
   mkdirSync(join(src, 'sub'));
   writeFileSync(join(src, 'f'), 'x');
   await sh(`mount -t tmpfs -o size=1m dpfs-test-sub "${src}/sub"`);
+  const umask = process.umask(); // the backend zeroes the process umask, as a daemon must
   const fs = new PassthroughFs({ root: src });
   const p = new SessionPeer(fs);
   try {
@@ -141,6 +142,8 @@ test('passthrough: on tmpfs, opens and creates run on the event loop; across a m
       holder.kill('SIGKILL');
     }
   } finally {
+    process.umask(umask);
+    await fs.destroy();
     await sh(`umount -l "${src}/sub"`);
     rmSync(src, { recursive: true, force: true });
   }
