@@ -1,6 +1,7 @@
 /* Shared helpers of the dpfs native addon. */
 #include "common.h"
 
+#include <sys/uio.h>
 #include <unistd.h>
 
 napi_value errno_error(napi_env env, int err, const char *syscall) {
@@ -46,4 +47,16 @@ char *get_string(napi_env env, napi_value v) {
     return NULL;
   }
   return s;
+}
+
+uint32_t get_iovecs(napi_env env, napi_value array, struct iovec *iov, uint32_t max) {
+  bool is_array;
+  uint32_t n;
+  if (napi_is_array(env, array, &is_array) != napi_ok || !is_array) return 0;
+  if (napi_get_array_length(env, array, &n) != napi_ok || n == 0 || n > max) return 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value b;
+    if (napi_get_element(env, array, i, &b) != napi_ok || napi_get_buffer_info(env, b, &iov[i].iov_base, &iov[i].iov_len) != napi_ok) return 0;
+  }
+  return n;
 }

@@ -27,6 +27,12 @@ napi_value close_and_throw(napi_env env, int fd, const char *syscall);
 napi_value int32_value(napi_env env, int32_t n);
 /* Copies a JS string argument into a malloc'd C string (caller frees); NULL on failure. */
 char *get_string(napi_env env, napi_value v);
+/*
+ * Fills iov from a JS array of 1..max Buffers/Uint8Arrays (their memory, no copy); returns
+ * how many, or 0 if it is not such an array.
+ */
+struct iovec;
+uint32_t get_iovecs(napi_env env, napi_value array, struct iovec *iov, uint32_t max);
 
 napi_value js_mount(napi_env env, napi_callback_info info);
 napi_value js_umount2(napi_env env, napi_callback_info info);

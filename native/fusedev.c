@@ -77,23 +77,11 @@ napi_value js_dev_writev(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   int32_t fd;
-  uint32_t n;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_value_int32(env, argv[0], &fd));
-  CHECK(napi_get_array_length(env, argv[1], &n));
-  if (n == 0 || n > DEV_IOV_MAX) return throw_errno(env, EINVAL, "writev");
   struct iovec iov[DEV_IOV_MAX];
-  for (uint32_t i = 0; i < n; i++) {
-    napi_value c;
-    napi_typedarray_type type;
-    size_t length;
-    void *data;
-    CHECK(napi_get_element(env, argv[1], i, &c));
-    if (napi_get_typedarray_info(env, c, &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array)
-      return throw_errno(env, EINVAL, "writev");
-    iov[i].iov_base = data;
-    iov[i].iov_len = length;
-  }
+  uint32_t n = get_iovecs(env, argv[1], iov, DEV_IOV_MAX);
+  if (n == 0) return throw_errno(env, EINVAL, "writev");
   ssize_t w = writev(fd, iov, (int)n);
   if (w < 0) return throw_errno(env, errno, "writev");
   napi_value out;

@@ -20,23 +20,15 @@ napi_value js_rw_nowait(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   int32_t fd;
   double offset;
-  bool write, is_array;
-  uint32_t n;
+  bool write;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 4) return throw_errno(env, EINVAL, "rwNowait");
   CHECK(napi_get_value_int32(env, argv[0], &fd));
-  CHECK(napi_is_array(env, argv[1], &is_array));
   CHECK(napi_get_value_double(env, argv[2], &offset));
   CHECK(napi_get_value_bool(env, argv[3], &write));
-  if (!is_array || offset < 0) return throw_errno(env, EINVAL, "rwNowait");
-  CHECK(napi_get_array_length(env, argv[1], &n));
-  if (n == 0 || n > MAX_IOV) return throw_errno(env, EINVAL, "rwNowait");
   struct iovec iov[MAX_IOV];
-  for (uint32_t i = 0; i < n; i++) {
-    napi_value b;
-    CHECK(napi_get_element(env, argv[1], i, &b));
-    CHECK(napi_get_buffer_info(env, b, &iov[i].iov_base, &iov[i].iov_len));
-  }
+  uint32_t n = get_iovecs(env, argv[1], iov, MAX_IOV);
+  if (n == 0 || offset < 0) return throw_errno(env, EINVAL, "rwNowait");
   ssize_t r = write ? pwritev2(fd, iov, (int)n, (off_t)offset, RWF_NOWAIT) : preadv2(fd, iov, (int)n, (off_t)offset, RWF_NOWAIT);
   napi_value v;
   napi_create_double(env, r < 0 ? -(double)errno : (double)r, &v);

@@ -169,12 +169,9 @@ napi_value js_uring_submit(napi_env env, napi_callback_info info) {
   if (!r) return throw_errno(env, ENOMEM, "uringSubmit");
   r->id = id;
   r->niov = (int)n;
-  for (uint32_t i = 0; i < n; i++) {
-    napi_value b;
-    if (napi_get_element(env, argv[4], i, &b) != napi_ok || napi_get_buffer_info(env, b, &r->iov[i].iov_base, &r->iov[i].iov_len) != napi_ok) {
-      free(r);
-      return throw_errno(env, EINVAL, "uringSubmit");
-    }
+  if (n > 0 && get_iovecs(env, argv[4], r->iov, n) != n) {
+    free(r);
+    return throw_errno(env, EINVAL, "uringSubmit");
   }
   struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
   if (!sqe) {
