@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { MemoryFs } from '../src/backends/memory/memory-fs.js';
 import { NullFs } from '../src/backends/null/null-fs.js';
-import { VhostUserFsDevice } from '../src/devices/vhost-user/device.js';
+import { VhostUserFsDevice, defaultQueueThreads } from '../src/devices/vhost-user/device.js';
 import type { FileSystem } from '../src/fs/api.js';
 import { Opcode } from '../src/fuse/opcodes.js';
 import { encodeRequest } from '../src/fuse/request-codec.js';
@@ -129,6 +129,15 @@ for (const threads of [0, 1]) test(`hostile descriptor chains are returned unans
     }
     assert.ok((dev.connection?.stats.badChains ?? 0) >= 6, `bad chains seen: ${dev.connection?.stats.badChains}`);
   });
+});
+
+test('queue threads by default only where each request queue gets a core beside two spare ones', () => {
+  assert.equal(defaultQueueThreads(1, 64), 0, 'one request queue: the event loop serves it');
+  assert.equal(defaultQueueThreads(2, 2), 0, 'two cores: no spare core for threads');
+  assert.equal(defaultQueueThreads(2, 3), 0);
+  assert.equal(defaultQueueThreads(2, 4), 2);
+  assert.equal(defaultQueueThreads(8, 16), 8);
+  assert.equal(defaultQueueThreads(15, 16), 0);
 });
 
 test('two request queues on two queue threads serve requests independently', async () => {

@@ -7,6 +7,7 @@ import { closeSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { availableParallelism, release } from 'node:os';
 import { devFuseUsable } from '../devices/devfuse/device.js';
+import { defaultQueueThreads } from '../devices/vhost-user/device.js';
 import { native } from '../native/native.js';
 import { Uring } from '../native/uring.js';
 
@@ -55,7 +56,7 @@ export function reportDevices(): DeviceReport[] {
     detail: shared
       ? `no shared guest memory: ${shared}`
       : `virtio-fs devices for QEMU's vhost-user-fs-pci; ${cores} cores: ` +
-        (cores >= 4 ? `queue threads by default for 2 to ${cores - 2} request queues` : 'request queues on the event loop by default (queue threads need spare cores)') +
+        (defaultQueueThreads(2, cores) ? `queue threads by default for 2 to ${cores - 2} request queues` : 'request queues on the event loop by default (queue threads need spare cores)') +
         (qemu ? `; ${qemu}` : '; no QEMU found'),
   });
 

@@ -14,6 +14,15 @@ import { type Logger, silentLogger } from '../../util/log.js';
 import { type RequestSink, VhostUserConnection } from './connection.js';
 import { QueueThreads } from './queue-threads.js';
 
+/**
+ * Queue threads when the configuration names none: one per request queue where there are
+ * several and the machine has a core for each plus two (the event loop and the kernel's
+ * share); else none, for on few cores threads cost more in hand-offs than they add.
+ */
+export function defaultQueueThreads(requestQueues: number, cores = availableParallelism()): number {
+  return requestQueues > 1 && cores >= requestQueues + 2 ? requestQueues : 0;
+}
+
 export interface VhostUserFsOptions {
   socketPath: string;
   fs: FileSystem;
@@ -73,8 +82,7 @@ export class VhostUserFsDevice implements RequestSink {
 
   start(): void {
     const requestQueues = this.requestQueues;
-    const parallel = requestQueues > 1 && availableParallelism() >= requestQueues + 2;
-    const threads = Math.min(this.options.threads ?? (parallel ? requestQueues : 0), requestQueues);
+    const threads = Math.min(this.options.threads ?? defaultQueueThreads(requestQueues), requestQueues);
     if (threads > 0) this.threads = new QueueThreads(threads, this.log);
     this.listenFd = native().listenUnix(this.options.socketPath);
     this.listenWatch = native().watch(this.listenFd, () => this.onAcceptable());
