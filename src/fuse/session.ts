@@ -227,7 +227,7 @@ export class Session {
       return;
     }
     const ext = decodeExtensions(buf, h);
-    const outOfLine = target?.writeSrc ? h.len - buf.length : 0;
+    const outOfLine = h.len - buf.length; // WRITE data held in place (handle checked its length)
     const bodyEnd = h.len - h.total_extlen * 8 - outOfLine;
     const spec = op === Opcode.FUSE_SETXATTR && this.setxattrExt ? SetxattrExtSpec : outOfLine ? WriteInSpec : RequestSpecs[op];
     const args = decodeArgs(spec, new Reader(buf, SIZE.in_header, bodyEnd));

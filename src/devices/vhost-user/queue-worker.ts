@@ -5,8 +5,8 @@
  * answered to the used ring, signalling the driver.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { iovHead, iovLength, rangesAfter } from '../../util/iov.js';
-import { WRITE_HEAD, isPlainWrite } from './fuse-request.js';
+import { iovLength, rangesAfter } from '../../util/iov.js';
+import { WRITE_HEAD, requestHead } from './fuse-request.js';
 import { GuestMemory } from './guest-memory.js';
 import { CTL_SEQ, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
 import { RingRunner } from './ring-runner.js';
@@ -32,8 +32,10 @@ function start(s: RingStart): void {
       const chains = batch;
       batch = [];
       // One private copy of every request of the batch: the guest cannot change it under us.
-      // A WRITE's data is not parsed: it stays in guest memory (see splitRequest).
-      const wsrc = chains.map((c) => (isPlainWrite(iovHead(c.readable, WRITE_HEAD)) && iovLength(c.readable) > WRITE_HEAD ? rangesAfter(c.readableGpa, WRITE_HEAD) : null));
+      // A WRITE's data is not parsed: it stays in guest memory (see splitRequest), and the
+      // header checked is the one posted.
+      const starts = chains.map((c) => requestHead(c.readable));
+      const wsrc = chains.map((c, i) => (starts[i]!.dataInPlace ? rangesAfter(c.readableGpa, WRITE_HEAD) : null));
       let total = 0;
       for (let i = 0; i < chains.length; i++) total += wsrc[i] ? WRITE_HEAD : iovLength(chains[i]!.readable);
       const data = new ArrayBuffer(total);
@@ -41,13 +43,9 @@ function start(s: RingStart): void {
       const ends: number[] = [];
       let at = 0;
       for (let i = 0; i < chains.length; i++) {
-        let room = wsrc[i] ? WRITE_HEAD : Infinity;
-        for (const b of chains[i]!.readable) {
-          if (room <= 0) break;
-          const part = b.length <= room ? b : b.subarray(0, room);
-          bytes.set(part, at);
-          at += part.length;
-          room -= part.length;
+        for (const b of wsrc[i] ? [starts[i]!.head] : chains[i]!.readable) {
+          bytes.set(b, at);
+          at += b.length;
         }
         ends.push(at);
       }
