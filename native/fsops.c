@@ -57,10 +57,8 @@ enum {
   OP_COPY_FILE_RANGE,
   OP_FSTATFS,
   OP_SYNCFS,
-  OP_FSYNC,
   OP_FTRUNCATE,
   OP_TRUNCATE,
-  OP_PREAD,
   OP_PWRITE,
   OP_CLOSE,
   OP_FACCESSAT,
@@ -74,8 +72,8 @@ static const char *op_names[OP_MAX] = {
     "?",        "openat",    "mkdirat",   "mknodat",  "symlinkat",       "linkat",           "unlinkat",
     "renameat2", "fchmodat", "fchownat",  "utimensat", "statx",          "readlinkat",       "name_to_handle_at",
     "open_by_handle_at", "getdents64", "setxattr", "getxattr", "listxattr", "removexattr", "fallocate",
-    "lseek",    "copy_file_range", "fstatfs", "syncfs", "fsync", "ftruncate", "truncate",
-    "pread",    "pwrite",    "close",     "faccessat", "lookup", "lookup", "openat",
+    "lseek",    "copy_file_range", "fstatfs", "syncfs", "ftruncate", "truncate",
+    "pwrite",   "close",     "faccessat", "lookup", "lookup", "openat",
 };
 
 #define MAX_GROUPS 64
@@ -145,8 +143,6 @@ static int may_run_now(int op) {
     case OP_FALLOCATE:
     case OP_COPY_FILE_RANGE:
     case OP_SYNCFS:
-    case OP_FSYNC:
-    case OP_PREAD:
     case OP_PWRITE:
     case OP_LOOKUP:
       return 0;
@@ -284,14 +280,10 @@ static int64_t run(fsop_t *r) {
       return fstatfs((int)a[0], (struct statfs *)r->buf);
     case OP_SYNCFS:
       return syncfs((int)a[0]);
-    case OP_FSYNC:
-      return a[1] ? fdatasync((int)a[0]) : fsync((int)a[0]);
     case OP_FTRUNCATE:
       return ftruncate((int)a[0], (off_t)a[1]);
     case OP_TRUNCATE:
       return truncate(r->s1, (off_t)a[0]);
-    case OP_PREAD:
-      return pread((int)a[0], r->buf, r->buflen, (off_t)a[1]);
     case OP_PWRITE:
       return pwrite((int)a[0], r->buf, r->buflen, (off_t)a[1]);
     case OP_CLOSE:

@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <limits.h>
 #include <sys/uio.h>
 
 /*
@@ -13,8 +14,6 @@
 #define RWF_NOWAIT 0x00000008
 #endif
 
-#define MAX_IOV 1024
-
 napi_value js_rw_nowait(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -26,8 +25,8 @@ napi_value js_rw_nowait(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[0], &fd));
   CHECK(napi_get_value_double(env, argv[2], &offset));
   CHECK(napi_get_value_bool(env, argv[3], &write));
-  struct iovec iov[MAX_IOV];
-  uint32_t n = get_iovecs(env, argv[1], iov, MAX_IOV);
+  struct iovec iov[IOV_MAX];
+  uint32_t n = get_iovecs(env, argv[1], iov, IOV_MAX);
   if (n == 0 || offset < 0) return throw_errno(env, EINVAL, "rwNowait");
   ssize_t r = write ? pwritev2(fd, iov, (int)n, (off_t)offset, RWF_NOWAIT) : preadv2(fd, iov, (int)n, (off_t)offset, RWF_NOWAIT);
   napi_value v;

@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <limits.h>
 #include <liburing.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -36,8 +37,6 @@ typedef struct {
   int niov;
   struct iovec iov[];
 } ureq_t;
-
-#define MAX_IOV 1024
 
 static void on_events(uv_poll_t *poll, int status, int events) {
   (void)status;
@@ -161,7 +160,7 @@ napi_value js_uring_submit(napi_env env, napi_callback_info info) {
   if (op == U_FLUSH) return int32_value(env, io_uring_submit(&u->ring) < 0 ? 1 : 0);
   if (op == U_READV || op == U_WRITEV) {
     CHECK(napi_get_array_length(env, argv[4], &n));
-    if (n == 0 || n > MAX_IOV || offset < 0) return throw_errno(env, EINVAL, "uringSubmit");
+    if (n == 0 || n > IOV_MAX || offset < 0) return throw_errno(env, EINVAL, "uringSubmit");
   } else if (op != U_FSYNC) {
     return throw_errno(env, EINVAL, "uringSubmit");
   }

@@ -13,17 +13,17 @@ import { createLogger } from '../util/log.js';
 import { runDevices, startDevice } from './daemon.js';
 import { reportDevices } from './devices-report.js';
 
-function intArg(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
-  return n;
+/** A parser of integers from `min` (1: positive; 0: a count that may be none). */
+function intFrom(min: 0 | 1): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(min ? 'must be a positive integer' : 'must be 0 or a positive integer');
+    return n;
+  };
 }
 
-function countArg(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('must be 0 or a positive integer');
-  return n;
-}
+const intArg = intFrom(1);
+const countArg = intFrom(0);
 
 function sizeArg(v: string): number {
   try {

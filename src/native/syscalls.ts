@@ -58,10 +58,8 @@ const enum Op {
   COPY_FILE_RANGE,
   FSTATFS,
   SYNCFS,
-  FSYNC,
   FTRUNCATE,
   TRUNCATE,
-  PREAD,
   PWRITE,
   CLOSE,
   FACCESSAT,
@@ -175,6 +173,13 @@ export interface CreatedFile {
 /** Timespec, 'now' or 'omit' for utimensat. */
 export type TimeArg = Timespec | 'now' | 'omit';
 
+/** struct statfs of the file system `fd` is on. */
+async function statfsOf(call: Call, fd: number): Promise<Buffer> {
+  const b = Buffer.alloc(120);
+  await call(Op.FSTATFS, null, [fd], null, null, b);
+  return b;
+}
+
 /** The calls, run by `callPool` or `callHere` (this thread). */
 function calls(call: Call, here: boolean) {
   return {
@@ -224,11 +229,6 @@ function calls(call: Call, here: boolean) {
       const b = Buffer.alloc(4096);
       const n = await call(Op.READLINKAT, c, [dirfd], name, null, b);
       return b.toString('utf8', 0, n);
-    },
-    async nameToHandleAt(dirfd: number, name: string, flags: number): Promise<FileHandle> {
-      const b = Buffer.alloc(8 + 128);
-      const mountId = await call(Op.NAME_TO_HANDLE_AT, null, [dirfd, flags], name, null, b);
-      return { mountId, handle: b.subarray(0, 8 + b.readUInt32LE(0)) };
     },
     openByHandleAt: (mountFd: number, handle: Buffer, flags: number) => call(Op.OPEN_BY_HANDLE_AT, null, [mountFd, flags | O_CLOEXEC], null, null, handle),
     /** Reads directory entries starting at `offset` (a d_off cookie; 0n = start). */
@@ -282,22 +282,17 @@ function calls(call: Call, here: boolean) {
     copyFileRange: (c: Creds, fdIn: number, offIn: number, fdOut: number, offOut: number, len: number, flags: number) =>
       call(Op.COPY_FILE_RANGE, c, [fdIn, offIn, fdOut, offOut, len, flags]),
     async fstatfs(fd: number): Promise<StatFs> {
-      const b = Buffer.alloc(120);
-      await call(Op.FSTATFS, null, [fd], null, null, b);
+      const b = await statfsOf(call, fd);
       const n = (at: number) => Number(b.readBigUInt64LE(at));
       return { bsize: n(8), blocks: n(16), bfree: n(24), bavail: n(32), files: n(40), ffree: n(48), namelen: n(64), frsize: n(72) };
     },
     /** The file system type (statfs f_type) of the one `fd` is on. */
     async fsType(fd: number): Promise<number> {
-      const b = Buffer.alloc(120);
-      await call(Op.FSTATFS, null, [fd], null, null, b);
-      return Number(b.readBigInt64LE(0));
+      return Number((await statfsOf(call, fd)).readBigInt64LE(0));
     },
     syncfs: (fd: number) => call(Op.SYNCFS, null, [fd]),
-    fsync: (fd: number, datasync: boolean) => call(Op.FSYNC, null, [fd, datasync ? 1 : 0]),
     ftruncate: (c: Creds, fd: number, size: number) => call(Op.FTRUNCATE, c, [fd, size]),
     truncate: (c: Creds, path: string, size: number) => call(Op.TRUNCATE, c, [size], path),
-    pread: (fd: number, buf: Buffer, offset: number) => call(Op.PREAD, null, [fd, offset], null, null, buf),
     pwrite: (c: Creds, fd: number, buf: Buffer, offset: number) => call(Op.PWRITE, c, [fd, offset], null, null, buf),
     close: (fd: number) => call(Op.CLOSE, null, [fd]),
     faccessat: (c: Creds, dirfd: number, name: string, mode: number, flags: number) => call(Op.FACCESSAT, c, [dirfd, mode, flags], name),

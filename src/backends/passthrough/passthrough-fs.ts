@@ -218,9 +218,9 @@ export class PassthroughFs implements FileSystem {
     return h;
   }
 
-  /** Where calls on these inodes run: on this thread if all are held in memory (see sysNow), else the pool. */
-  private io(...nodes: PInode[]): typeof sysNow {
-    return nodes.every((n) => n.dev.memory) ? sysNow : sys;
+  /** Where calls on these inodes run: on this thread if both are held in memory (see sysNow), else the pool. */
+  private io(n: PInode, other = n): typeof sysNow {
+    return n.dev.memory && other.dev.memory ? sysNow : sys;
   }
 
   /** Attributes of an open descriptor of `n`: read at once on a local file system, else through the pool. */
@@ -702,8 +702,7 @@ const LOCAL_FS_TYPES = new Set([
   0x58465342, // xfs
   0x9123683e, // btrfs
   0xf2f52010, // f2fs
-  0x01021994, // tmpfs
-  0x858458f6, // ramfs
+  ...MEMORY_FS_TYPES,
 ]);
 
 function key(st: Statx): string {
