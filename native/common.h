@@ -55,6 +55,11 @@ napi_value js_dev_writev(napi_env env, napi_callback_info info);
 napi_value js_rw_nowait(napi_env env, napi_callback_info info);
 napi_value js_uring_create(napi_env env, napi_callback_info info);
 napi_value js_uring_submit(napi_env env, napi_callback_info info);
+napi_value js_fuse_uring_create(napi_env env, napi_callback_info info);
+napi_value js_fuse_uring_cmd(napi_env env, napi_callback_info info);
+napi_value js_fuse_uring_submit(napi_env env, napi_callback_info info);
+napi_value js_fuse_uring_close(napi_env env, napi_callback_info info);
+napi_value js_fuse_uring_memory(napi_env env, napi_callback_info info);
 void fsop_module_init(void);
 
 #endif

@@ -8,6 +8,7 @@
  *   shared_map.cc  guest memory as a SharedArrayBuffer shared by threads
  *   nowait.c  page-cache reads and writes that never block (RWF_NOWAIT)
  *   uring.c  io_uring for the reads, writes and fsyncs that may wait
+ *   fuse_uring.c  FUSE requests and replies over io_uring instead of /dev/fuse reads and writes
  * Errors are thrown (or rejected) as Errors carrying `code`, `errno` and `syscall`.
  */
 #include "common.h"
@@ -35,6 +36,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"rwNowait", NULL, js_rw_nowait, NULL, NULL, NULL, napi_default, NULL},
       {"uringCreate", NULL, js_uring_create, NULL, NULL, NULL, napi_default, NULL},
       {"uringSubmit", NULL, js_uring_submit, NULL, NULL, NULL, napi_default, NULL},
+      {"fuseUringCreate", NULL, js_fuse_uring_create, NULL, NULL, NULL, napi_default, NULL},
+      {"fuseUringCmd", NULL, js_fuse_uring_cmd, NULL, NULL, NULL, napi_default, NULL},
+      {"fuseUringSubmit", NULL, js_fuse_uring_submit, NULL, NULL, NULL, napi_default, NULL},
+      {"fuseUringClose", NULL, js_fuse_uring_close, NULL, NULL, NULL, napi_default, NULL},
+      {"fuseUringMemory", NULL, js_fuse_uring_memory, NULL, NULL, NULL, napi_default, NULL},
   };
   fsop_module_init();
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -43,8 +43,8 @@ static void on_events(uv_poll_t *poll, int status, int events) {
   (void)events;
   uring_t *u = poll->data;
   uint64_t n;
-  while (read(u->efd, &n, sizeof n) > 0) {
-  }
+  /* One read resets the counter. */
+  if (read(u->efd, &n, sizeof n) < 0 && errno != EAGAIN) return;
   for (;;) {
     unsigned ready = io_uring_cq_ready(&u->ring);
     if (ready == 0) return;

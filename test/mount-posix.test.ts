@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { sh, withMount } from './helpers/daemon.js';
+import { lockContention } from './helpers/workloads.js';
 
 // Run a command as an unprivileged user with exact credentials.
 const as = (uid: number, gid: number, groups = '') => `setpriv --reuid=${uid} --regid=${gid} ${groups ? `--groups=${groups}` : '--clear-groups'} --`;
@@ -60,47 +61,7 @@ test('the backend itself enforces permissions (mounted without default_permissio
   );
 });
 
-test('flock and fcntl locks contend across processes; a blocked waiter can be interrupted', async () => {
-  await withMount(async (dir) => {
-    const out = await sh(
-      `
-      cd "${dir}" && touch lockfile
-      flock lockfile -c 'sleep 1.5' & sleep 0.5
-      flock -n lockfile true && echo LEAK || echo flock-busy
-      wait; flock -n lockfile true && echo flock-free
-      python3 - <<'PY'
-import fcntl, os, time, signal
-fd = os.open('lockfile', os.O_RDWR)
-fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 0)
-pid = os.fork()
-if pid == 0:
-    fd2 = os.open('lockfile', os.O_RDWR)
-    try:
-        fcntl.lockf(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 50)
-        print('LEAK', flush=True)
-    except OSError:
-        print('range-busy', flush=True)
-    fcntl.lockf(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 200)
-    print('other-range-ok', flush=True)
-    def on_alarm(*a):
-        raise TimeoutError()
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(1)
-    try:
-        fcntl.lockf(fd2, fcntl.LOCK_EX, 10, 50)
-        print('LEAK', flush=True)
-    except TimeoutError:
-        print('wait-interrupted', flush=True)
-    os._exit(0)
-os.waitpid(pid, 0)
-fcntl.lockf(fd, fcntl.LOCK_UN, 100, 0)
-print('done', flush=True)
-PY
-      `,
-    );
-    assert.deepEqual(out.trim().split('\n'), ['flock-busy', 'flock-free', 'range-busy', 'other-range-ok', 'wait-interrupted', 'done']);
-  });
-});
+test('flock and fcntl locks contend across processes; a blocked waiter can be interrupted', () => withMount(lockContention));
 
 test('extended attributes: set, get, list, remove, create/replace semantics', async () => {
   await withMount(async (dir) => {

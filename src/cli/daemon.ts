@@ -20,6 +20,7 @@ export async function startDevice(cfg: DeviceConfig, log: Logger): Promise<Runni
         fs,
         io: cfg.io,
         readers: cfg.readers,
+        ringDepth: cfg.ring_depth,
         maxWrite: cfg.max_write,
         allowOther: cfg.allow_other,
         defaultPermissions: cfg.default_permissions,

@@ -44,8 +44,9 @@ interface MountOpts {
   gidMap: string;
   maxFds: number;
   kernelPassthrough: boolean;
-  io: 'poll' | 'threads';
+  io: 'poll' | 'threads' | 'uring';
   readers: number;
+  ringDepth: number;
   maxWrite: number;
   capacity: number;
   defaultPermissions?: boolean;
@@ -88,6 +89,7 @@ function mountDevice(mountPoint: string, o: MountOpts): DeviceConfig {
         mount_point: resolve(mountPoint),
         io: o.io,
         readers: o.readers,
+        ring_depth: o.ringDepth,
         max_write: o.maxWrite,
         allow_other: o.allowOther,
         default_permissions: o.defaultPermissions,
@@ -126,8 +128,9 @@ backendOptions(
     .command('mount')
     .description('mount one backend at a directory through /dev/fuse and serve it until interrupted')
     .argument('<mountpoint>', 'directory to mount on')
-    .addOption(new Option('--io <mode>', 'read requests on the event loop (poll) or on blocking reader threads').choices(['poll', 'threads']).default('poll'))
+    .addOption(new Option('--io <mode>', 'take requests on the event loop from /dev/fuse (poll) or io_uring (uring), or on blocking reader threads').choices(['poll', 'threads', 'uring']).default('poll'))
     .option('-r, --readers <n>', 'reader threads in --io threads mode', intArg, 4)
+    .option('--ring-depth <n>', 'requests in flight per CPU in --io uring mode', intArg, 16)
     .option('--max-write <size>', 'largest write request', sizeArg, 1024 * 1024)
     .option('--default-permissions', 'let the kernel check mode bits as well')
     .option('--no-default-permissions', 'let the backend alone check permissions')
@@ -200,7 +203,7 @@ program
   .action(async () => {
     const log = createLogger('warn');
     const dir = mkdtempSync(join(tmpdir(), 'dpfs-demo-'));
-    const dev = await startDevice(mountDevice(dir, { backend: 'memory', cache: 'auto', writeback: false, directIo: false, xattr: true, uidMap: '', gidMap: '', maxFds: 4096, kernelPassthrough: true, io: 'poll', readers: 4, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
+    const dev = await startDevice(mountDevice(dir, { backend: 'memory', cache: 'auto', writeback: false, directIo: false, xattr: true, uidMap: '', gidMap: '', maxFds: 4096, kernelPassthrough: true, io: 'poll', readers: 4, ringDepth: 16, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
     console.log(`memory backend mounted on ${dir}\n`);
     const script = `
       set -e

@@ -61,8 +61,10 @@ export const FuseDeviceSchema = z
     name: z.string().min(1),
     transport: z.literal('fuse'),
     mount_point: z.string().startsWith('/', { message: 'must be an absolute path' }),
-    io: z.enum(['poll', 'threads']).default('poll'),
+    io: z.enum(['poll', 'threads', 'uring']).default('poll'),
     readers: z.number().int().min(1).max(64).default(4),
+    /** io = "uring": requests in flight per CPU queue. */
+    ring_depth: z.number().int().min(1).max(1024).default(16),
     max_write: size.default(1024 * 1024).refine((n) => n >= 4096 && n <= 16 * 1024 * 1024, 'must be between 4KiB and 16MiB'),
     allow_other: z.boolean().default(true),
     /** Kernel-side mode checks; unset: the backend's preference (memory: on, passthrough: off). */

@@ -30,5 +30,6 @@ export function wantedFlags(fs: FileSystem, transport: TransportInfo): bigint {
   if (!fs.open) flags |= F.FUSE_NO_OPEN_SUPPORT;
   if (!fs.opendir) flags |= F.FUSE_NO_OPENDIR_SUPPORT;
   if (transport.virtiofs) flags |= F.FUSE_SUBMOUNTS;
+  if (transport.ioUring) flags |= F.FUSE_OVER_IO_URING;
   return flags;
 }

@@ -49,6 +49,8 @@ export interface TransportInfo {
   backing?: import('../fs/api.js').KernelPassthrough;
   /** virtio-fs: no interrupts, DESTROY at unmount, submounts. */
   virtiofs?: boolean;
+  /** /dev/fuse with a FUSE io_uring ready to register once INIT is answered. */
+  ioUring?: boolean;
 }
 
 export interface SessionLogger {

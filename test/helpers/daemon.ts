@@ -55,24 +55,24 @@ export async function stopDaemon(d: Daemon, dirs: string[]): Promise<number | nu
 }
 
 /** Mounts the memory backend with the CLI in its own process for the duration of `fn`. */
-export async function withMount(fn: (dir: string, d: Daemon) => Promise<void>, extraArgs: string[] = []): Promise<void> {
+export async function withMount(fn: (dir: string, d: Daemon) => Promise<void>, extraArgs: string[] = [], env: Record<string, string> = {}): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-test-'));
-  await mounted(dir, ['mount', dir, ...extraArgs], fn);
+  await mounted(dir, ['mount', dir, ...extraArgs], fn, env);
 }
 
 /** Serves a fresh host directory with the passthrough backend for the duration of `fn`. */
-export async function withPassthrough(fn: (dir: string, src: string, d: Daemon) => Promise<void>, extraArgs: string[] = [], srcParent = tmpdir()): Promise<void> {
+export async function withPassthrough(fn: (dir: string, src: string, d: Daemon) => Promise<void>, extraArgs: string[] = [], srcParent = tmpdir(), env: Record<string, string> = {}): Promise<void> {
   const src = mkdtempSync(join(srcParent, 'dpfs-src-'));
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-test-'));
   try {
-    await mounted(dir, ['mount', dir, '-b', 'passthrough', '-s', src, ...extraArgs], (mnt, d) => fn(mnt, src, d));
+    await mounted(dir, ['mount', dir, '-b', 'passthrough', '-s', src, ...extraArgs], (mnt, d) => fn(mnt, src, d), env);
   } finally {
     rmSync(src, { recursive: true, force: true });
   }
 }
 
-async function mounted(dir: string, args: string[], fn: (dir: string, d: Daemon) => Promise<void>): Promise<void> {
-  const d = startDaemon(args);
+async function mounted(dir: string, args: string[], fn: (dir: string, d: Daemon) => Promise<void>, env: Record<string, string> = {}): Promise<void> {
+  const d = startDaemon(args, env);
   try {
     await Promise.race([
       waitFor(() => isDpfsMount(dir), `mount on ${dir}`),

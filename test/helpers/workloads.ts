@@ -112,3 +112,47 @@ export const workloads: Record<string, (dir: string) => Promise<void>> = {
     assert.equal(out.trim().split('\n').at(-1), '0', 'stress-ng cleaned up after itself');
   },
 };
+
+/**
+ * flock and fcntl locks contending across processes, and a waiter blocked in SETLKW that a
+ * signal interrupts (FUSE INTERRUPT).
+ */
+export async function lockContention(dir: string): Promise<void> {
+  const out = await sh(
+    `
+    cd "${dir}" && touch lockfile
+    flock lockfile -c 'sleep 1.5' & sleep 0.5
+    flock -n lockfile true && echo LEAK || echo flock-busy
+    wait; flock -n lockfile true && echo flock-free
+    python3 - <<'PY'
+import fcntl, os, time, signal
+fd = os.open('lockfile', os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 0)
+pid = os.fork()
+if pid == 0:
+  fd2 = os.open('lockfile', os.O_RDWR)
+  try:
+      fcntl.lockf(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 50)
+      print('LEAK', flush=True)
+  except OSError:
+      print('range-busy', flush=True)
+  fcntl.lockf(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 200)
+  print('other-range-ok', flush=True)
+  def on_alarm(*a):
+      raise TimeoutError()
+  signal.signal(signal.SIGALRM, on_alarm)
+  signal.alarm(1)
+  try:
+      fcntl.lockf(fd2, fcntl.LOCK_EX, 10, 50)
+      print('LEAK', flush=True)
+  except TimeoutError:
+      print('wait-interrupted', flush=True)
+  os._exit(0)
+os.waitpid(pid, 0)
+fcntl.lockf(fd, fcntl.LOCK_UN, 100, 0)
+print('done', flush=True)
+PY
+    `,
+  );
+  assert.deepEqual(out.trim().split('\n'), ['flock-busy', 'flock-free', 'range-busy', 'other-range-ok', 'wait-interrupted', 'done']);
+}

@@ -13,6 +13,9 @@ import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, native } from '../../native
 import type { Logger } from '../../util/log.js';
 import { silentLogger } from '../../util/log.js';
 import { isFuseType, mountAt } from './mounts.js';
+import { FuseUringChannel, fuseUringEnabled } from './uring-channel.js';
+import { InitFlag } from '../../fuse/opcodes.js';
+import type { TransportInfo } from '../../fuse/session.js';
 
 const writevAsync = promisify(writev);
 const FUSECTL = '/sys/fs/fuse/connections';
@@ -22,11 +25,14 @@ export interface DevFuseOptions {
   fs: FileSystem;
   /**
    * How requests are read: "poll" (default) reads the non-blocking device on the event loop
-   * when it is readable, in batches; "threads" blocks in read(2) on `readers` threads.
+   * when it is readable; "threads" blocks in read(2) on `readers` threads; "uring" takes
+   * them from io_uring (FUSE over io_uring, where the kernel has it enabled; else "poll").
    */
-  io?: 'poll' | 'threads';
+  io?: 'poll' | 'threads' | 'uring';
   /** Reader threads in "threads" mode (default 4). */
   readers?: number;
+  /** "uring" mode: ring entries per CPU queue, i.e. requests in flight per CPU (default 16). */
+  ringDepth?: number;
   /** Largest WRITE the kernel may send (default 1 MiB). */
   maxWrite?: number;
   /** Let users other than the mounting one use the mount (default true). */
@@ -51,6 +57,8 @@ export class DevFuseDevice {
   private watcher?: unknown;
   private mounted = false;
   private connection?: number;
+  private uring?: FuseUringChannel;
+  private readonly transport: TransportInfo;
   private readonly log: Logger;
   private endResolve!: () => void;
   /** Resolves when the kernel connection has ended (unmount, abort, stop()). */
@@ -58,23 +66,20 @@ export class DevFuseDevice {
 
   constructor(readonly options: DevFuseOptions) {
     this.log = (options.log ?? silentLogger).child({ device: 'devfuse', mountPoint: options.mountPoint });
-    this.session = new Session(options.fs, {
-      transport: {
-        name: 'devfuse',
-        maxWrite: options.maxWrite ?? 1024 * 1024,
-        groupsOf: procGroups,
-        backing: {
-          open: (fd) => native().backingOpen(this.fd, fd),
-          close: (id) => native().backingClose(this.fd, id),
-        },
-        notify: async (chunks) => {
-          // Off the event loop: a notification may wait on kernel locks held by a request we serve.
-          await writevAsync(this.fd, chunks);
-        },
+    this.transport = {
+      name: 'devfuse',
+      maxWrite: options.maxWrite ?? 1024 * 1024,
+      groupsOf: procGroups,
+      backing: {
+        open: (fd) => native().backingOpen(this.fd, fd),
+        close: (id) => native().backingClose(this.fd, id),
       },
-      log: this.log,
-      trace: options.trace,
-    });
+      notify: async (chunks) => {
+        // Off the event loop: a notification may wait on kernel locks held by a request we serve.
+        await writevAsync(this.fd, chunks);
+      },
+    };
+    this.session = new Session(options.fs, { transport: this.transport, log: this.log, trace: options.trace });
   }
 
   /** Mounts and starts serving; resolves once the kernel's INIT has been answered. */
@@ -89,8 +94,9 @@ export class DevFuseDevice {
       throw new Error(`mount point ${mp}: ${(err as Error).message}`);
     }
     if (!st.isDirectory()) throw new Error(`mount point ${mp} is not a directory`);
-    const poll = (o.io ?? 'poll') === 'poll';
+    const poll = (o.io ?? 'poll') !== 'threads';
     this.fd = openSync('/dev/fuse', constants.O_RDWR | (poll ? constants.O_NONBLOCK : 0));
+    if (o.io === 'uring') this.openUring(o.ringDepth ?? 16);
     const uid = process.getuid?.() ?? 0;
     const gid = process.getgid?.() ?? 0;
     const defaultPermissions = o.defaultPermissions ?? o.fs.capabilities?.defaultPermissions ?? true;
@@ -120,7 +126,42 @@ export class DevFuseDevice {
       await this.stop();
       throw new Error(`FUSE session did not start: ${reason}`);
     }
-    this.log.info({ connection: this.connection, readers: this.workers.length }, 'mounted');
+    this.registerUring();
+    this.log.info({ connection: this.connection, readers: this.workers.length, io: this.uring ? 'uring' : poll ? 'poll' : 'threads' }, 'mounted');
+  }
+
+  /** The ring exists before INIT is answered: io_uring is offered only if it could be made. */
+  private openUring(depth: number): void {
+    if (!fuseUringEnabled()) {
+      this.log.warn({}, 'FUSE over io_uring is not enabled in this kernel (fuse module parameter enable_uring); reading /dev/fuse instead');
+      return;
+    }
+    try {
+      this.uring = new FuseUringChannel(this.fd, this.session, this.log, depth);
+      this.transport.ioUring = true;
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'FUSE io_uring unavailable; reading /dev/fuse instead');
+    }
+  }
+
+  /** After INIT: the kernel holds requests until every CPU's queue has entries. */
+  private registerUring(): void {
+    if (!this.uring) return;
+    const info = this.session.info!;
+    if (!(info.flags & InitFlag.FUSE_OVER_IO_URING)) {
+      this.log.warn({}, 'kernel declined FUSE over io_uring; reading /dev/fuse instead');
+      this.uring.close();
+      this.uring = undefined;
+      return;
+    }
+    try {
+      this.uring.register(info.maxWrite);
+      this.log.info({ queues: this.uring.queues, depth: this.uring.depth }, 'serving requests over io_uring');
+    } catch (err) {
+      // The kernel would hold every request for a ring that never comes: end the connection.
+      this.log.error({ err: (err as Error).message }, 'FUSE io_uring registration failed; aborting the connection');
+      abortConnection(this.connection, this.log);
+    }
   }
 
   private send = (chunks: Uint8Array[]) => {
@@ -129,6 +170,9 @@ export class DevFuseDevice {
 
   private finish(): void {
     this.mounted = false;
+    this.log.info({ requests: this.session.stats.requests, overIoUring: this.uring?.served }, 'connection ended');
+    this.uring?.close();
+    this.uring = undefined;
     if (this.fd >= 0) {
       closeSync(this.fd);
       this.fd = -1;

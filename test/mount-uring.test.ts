@@ -1,0 +1,118 @@
+/**
+ * FUSE over io_uring (--io uring): the real-program battery, locks with an interrupted
+ * waiter, and concurrent I/O through the daemon, with the requests counted on the ring.
+ * The kernel's fuse module must allow it (parameter enable_uring): the tests switch it on
+ * and restore it; kernels without it skip them.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { possibleCpus } from '../src/devices/devfuse/uring-channel.js';
+import { type Daemon, sh, withMount, withPassthrough } from './helpers/daemon.js';
+import { lockContention, workloads } from './helpers/workloads.js';
+
+const PARAM = '/sys/module/fuse/parameters/enable_uring';
+const skip = existsSync(PARAM) ? false : 'this kernel has no FUSE over io_uring';
+const INFO = { DPFS_LOG: 'info' };
+
+async function withParam(value: 'Y' | 'N', fn: () => Promise<void>): Promise<void> {
+  const old = readFileSync(PARAM, 'utf8').trim();
+  writeFileSync(PARAM, value);
+  try {
+    await fn();
+  } finally {
+    writeFileSync(PARAM, old);
+  }
+}
+
+/** The daemon's count of requests served, and of those taken from the ring, at its end. */
+function served(d: Daemon): { requests: number; overIoUring?: number } {
+  const line = d
+    .stderr()
+    .split('\n')
+    .find((l) => l.includes('"connection ended"'));
+  assert.ok(line, `no end-of-connection line in:\n${d.stderr().slice(-2000)}`);
+  return JSON.parse(line) as { requests: number; overIoUring?: number };
+}
+
+test('possible CPUs: one ring queue per possible CPU, from the kernel list format', () => {
+  assert.equal(possibleCpus('0-1\n'), 2);
+  assert.equal(possibleCpus('0\n'), 1);
+  assert.equal(possibleCpus('0,2-3,7'), 8);
+  assert.throws(() => possibleCpus('garbage'), /cannot parse/);
+});
+
+test('memory backend over io_uring: the real-program battery and an interrupted lock waiter', { skip, timeout: 300000 }, async () => {
+  let daemon: Daemon | undefined;
+  await withParam('Y', () =>
+    withMount(
+      async (dir, d) => {
+        daemon = d;
+        for (const [name, run] of Object.entries(workloads)) {
+          await sh(`mkdir "${dir}/w" && cd "${dir}/w"`);
+          await run(`${dir}/w`).catch((err: Error) => {
+            throw new Error(`${name}: ${err.message}`);
+          });
+          await sh(`rm -rf "${dir}/w"`);
+        }
+        await lockContention(dir);
+      },
+      ['--io', 'uring', '--ring-depth', '8'],
+      INFO,
+    ),
+  );
+  assert.match(daemon!.stderr(), /serving requests over io_uring/);
+  const n = served(daemon!);
+  // INIT, FORGETs and INTERRUPTs still come through /dev/fuse; everything else through the ring.
+  assert.ok(n.overIoUring! > 10000, `requests over io_uring: ${n.overIoUring}`);
+  assert.ok(n.overIoUring! > 0.8 * n.requests, `${n.overIoUring} of ${n.requests} over io_uring`);
+});
+
+test('passthrough over io_uring: concurrent direct I/O verified by fio, parallel metadata from many processes', { skip, timeout: 300000 }, async () => {
+  let daemon: Daemon | undefined;
+  await withParam('Y', () =>
+    withPassthrough(
+      async (dir, src, d) => {
+        daemon = d;
+        // Data through the daemon (no kernel passthrough): reads land in and writes leave from ring entries.
+        const fio = await sh(
+          `fio --verify_state_save=0 --name=v --directory="${dir}" --rw=randrw --bs=4k,64k --size=16m --numjobs=4 --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c --output-format=terse --minimal >/dev/null && echo verified`,
+        );
+        assert.equal(fio.trim(), 'verified');
+        const out = await sh(
+          `
+          cd "${dir}"
+          for p in 1 2 3 4 5 6; do (mkdir d$p && cd d$p && for i in $(seq 1 300); do echo $p.$i > f$i; done; mv f1 g1; rm f2) & done; wait
+          find . -path './d*' -type f | wc -l
+          cat d3/g1 d6/f300
+          `,
+        );
+        assert.deepEqual(out.trim().split('\n'), ['1794', '3.1', '6.300']);
+        assert.equal((await sh(`ls "${src}/d4" | wc -l`)).trim(), '299', 'the host directory holds what the tenant wrote');
+      },
+      ['--io', 'uring', '--no-kernel-passthrough'],
+      undefined,
+      INFO,
+    ),
+  );
+  const n = served(daemon!);
+  assert.ok(n.overIoUring! > 0.8 * n.requests, `${n.overIoUring} of ${n.requests} over io_uring`);
+});
+
+test('--io uring where the kernel has it switched off: a warning, and /dev/fuse serves', { skip, timeout: 60000 }, async () => {
+  let daemon: Daemon | undefined;
+  await withParam('N', () =>
+    withMount(
+      async (dir, d) => {
+        daemon = d;
+        assert.equal((await sh(`cd "${dir}" && seq 1 1000 > n && sha256sum n | cut -c1-16`)).trim(), (await sh('seq 1 1000 | sha256sum | cut -c1-16')).trim());
+      },
+      ['--io', 'uring'],
+      INFO,
+    ),
+  );
+  assert.match(daemon!.stderr(), /FUSE over io_uring is not enabled/);
+  const n = served(daemon!);
+  assert.equal(n.overIoUring, undefined);
+  assert.ok(n.requests > 5);
+});
