@@ -12,6 +12,7 @@
  *   npm run bench
  *   node dist/bench/mount-bench.js --backend passthrough --libfuse /path/to/passthrough_ll
  *   options: --backend memory|passthrough|both  --files N  --runtime SECONDS  --json FILE
+ *            --io poll|uring  (how dpfs takes requests; uring needs the fuse module's enable_uring)
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -19,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { mountAt } from '../src/devices/devfuse/mounts.js';
+import { fuseUringEnabled } from '../src/devices/devfuse/uring-channel.js';
 import { projectRoot } from '../src/native/native.js';
 
 const execFileP = promisify(execFile);
@@ -32,6 +34,9 @@ const FILES = Number(opt('files', '10000'));
 const RUNTIME = Number(opt('runtime', '5'));
 const JSON_OUT = opt('json', '');
 const LIBFUSE = opt('libfuse', process.env.DPFS_BENCH_LIBFUSE ?? '');
+const IO = opt('io', 'poll');
+if (IO !== 'poll' && IO !== 'uring') throw new Error(`--io ${IO}: poll or uring`);
+if (IO === 'uring' && !fuseUringEnabled()) throw new Error('--io uring: FUSE over io_uring is off in this kernel (echo Y > /sys/module/fuse/parameters/enable_uring)');
 const CLK_TCK = 100;
 
 interface Target {
@@ -201,11 +206,11 @@ async function benchMemory(): Promise<object> {
   const shm = mkdtempSync('/dev/shm/bench-src-');
   let results: Record<string, Row[]>;
   try {
-    results = await runTargets([['dpfs', () => start('dpfs memory', process.execPath, (d) => [CLI, 'mount', d, '--capacity', '8GiB'])], bindfs(shm)]);
+    results = await runTargets([['dpfs', () => start('dpfs memory', process.execPath, (d) => [CLI, 'mount', d, '--io', IO, '--capacity', '8GiB'])], bindfs(shm)]);
   } finally {
     rmSync(shm, { recursive: true, force: true });
   }
-  console.log('\nmemory backend (dpfs) vs bindfs over tmpfs\n');
+  console.log(`\nmemory backend (dpfs, requests over ${IO === 'uring' ? 'io_uring' : '/dev/fuse'}) vs bindfs over tmpfs\n`);
   console.log(table(results.dpfs!, [['bindfs', results.bindfs!]]));
   return results;
 }
@@ -222,11 +227,11 @@ async function benchPassthrough(): Promise<object> {
   progress(`passthrough backend vs ${refs.map(([n]) => n).join(' and ')} over the same tmpfs directory`);
   let results: Record<string, Row[]>;
   try {
-    results = await runTargets([['dpfs', () => start('dpfs passthrough', process.execPath, (d) => [CLI, 'mount', d, '-b', 'passthrough', '-s', shm])], ...refs]);
+    results = await runTargets([['dpfs', () => start('dpfs passthrough', process.execPath, (d) => [CLI, 'mount', d, '--io', IO, '-b', 'passthrough', '-s', shm])], ...refs]);
   } finally {
     rmSync(shm, { recursive: true, force: true });
   }
-  console.log('\npassthrough backend (dpfs) vs C references over the same directory\n');
+  console.log(`\npassthrough backend (dpfs, requests over ${IO === 'uring' ? 'io_uring' : '/dev/fuse'}) vs C references over the same directory\n`);
   console.log(table(results.dpfs!, refs.map(([n]) => [n, results[n]!])));
   return results;
 }
