@@ -345,7 +345,10 @@ export const sys = {
    */
   lookupNow(c: Creds, dirfd: number, name: string, devMajor: number, devMinor: number, cachedOnly: boolean, withHandle = true): Looked | null {
     const fd = callNow(Op.LOOKUP_LOCAL, c, [dirfd, devMajor, devMinor, cachedOnly ? 1 : 0, withHandle ? 0 : 1], name, null, scratch);
-    if (fd === -Errno.EAGAIN) return null;
+    if (fd === -Errno.EAGAIN) {
+      sysNowStats.poolFallbacks++;
+      return null;
+    }
     if (fd < 0) throw new FsError(-fd);
     return looked(fd, scratch, scratchView);
   },
