@@ -48,6 +48,8 @@ napi_value js_map_shared(napi_env env, napi_callback_info info);
 napi_value js_connect_unix(napi_env env, napi_callback_info info);
 napi_value js_memfd_create(napi_env env, napi_callback_info info);
 napi_value js_eventfd(napi_env env, napi_callback_info info);
+napi_value js_eventfd_signal(napi_env env, napi_callback_info info);
+napi_value js_eventfd_drain(napi_env env, napi_callback_info info);
 napi_value js_backing_open(napi_env env, napi_callback_info info);
 napi_value js_backing_close(napi_env env, napi_callback_info info);
 napi_value js_dev_read(napi_env env, napi_callback_info info);

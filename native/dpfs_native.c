@@ -29,6 +29,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"connectUnix", NULL, js_connect_unix, NULL, NULL, NULL, napi_default, NULL},
       {"memfdCreate", NULL, js_memfd_create, NULL, NULL, NULL, napi_default, NULL},
       {"eventfd", NULL, js_eventfd, NULL, NULL, NULL, napi_default, NULL},
+      {"eventfdSignal", NULL, js_eventfd_signal, NULL, NULL, NULL, napi_default, NULL},
+      {"eventfdDrain", NULL, js_eventfd_drain, NULL, NULL, NULL, napi_default, NULL},
       {"backingOpen", NULL, js_backing_open, NULL, NULL, NULL, napi_default, NULL},
       {"backingClose", NULL, js_backing_close, NULL, NULL, NULL, napi_default, NULL},
       {"devRead", NULL, js_dev_read, NULL, NULL, NULL, napi_default, NULL},

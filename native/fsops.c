@@ -21,6 +21,8 @@
  */
 #include "common.h"
 
+#include <stddef.h>
+
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/openat2.h>
@@ -401,39 +403,36 @@ static int is_nullish(napi_env env, napi_value v) {
 }
 
 /* Parses fsop's arguments; NULL (with an exception pending) when they are bad. */
-static fsop_t *parse_op(napi_env env, napi_callback_info info) {
+/*
+ * Fills the zeroed `r` from the JS arguments; 0, or -1 with an exception pending (and r's
+ * strings freed). `keep`: the call outlives this one (the pool), so the buffer is pinned by
+ * a reference; a call run at once needs none.
+ */
+static int parse_op(napi_env env, napi_callback_info info, fsop_t *r, int keep) {
   size_t argc = 11;
   napi_value argv[11];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 11) {
     napi_throw_type_error(env, "EINVAL", "fsop(op, creds, a0, a1, a2, a3, a4, a5, s1, s2, buf)");
-    return NULL;
-  }
-  fsop_t *r = calloc(1, sizeof *r);
-  if (!r) {
-    throw_errno(env, ENOMEM, "fsop");
-    return NULL;
+    return -1;
   }
   int32_t op;
   if (napi_get_value_int32(env, argv[0], &op) != napi_ok || op <= 0 || op >= OP_MAX) {
-    free(r);
     napi_throw_type_error(env, "EINVAL", "fsop: bad operation");
-    return NULL;
+    return -1;
   }
   r->op = op;
   if (!is_nullish(env, argv[1])) {
     uint32_t n;
     if (napi_get_array_length(env, argv[1], &n) != napi_ok || n < 2 || n - 2 > MAX_GROUPS) {
-      free(r);
       napi_throw_type_error(env, "EINVAL", "fsop: creds must be [uid, gid, ...groups] (at most 64 groups)");
-      return NULL;
+      return -1;
     }
     uint32_t v[2 + MAX_GROUPS];
     for (uint32_t i = 0; i < n; i++) {
       napi_value e;
       if (napi_get_element(env, argv[1], i, &e) != napi_ok || napi_get_value_uint32(env, e, &v[i]) != napi_ok) {
-        free(r);
         napi_throw_type_error(env, "EINVAL", "fsop: creds must be numbers");
-        return NULL;
+        return -1;
       }
     }
     r->uid = v[0];
@@ -454,19 +453,25 @@ static fsop_t *parse_op(napi_env env, napi_callback_info info) {
     if (napi_is_buffer(env, argv[10], &isbuf) != napi_ok || !isbuf) goto bad;
     if (napi_get_buffer_info(env, argv[10], &r->buf, &r->buflen) != napi_ok) goto bad;
     /* Keep the buffer alive (and its memory where it is) until the call completes. */
-    napi_create_reference(env, argv[10], 1, &r->bufref);
+    if (keep) napi_create_reference(env, argv[10], 1, &r->bufref);
   }
-  return r;
+  return 0;
 
 bad:
-  free_op(env, r);
+  free(r->s1);
+  free(r->s2);
+  r->s1 = r->s2 = NULL;
   napi_throw_type_error(env, "EINVAL", "fsop: strings must be strings and buf a Buffer");
-  return NULL;
+  return -1;
 }
 
 napi_value js_fsop(napi_env env, napi_callback_info info) {
-  fsop_t *r = parse_op(env, info);
-  if (!r) return NULL;
+  fsop_t *r = calloc(1, sizeof *r);
+  if (!r) return throw_errno(env, ENOMEM, "fsop");
+  if (parse_op(env, info, r, 1) != 0) {
+    free(r);
+    return NULL;
+  }
   napi_value promise, name;
   napi_create_promise(env, &r->deferred, &promise);
   napi_create_string_utf8(env, op_names[r->op], NAPI_AUTO_LENGTH, &name);
@@ -475,17 +480,23 @@ napi_value js_fsop(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* On this thread, so no allocation and no reference to pin the buffer: it lives through the call. */
 napi_value js_fsop_now(napi_env env, napi_callback_info info) {
-  fsop_t *r = parse_op(env, info);
-  if (!r) return NULL;
+  fsop_t op;
+  memset(&op, 0, offsetof(fsop_t, groups));
+  memset(&op.a, 0, sizeof op - offsetof(fsop_t, a));
+  fsop_t *r = &op;
+  if (parse_op(env, info, r, 0) != 0) return NULL;
   if (!may_run_now(r->op)) {
-    free_op(env, r);
+    free(r->s1);
+    free(r->s2);
     napi_throw_type_error(env, "EINVAL", "fsopNow: this operation may wait; use fsop");
     return NULL;
   }
   execute(env, r);
   napi_value v;
   napi_create_double(env, r->ret < 0 ? -(double)r->err : (double)r->ret, &v);
-  free_op(env, r);
+  free(r->s1);
+  free(r->s2);
   return v;
 }

@@ -181,3 +181,31 @@ napi_value js_eventfd(napi_env env, napi_callback_info info) {
   if (fd < 0) return throw_errno(env, errno, "eventfd");
   return int32_value(env, fd);
 }
+
+/*
+ * eventfd signalling without Node's fs machinery (one per kick and per interrupt):
+ * eventfdSignal(fd) -> 0 or -errno; eventfdDrain(fd) -> the count read, 0 when there was
+ * none (EAGAIN), or -errno.
+ */
+napi_value js_eventfd_signal(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  uint64_t one = 1;
+  return int32_value(env, write(fd, &one, sizeof one) == sizeof one ? 0 : -errno);
+}
+
+napi_value js_eventfd_drain(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  uint64_t n = 0;
+  ssize_t r = read(fd, &n, sizeof n);
+  napi_value v;
+  napi_create_double(env, r == sizeof n ? (double)n : errno == EAGAIN ? 0 : -(double)errno, &v);
+  return v;
+}

@@ -19,21 +19,34 @@ export interface InHeader {
   total_extlen: number;
 }
 
+const u32At = (b: Uint8Array, at: number) => (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+/** A u64 as a number; above 2^53 it saturates like Reader.u64 (never wraps to a small id). */
+function u64At(b: Uint8Array, at: number): number {
+  const hi = u32At(b, at + 4);
+  return hi >= 0x20_0000 ? Number.MAX_SAFE_INTEGER + 1 : hi * 0x1_0000_0000 + u32At(b, at);
+}
+
+/** Request ids stay below 2^32 for billions of requests: one small BigInt then. */
+function uniqueAt(b: Uint8Array): bigint {
+  const hi = u32At(b, 12);
+  return hi ? (BigInt(hi) << 32n) | BigInt(u32At(b, 8)) : BigInt(u32At(b, 8));
+}
+
 /** `outOfLine`: bytes of the request the transport holds elsewhere (see ReplyTarget.writeSrc). */
 export function decodeInHeader(buf: Uint8Array, outOfLine = 0): InHeader {
   if (buf.length < SIZE.in_header) {
     throw new WireError(`request shorter than fuse_in_header: ${buf.length} bytes`);
   }
-  const r = new Reader(buf, 0, SIZE.in_header);
+  // Byte arithmetic rather than a Reader: this runs once per request.
   const h: InHeader = {
-    len: r.u32(),
-    opcode: r.u32(),
-    unique: r.u64big(),
-    nodeid: r.u64(),
-    uid: r.u32(),
-    gid: r.u32(),
-    pid: r.u32(),
-    total_extlen: r.u16(),
+    len: u32At(buf, 0),
+    opcode: u32At(buf, 4),
+    unique: uniqueAt(buf),
+    nodeid: u64At(buf, 16),
+    uid: u32At(buf, 24),
+    gid: u32At(buf, 28),
+    pid: u32At(buf, 32),
+    total_extlen: buf[36]! | (buf[37]! << 8),
   };
   if (h.len !== buf.length + outOfLine) {
     throw new WireError(`fuse_in_header.len ${h.len} disagrees with the ${buf.length + outOfLine} bytes received`);

@@ -62,8 +62,10 @@ export class Reader {
     if (hi >= 0x20_0000) return Number.MAX_SAFE_INTEGER + 1;
     return hi * TWO32 + lo;
   }
+  /** An i64 as a JS number (exact within ±2^53, the range of real times and offsets). */
   i64(what = 'i64'): number {
-    return Number(this.dv.getBigInt64(this.need(8, what), true));
+    const at = this.need(8, what);
+    return this.dv.getInt32(at + 4, true) * TWO32 + this.dv.getUint32(at, true);
   }
   bytes(n: number, what = 'bytes'): Uint8Array {
     const at = this.need(n, what);
@@ -139,7 +141,14 @@ export class Writer {
   }
   i64(v: number | bigint): this {
     const at = this.ensure(8);
-    this.dv.setBigInt64(at, BigInt(v), true);
+    if (typeof v === 'bigint' || !Number.isSafeInteger(v)) {
+      this.dv.setBigInt64(at, BigInt.asIntN(64, BigInt(v)), true);
+    } else {
+      // Without a BigInt: the low word, and the high word with the sign.
+      const hi = Math.floor(v / TWO32);
+      this.dv.setUint32(at, v - hi * TWO32, true);
+      this.dv.setInt32(at + 4, hi, true);
+    }
     return this;
   }
   zeros(n: number): this {

@@ -5,7 +5,7 @@
  * virtqueues, places FUSE requests in descriptor chains (direct or indirect), kicks, and
  * collects replies from the used ring.
  */
-import { closeSync, readSync, writeSync } from 'node:fs';
+import { closeSync } from 'node:fs';
 import { native } from '../native/native.js';
 import { F, HEADER_SIZE, PF, Req, encodeRequest, u64Payload } from '../devices/vhost-user/protocol.js';
 
@@ -26,7 +26,6 @@ const VMM_VA_BASE = 0x7f00_0000_0000; // any address the backend must translate,
 const DESC_F_NEXT = 1;
 const DESC_F_WRITE = 2;
 const DESC_F_INDIRECT = 4;
-const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 interface Slot {
   head: number;
@@ -267,7 +266,7 @@ export class GuestDriver {
     } else {
       kick = (Atomics.load(dq.used16, 0) & 1) === 0; // VIRTQ_USED_F_NO_NOTIFY
     }
-    if (kick) writeSync(dq.kickFd, ONE);
+    if (kick) native().eventfdSignal(dq.kickFd);
   }
 
   /** Raw access for the fuzzer: the descriptor table and guest memory of a queue. */
@@ -278,11 +277,7 @@ export class GuestDriver {
   }
 
   private onCall(dq: DriverQueue): void {
-    try {
-      readSync(dq.callFd, Buffer.alloc(8));
-    } catch {
-      /* spurious */
-    }
+    native().eventfdDrain(dq.callFd); // 0 when spurious
     for (;;) {
       const usedIdx = Atomics.load(dq.used16, 1);
       while (dq.lastUsed !== usedIdx) {

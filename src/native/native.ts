@@ -24,6 +24,10 @@ export interface NativeAddon {
   memfdCreate(name: string, size: number): number;
   /** A non-blocking eventfd. */
   eventfd(): number;
+  /** Adds 1 to an eventfd: 0, or -errno. */
+  eventfdSignal(fd: number): number;
+  /** Reads (resets) an eventfd: its count, 0 when it was 0, or -errno. */
+  eventfdDrain(fd: number): number;
   /** preadv2/pwritev2 with RWF_NOWAIT, synchronously: bytes moved, or -errno. */
   rwNowait(fd: number, bufs: Uint8Array[], offset: number, write: boolean): number;
   /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */

@@ -4,7 +4,7 @@
  * bad ones unanswered, and signals the driver once per event-loop turn for everything
  * completed in it.
  */
-import { readSync, writeSync } from 'node:fs';
+import { errnoName } from '../../fuse/errno.js';
 import { native } from '../../native/native.js';
 import type { GuestMemory } from './guest-memory.js';
 import { type Chain, ChainError, type RingAddrs, type Virtqueue } from './virtqueue.js';
@@ -22,7 +22,6 @@ export interface RingEvents {
   notifyFailed(message: string): void;
 }
 
-const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 /**
  * Chains taken per event-loop turn before the completions so far are signalled. Small
  * batches keep the driver refilling while we work instead of both sides taking turns
@@ -35,7 +34,6 @@ export class RingRunner {
   private notifyScheduled = false;
   private continueScheduled = false;
   private stopped = false;
-  private readonly kickBuf = Buffer.alloc(8);
 
   constructor(
     private vq: Virtqueue,
@@ -78,11 +76,7 @@ export class RingRunner {
   }
 
   private onKick(): void {
-    try {
-      readSync(this.kickFd, this.kickBuf);
-    } catch {
-      /* EAGAIN: already drained */
-    }
+    native().eventfdDrain(this.kickFd); // 0 when already drained: fine
     this.process();
   }
 
@@ -133,11 +127,8 @@ export class RingRunner {
     setImmediate(() => {
       this.notifyScheduled = false;
       if (this.stopped || this.callFd < 0 || !this.vq.shouldNotify()) return;
-      try {
-        writeSync(this.callFd, ONE);
-      } catch (err) {
-        this.events.notifyFailed((err as Error).message);
-      }
+      const r = native().eventfdSignal(this.callFd);
+      if (r < 0) this.events.notifyFailed(errnoName(-r));
     });
   }
 }
