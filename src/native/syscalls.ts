@@ -85,6 +85,11 @@ function callNow(op: Op, creds: Creds, a: number[], s1: string | null = null, s2
   return fsopNow(op, creds, a[0] ?? 0, a[1] ?? 0, a[2] ?? 0, a[3] ?? 0, a[4] ?? 0, a[5] ?? 0, s1, s2, buf);
 }
 
+/** close(2) on this thread, for descriptors whose close never waits (O_PATH); errors ignored. */
+export function closeNow(fd: number): void {
+  callNow(Op.CLOSE, null, [fd]);
+}
+
 /** `call` on this thread. */
 function callHere(op: Op, creds: Creds, a: number[] = [], s1: string | null = null, s2: string | null = null, buf: Buffer | null = null): Promise<number> {
   const r = callNow(op, creds, a, s1, s2, buf);

@@ -9,9 +9,8 @@
  * Every use of a descriptor goes through `withFd`, which holds a reference so an eviction
  * can never close (and so recycle the number of) a descriptor an operation is using.
  */
-import { closeSync } from 'node:fs';
 import { Errno, FsError, errnoOf } from '../../fuse/errno.js';
-import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, procPath, sys } from '../../native/syscalls.js';
+import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, closeNow, procPath, sys } from '../../native/syscalls.js';
 import { S_IFDIR } from '../../util/mode.js';
 
 export interface PInode {
@@ -203,9 +202,5 @@ export class InodeTable {
  * file-system release), so a trip through the pool would cost more than the call.
  */
 function closePath(fd: number): void {
-  try {
-    closeSync(fd);
-  } catch {
-    /* already closed */
-  }
+  closeNow(fd);
 }
