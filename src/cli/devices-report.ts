@@ -7,6 +7,7 @@ import { closeSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { availableParallelism, release } from 'node:os';
 import { devFuseUsable } from '../devices/devfuse/device.js';
+import { fuseUringEnabled, possibleCpus } from '../devices/devfuse/uring-channel.js';
 import { defaultQueueThreads } from '../devices/vhost-user/device.js';
 import { native } from '../native/native.js';
 import { Uring } from '../native/uring.js';
@@ -66,6 +67,16 @@ export function reportDevices(): DeviceReport[] {
     transport: 'kernel FUSE passthrough',
     usable: passthrough,
     detail: passthrough ? `Linux ${release()}: the kernel does reads and writes of open passthrough files` : `Linux ${release()}: needs 6.9 or later`,
+  });
+  const fuseRing = existsSync('/sys/module/fuse/parameters/enable_uring');
+  out.push({
+    transport: 'FUSE over io_uring',
+    usable: fuseRing && fuseUringEnabled(),
+    detail: !fuseRing
+      ? `Linux ${release()}: no FUSE io_uring (6.14 or later, CONFIG_FUSE_IO_URING)`
+      : fuseUringEnabled()
+        ? `io = "uring" takes requests from ${possibleCpus()} CPU queues`
+        : 'available but off: echo Y > /sys/module/fuse/parameters/enable_uring to allow io = "uring"',
   });
   const ring = Uring.get();
   out.push({
