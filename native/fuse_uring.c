@@ -2,7 +2,6 @@
 
 #include <liburing.h>
 #include <stdint.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -45,7 +44,6 @@ struct cmd_req {
 typedef struct {
   struct io_uring ring;
   int dev_fd;
-  int efd;
   int open;
   uv_poll_t poll;
   napi_env env;
@@ -64,7 +62,6 @@ static void fring_end(fring_t *f) {
   napi_delete_reference(f->env, f->callback);
   napi_async_destroy(f->env, f->context);
   io_uring_queue_exit(&f->ring);
-  close(f->efd);
   free(f->iov);
   f->iov = NULL;
 }
@@ -75,9 +72,6 @@ static void on_events(uv_poll_t *poll, int status, int events) {
   (void)status;
   (void)events;
   fring_t *f = poll->data;
-  uint64_t n;
-  /* One read resets the counter. */
-  if (read(f->efd, &n, sizeof n) < 0 && errno != EAGAIN) return;
   while (f->open) {
     unsigned ready = io_uring_cq_ready(&f->ring);
     if (ready == 0) return;
@@ -154,15 +148,6 @@ napi_value js_fuse_uring_create(napi_env env, napi_callback_info info) {
     free(f);
     return throw_errno(env, -err, "io_uring_setup");
   }
-  f->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (f->efd < 0 || (err = io_uring_register_eventfd(&f->ring, f->efd)) < 0) {
-    int e = f->efd < 0 ? errno : -err;
-    if (f->efd >= 0) close(f->efd);
-    io_uring_queue_exit(&f->ring);
-    free(f->iov);
-    free(f);
-    return throw_errno(env, e, "io_uring_register_eventfd");
-  }
   f->dev_fd = dev_fd;
   f->entries = entries;
   f->env = env;
@@ -173,7 +158,8 @@ napi_value js_fuse_uring_create(napi_env env, napi_callback_info info) {
   napi_async_init(env, NULL, name, &f->context);
   uv_loop_t *loop;
   napi_get_uv_event_loop(env, &loop);
-  uv_poll_init(loop, &f->poll, f->efd);
+  /* The ring's own descriptor is readable while completions wait: nothing to drain. */
+  uv_poll_init(loop, &f->poll, f->ring.ring_fd);
   f->poll.data = f;
   uv_poll_start(&f->poll, UV_READABLE, on_events);
   /* The /dev/fuse watch keeps the loop alive while the mount lives; this one need not. */
