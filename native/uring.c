@@ -2,7 +2,6 @@
 
 #include <limits.h>
 #include <liburing.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -11,8 +10,8 @@
  * per thread that asks for it, kept for the life of that thread. Operations are queued as
  * they come and submitted together once per event-loop turn; the kernel runs each inline
  * where it can and on its own workers where it would wait, so no thread of ours wakes for
- * it. Completions are signalled on an eventfd watched by the thread's event loop and handed
- * to one JS callback per batch.
+ * it. The thread's event loop watches the ring's own descriptor (readable while completions
+ * wait: nothing to drain) and hands them to one JS callback per batch.
  *   uringCreate(entries, onComplete(Float64Array [id, result, ...])) -> handle
  *   uringSubmit(handle, op, id, fd, buffers | null, offset, datasync) -> 0 queued, or -errno.
  *     op 1 readv, 2 writev, 3 fsync; op 0 submits everything queued (once per event-loop
@@ -23,7 +22,6 @@ enum { U_FLUSH = 0, U_READV = 1, U_WRITEV = 2, U_FSYNC = 3 };
 
 typedef struct {
   struct io_uring ring;
-  int efd;
   uv_poll_t poll;
   napi_env env;
   napi_ref callback;
@@ -42,9 +40,6 @@ static void on_events(uv_poll_t *poll, int status, int events) {
   (void)status;
   (void)events;
   uring_t *u = poll->data;
-  uint64_t n;
-  /* One read resets the counter. */
-  if (read(u->efd, &n, sizeof n) < 0 && errno != EAGAIN) return;
   for (;;) {
     unsigned ready = io_uring_cq_ready(&u->ring);
     if (ready == 0) return;
@@ -100,7 +95,6 @@ static void uring_cleanup(void *arg) {
     u->inflight--;
   }
   io_uring_queue_exit(&u->ring);
-  close(u->efd);
 }
 
 napi_value js_uring_create(napi_env env, napi_callback_info info) {
@@ -113,7 +107,7 @@ napi_value js_uring_create(napi_env env, napi_callback_info info) {
   if (!u) return throw_errno(env, ENOMEM, "io_uring_setup");
   /*
    * Completions from the kernel's workers reach this thread as task work: cooperative task
-   * running lets them wait for its next system call (the eventfd wakes it) instead of
+   * running lets them wait for its next system call (or wakes it from sleep) instead of
    * interrupting it, which costs most where interrupts are dear (virtual machines).
    * Kernels before 6.0 refuse the flags: then none.
    */
@@ -124,14 +118,6 @@ napi_value js_uring_create(napi_env env, napi_callback_info info) {
     free(u);
     return throw_errno(env, -err, "io_uring_setup");
   }
-  u->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (u->efd < 0 || (err = io_uring_register_eventfd(&u->ring, u->efd)) < 0) {
-    int e = u->efd < 0 ? errno : -err;
-    if (u->efd >= 0) close(u->efd);
-    io_uring_queue_exit(&u->ring);
-    free(u);
-    return throw_errno(env, e, "io_uring_register_eventfd");
-  }
   u->env = env;
   napi_value name;
   napi_create_string_utf8(env, "dpfs:uring", NAPI_AUTO_LENGTH, &name);
@@ -139,7 +125,7 @@ napi_value js_uring_create(napi_env env, napi_callback_info info) {
   napi_async_init(env, NULL, name, &u->context);
   uv_loop_t *loop;
   napi_get_uv_event_loop(env, &loop);
-  uv_poll_init(loop, &u->poll, u->efd);
+  uv_poll_init(loop, &u->poll, u->ring.ring_fd);
   u->poll.data = u;
   uv_poll_start(&u->poll, UV_READABLE, on_events);
   uv_unref((uv_handle_t *)&u->poll); /* referenced only while operations are in flight */
