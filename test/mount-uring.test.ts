@@ -5,25 +5,13 @@
  * and restore it; kernels without it skip them.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { possibleCpus } from '../src/devices/devfuse/uring-channel.js';
 import { type Daemon, sh, withMount, withPassthrough } from './helpers/daemon.js';
+import { noFuseUring, withFuseUring } from './helpers/fuse-uring.js';
 import { lockContention, workloads } from './helpers/workloads.js';
 
-const PARAM = '/sys/module/fuse/parameters/enable_uring';
-const skip = existsSync(PARAM) ? false : 'this kernel has no FUSE over io_uring';
 const INFO = { DPFS_LOG: 'info' };
-
-async function withParam(value: 'Y' | 'N', fn: () => Promise<void>): Promise<void> {
-  const old = readFileSync(PARAM, 'utf8').trim();
-  writeFileSync(PARAM, value);
-  try {
-    await fn();
-  } finally {
-    writeFileSync(PARAM, old);
-  }
-}
 
 /** The daemon's count of requests served, and of those taken from the ring, at its end. */
 function served(d: Daemon): { requests: number; overIoUring?: number } {
@@ -42,9 +30,9 @@ test('possible CPUs: one ring queue per possible CPU, from the kernel list forma
   assert.throws(() => possibleCpus('garbage'), /cannot parse/);
 });
 
-test('memory backend over io_uring: the real-program battery and an interrupted lock waiter', { skip, timeout: 300000 }, async () => {
+test('memory backend over io_uring: the real-program battery and an interrupted lock waiter', { skip: noFuseUring, timeout: 300000 }, async () => {
   let daemon: Daemon | undefined;
-  await withParam('Y', () =>
+  await withFuseUring('Y', () =>
     withMount(
       async (dir, d) => {
         daemon = d;
@@ -68,9 +56,9 @@ test('memory backend over io_uring: the real-program battery and an interrupted 
   assert.ok(n.overIoUring! > 0.8 * n.requests, `${n.overIoUring} of ${n.requests} over io_uring`);
 });
 
-test('passthrough over io_uring: concurrent direct I/O verified by fio, parallel metadata from many processes', { skip, timeout: 300000 }, async () => {
+test('passthrough over io_uring: concurrent direct I/O verified by fio, parallel metadata from many processes', { skip: noFuseUring, timeout: 300000 }, async () => {
   let daemon: Daemon | undefined;
-  await withParam('Y', () =>
+  await withFuseUring('Y', () =>
     withPassthrough(
       async (dir, src, d) => {
         daemon = d;
@@ -99,9 +87,9 @@ test('passthrough over io_uring: concurrent direct I/O verified by fio, parallel
   assert.ok(n.overIoUring! > 0.8 * n.requests, `${n.overIoUring} of ${n.requests} over io_uring`);
 });
 
-test('--io uring where the kernel has it switched off: a warning, and /dev/fuse serves', { skip, timeout: 60000 }, async () => {
+test('--io uring where the kernel has it switched off: a warning, and /dev/fuse serves', { skip: noFuseUring, timeout: 60000 }, async () => {
   let daemon: Daemon | undefined;
-  await withParam('N', () =>
+  await withFuseUring('N', () =>
     withMount(
       async (dir, d) => {
         daemon = d;

@@ -11,15 +11,21 @@ import { DevFuseDevice } from '../src/devices/devfuse/device.js';
 import { mountAt } from '../src/devices/devfuse/mounts.js';
 import type { RequestContext } from '../src/fs/api.js';
 import { sh } from './helpers/daemon.js';
+import { noFuseUring, withFuseUring } from './helpers/fuse-uring.js';
 
 const execFileP = promisify(execFile);
 const root: RequestContext = { unique: 0n, uid: 0, gid: 0, pid: 0, groups: [], signal: new AbortController().signal, umask: 0 };
 
-test('notifications change what the kernel has cached', async () => {
+test('notifications change what the kernel has cached', () => notifications('poll'));
+
+// Over io_uring the kernel's answer to a retrieve (NOTIFY_REPLY) arrives in a ring entry.
+test('notifications with requests over io_uring', { skip: noFuseUring }, () => withFuseUring('Y', () => notifications('uring')));
+
+async function notifications(io: 'poll' | 'uring'): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-notify-'));
   // Long cache timeouts: without notifications the kernel would not look again for a minute.
   const fs = new MemoryFs({ cacheTimeout: 60 });
-  const dev = new DevFuseDevice({ mountPoint: dir, fs });
+  const dev = new DevFuseDevice({ mountPoint: dir, fs, io });
   await dev.start();
   try {
     await sh(`printf 'hello world' > "${dir}/x" && stat -c %s "${dir}/x"`);
@@ -56,4 +62,4 @@ test('notifications change what the kernel has cached', async () => {
     if (mountAt(dir)) await execFileP('umount', ['-l', dir]).catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
   }
-});
+}
