@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import { FileData } from '../src/backends/memory/file-data.js';
 import { MemoryFs } from '../src/backends/memory/memory-fs.js';
 import type { DirEntry, RequestContext } from '../src/fs/api.js';
 import { Errno, FsError } from '../src/fuse/errno.js';
@@ -169,4 +170,31 @@ test('capacity is enforced and reported', () => {
   assert.equal(st.bfree, 128);
   fs.setattr(root, c.entry.ino, { size: 0 });
   assert.equal(fs.statfs().bfree, 256);
+});
+
+test('file data: reads into any split of buffers match a flat model, holes read as zeros', () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.record({ at: fc.nat(300_000), len: fc.integer({ min: 1, max: 70_000 }), byte: fc.integer({ min: 1, max: 255 }) }), { maxLength: 6 }),
+      fc.nat(400_000),
+      fc.array(fc.integer({ min: 1, max: 150_000 }), { minLength: 1, maxLength: 4 }),
+      (writes, offset, sizes) => {
+        const data = new FileData();
+        let model = Buffer.alloc(0);
+        for (const w of writes) {
+          data.write(w.at, Buffer.alloc(w.len, w.byte));
+          if (model.length < w.at + w.len) model = Buffer.concat([model, Buffer.alloc(w.at + w.len - model.length)]);
+          model.fill(w.byte, w.at, w.at + w.len);
+        }
+        // Stale bytes in the destinations must be overwritten (holes included).
+        const dest = sizes.map((n) => Buffer.alloc(n, 0xee));
+        const got = data.readInto(offset, dest);
+        const want = model.subarray(Math.min(offset, model.length), Math.min(model.length, offset + sizes.reduce((a, b) => a + b, 0)));
+        assert.equal(got, want.length);
+        assert.deepEqual(Buffer.concat(dest).subarray(0, got), want);
+        assert.deepEqual(data.read(offset, 1 << 20), model.subarray(Math.min(offset, model.length), Math.min(model.length, offset + (1 << 20))));
+      },
+    ),
+    { numRuns: 300 },
+  );
 });

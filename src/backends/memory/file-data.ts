@@ -15,17 +15,32 @@ export class FileData {
 
   read(offset: number, length: number): Buffer {
     if (offset >= this.size || length <= 0) return Buffer.alloc(0);
-    const end = Math.min(this.size, offset + length);
-    const out = Buffer.alloc(end - offset);
-    for (let pos = offset; pos < end; ) {
-      const idx = Math.floor(pos / CHUNK);
-      const within = pos - idx * CHUNK;
-      const n = Math.min(CHUNK - within, end - pos);
-      const chunk = this.chunks.get(idx);
-      if (chunk) chunk.copy(out, pos - offset, within, within + n);
-      pos += n;
-    }
+    // Unzeroed: readInto writes every byte (holes as zeros).
+    const out = Buffer.allocUnsafe(Math.min(this.size, offset + length) - offset);
+    this.readInto(offset, [out]);
     return out;
+  }
+
+  /** Copies from `offset` into `dest` (in order) until it is full or the file ends; returns the bytes. */
+  readInto(offset: number, dest: Uint8Array[]): number {
+    let done = 0;
+    for (const d of dest) {
+      const end = Math.min(this.size, offset + done + d.length);
+      for (let pos = offset + done; pos < end; ) {
+        const idx = Math.floor(pos / CHUNK);
+        const within = pos - idx * CHUNK;
+        const n = Math.min(CHUNK - within, end - pos);
+        const chunk = this.chunks.get(idx);
+        const at = pos - offset - done;
+        if (chunk) d.set(chunk.subarray(within, within + n), at);
+        else d.fill(0, at, at + n);
+        pos += n;
+      }
+      const got = Math.max(0, end - offset - done);
+      done += got;
+      if (got < d.length) break; // the end of the file
+    }
+    return done;
   }
 
   /** Writes data at offset; returns the number of newly allocated bytes. */

@@ -528,13 +528,22 @@ export class MemoryFs implements FileSystem {
   }
 
   read(_ctx: RequestContext, ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Uint8Array {
+    return this.readable(fh, ino).read(offset, size);
+  }
+
+  /** Copies straight into the transport's buffers (guest memory, FUSE ring entries). */
+  readInto(_ctx: RequestContext, ino: number, fh: number, offset: number, dest: Uint8Array[], _info: ReadInfo): number {
+    return this.readable(fh, ino).readInto(offset, dest);
+  }
+
+  private readable(fh: number, ino: number): FileData {
     const h = this.handle(fh, ino);
     if ((h.flags & O_ACCMODE) === O_WRONLY) fail(Errno.EBADF);
     const n = h.node;
     if (!n.data) fail(Errno.EISDIR);
     // relatime: update atime only when it is older than the last change.
     if (compareTimespec(n.atime, n.mtime) <= 0 || compareTimespec(n.atime, n.ctime) <= 0) n.atime = nowTimespec();
-    return n.data.read(offset, size);
+    return n.data;
   }
 
   write(ctx: RequestContext, ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): number {
