@@ -53,7 +53,10 @@ export class FileData {
       const n = Math.min(CHUNK - within, data.length - done);
       let chunk = this.chunks.get(idx);
       if (!chunk) {
-        chunk = Buffer.alloc(CHUNK);
+        // Unzeroed, then zeros only where this write leaves the new chunk uncovered.
+        chunk = Buffer.allocUnsafe(CHUNK);
+        if (within > 0) chunk.fill(0, 0, within);
+        if (within + n < CHUNK) chunk.fill(0, within + n);
         this.chunks.set(idx, chunk);
         grown += CHUNK;
       }
