@@ -99,6 +99,7 @@ export class FuseUringChannel {
     // One mapping for all payloads, page-aligned for O_DIRECT: untouched pages cost no memory,
     // and the kernel hands out the most recently returned entry first, so few are touched.
     const payloads = Buffer.from(this.addon.fuseUringMemory(n * payload));
+    this.live = n;
     for (let i = 0; i < n; i++) {
       const e: Entry = {
         index: i,
@@ -110,7 +111,6 @@ export class FuseUringChannel {
       this.entries.push(e);
       this.cmd(CMD_REGISTER, e);
     }
-    this.live = n;
     const r = this.addon.fuseUringSubmit(this.handle);
     if (r < 0) throw new Error(`FUSE io_uring registration: ${errnoName(-r)}`);
   }
