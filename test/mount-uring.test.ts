@@ -5,9 +5,12 @@
  * and restore it; kernels without it skip them.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { possibleCpus } from '../src/devices/devfuse/uring-channel.js';
-import { type Daemon, sh, withMount, withPassthrough } from './helpers/daemon.js';
+import { type Daemon, isDpfsMount, sh, startDaemon, stopDaemon, waitFor, withMount, withPassthrough } from './helpers/daemon.js';
 import { noFuseUring, withFuseUring } from './helpers/fuse-uring.js';
 import { lockContention, workloads } from './helpers/workloads.js';
 
@@ -103,4 +106,56 @@ test('--io uring where the kernel has it switched off: a warning, and /dev/fuse 
   const n = served(daemon!);
   assert.equal(n.overIoUring, undefined);
   assert.ok(n.requests > 5);
+});
+
+test('a TOML config puts one device on io_uring and another on /dev/fuse reads, in one daemon', { skip: noFuseUring, timeout: 60000 }, async () => {
+  const a = mkdtempSync(join(tmpdir(), 'dpfs-ring-'));
+  const b = mkdtempSync(join(tmpdir(), 'dpfs-poll-'));
+  const cfg = join(mkdtempSync(join(tmpdir(), 'dpfs-cfg-')), 'dpfs.toml');
+  writeFileSync(
+    cfg,
+    `[log]
+level = "info"
+
+[[device]]
+name = "ring"
+transport = "fuse"
+mount_point = "${a}"
+io = "uring"
+ring_depth = 2
+[device.backend]
+type = "memory"
+
+[[device]]
+name = "reads"
+transport = "fuse"
+mount_point = "${b}"
+[device.backend]
+type = "memory"
+`,
+  );
+  await withFuseUring('Y', async () => {
+    const d = startDaemon(['run', '-c', cfg], { DPFS_LOG: '' });
+    try {
+      await waitFor(() => isDpfsMount(a) && isDpfsMount(b), 'both mounts');
+      // More writers than the ring has entries per CPU: the kernel queues the rest.
+      const out = await sh(`for i in 1 2 3 4 5 6 7 8; do (seq 1 3000 > "${a}/f$i") & done; wait; cat "${a}"/f* | wc -l; cp "${a}/f1" "${b}/g"; wc -l < "${b}/g"`);
+      assert.deepEqual(out.trim().split('\n'), ['24000', '3000']);
+      d.child.kill('SIGTERM');
+      assert.equal(await d.exited, 0);
+    } finally {
+      await stopDaemon(d, [a, b]);
+    }
+    const ended = d
+      .stderr()
+      .split('\n')
+      .filter((l) => l.includes('"connection ended"'))
+      .map((l) => JSON.parse(l) as { name: string; requests: number; overIoUring?: number });
+    const ring = ended.find((e) => e.name === 'ring');
+    const reads = ended.find((e) => e.name === 'reads');
+    assert.ok(ring && ring.overIoUring! > 0.8 * ring.requests, JSON.stringify(ended));
+    assert.ok(reads && reads.overIoUring === undefined && reads.requests > 0, JSON.stringify(ended));
+    assert.match(d.stderr(), /"queues":\d+,"depth":2,"msg":"serving requests over io_uring"/);
+  });
+  for (const p of [a, b, join(cfg, '..')]) rmSync(p, { recursive: true, force: true });
 });
