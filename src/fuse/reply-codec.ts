@@ -12,6 +12,15 @@ export function writeOutHeader(w: Writer, len: number, error: number, unique: bi
   w.u32(len).i32(error).u64(unique);
 }
 
+/** fuse_out_header as a buffer of its own (one per reply: no Writer needed). */
+export function outHeader(len: number, error: number, unique: bigint): Buffer {
+  const b = Buffer.allocUnsafe(SIZE.out_header);
+  b.writeUInt32LE(len, 0);
+  b.writeInt32LE(error, 4);
+  b.writeBigUInt64LE(unique, 8);
+  return b;
+}
+
 /** Splits seconds (possibly fractional) into the (u64 sec, u32 nsec) pair of *_valid fields. */
 export function splitTimeout(seconds: number): [number, number] {
   if (!(seconds > 0)) return [0, 0];

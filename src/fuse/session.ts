@@ -9,7 +9,7 @@ import { type Negotiation, decodeInitIn, encodeInitOut, negotiate } from './init
 import { FUSE_INIT_BSWAP_RESERVED, CUSE_INIT_BSWAP_RESERVED, InitFlag, NotifyCode, Opcode, SIZE, opcodeName } from './opcodes.js';
 import { type InHeader, decodeArgs, decodeExtensions, decodeInHeader } from './request-codec.js';
 import { RequestSpecs, SetxattrExtSpec, WriteInSpec, hasSpec } from './request-specs.js';
-import { writeOutHeader } from './reply-codec.js';
+import { outHeader, writeOutHeader } from './reply-codec.js';
 import { runOp, type OpContext } from './ops.js';
 import { Reader, WireError, Writer } from './wire.js';
 import { wantedFlags } from './capabilities.js';
@@ -167,13 +167,12 @@ export class Session {
   sendReply(h: InHeader, send: SendFn, error: number, body: Uint8Array[], placed: number): void {
     let len = SIZE.out_header + placed;
     for (const b of body) len += b.length;
-    const w = new Writer(SIZE.out_header);
-    writeOutHeader(w, len, error ? -error : 0, h.unique);
+    const header = outHeader(len, error ? -error : 0, h.unique);
     if (this.options.trace) {
       this.log.debug({ unique: h.unique, op: opcodeName(h.opcode), error: error ? errnoName(error) : 0, len }, 'reply');
     }
     if (error) this.stats.errors++;
-    this.safeSend(send, [w.finish(), ...body], placed);
+    this.safeSend(send, body.length ? [header, ...body] : [header], placed);
   }
 
   /** Logs a backend's attempt to answer one request twice. */

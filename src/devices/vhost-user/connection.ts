@@ -523,7 +523,7 @@ function scatter(chunks: Uint8Array[], writable: Uint8Array[]): number {
     while (co < c.length) {
       const w = writable[wi]!;
       const n = Math.min(w.length - wo, c.length - co);
-      w.set(c.subarray(co, co + n), wo);
+      w.set(co === 0 && n === c.length ? c : c.subarray(co, co + n), wo);
       co += n;
       wo += n;
       if (wo === w.length) {
