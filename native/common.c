@@ -31,6 +31,19 @@ napi_value close_and_throw(napi_env env, int fd, const char *syscall) {
   return throw_errno(env, e, syscall);
 }
 
+void call_back(napi_env env, napi_ref callback, napi_async_context context, size_t argc, const napi_value *argv) {
+  napi_value cb, recv, result;
+  napi_get_reference_value(env, callback, &cb);
+  napi_get_global(env, &recv); /* make_callback needs an object receiver */
+  /* make_callback drains microtasks afterwards, so promise chains started here run now. */
+  if (napi_make_callback(env, context, recv, cb, argc, argv, &result) == napi_pending_exception) {
+    /* A throwing callback is reported like any uncaught exception, not lost. */
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    napi_fatal_exception(env, exc);
+  }
+}
+
 napi_value int32_value(napi_env env, int32_t n) {
   napi_value v;
   napi_create_int32(env, n, &v);

@@ -23,6 +23,19 @@ napi_value throw_errno(napi_env env, int err, const char *syscall);
 napi_value errno_error(napi_env env, int err, const char *syscall);
 /* Throws the Error of the failed `syscall` (errno as it is now) after closing fd; returns NULL. */
 napi_value close_and_throw(napi_env env, int fd, const char *syscall);
+/*
+ * Calls the JS function `callback` from a libuv callback (inside a handle scope); promise
+ * jobs run after it, and a throw is reported as an uncaught exception.
+ */
+void call_back(napi_env env, napi_ref callback, napi_async_context context, size_t argc, const napi_value *argv);
+/*
+ * The completions ready on `ring`, as a Float64Array [id, result, ...] (at most what was ready
+ * when called), consumed from the ring; `id_of` gives a completion's id (and may free what its
+ * user data points at). *count: how many. In uring.c.
+ */
+struct io_uring;
+struct io_uring_cqe;
+napi_value ring_completions(napi_env env, struct io_uring *ring, double (*id_of)(struct io_uring_cqe *), unsigned *count);
 /* A JS number for n (a descriptor, a count, a status). */
 napi_value int32_value(napi_env env, int32_t n);
 /* Copies a JS string argument into a malloc'd C string (caller frees); NULL on failure. */

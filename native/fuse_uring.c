@@ -68,37 +68,21 @@ static void fring_end(fring_t *f) {
 
 static void on_cleanup(void *arg) { fring_end(arg); }
 
+/* An entry's index is its commands' user data. */
+static double entry_of(struct io_uring_cqe *cqe) { return (double)cqe->user_data; }
+
 static void on_events(uv_poll_t *poll, int status, int events) {
   (void)status;
   (void)events;
   fring_t *f = poll->data;
-  while (f->open) {
-    unsigned ready = io_uring_cq_ready(&f->ring);
-    if (ready == 0) return;
+  /* The callback may end the ring (close): look again before each batch. */
+  while (f->open && io_uring_cq_ready(&f->ring) > 0) {
     napi_env env = f->env;
     napi_handle_scope scope;
     napi_open_handle_scope(env, &scope);
-    void *data;
-    napi_value ab, arr, cb, recv, result;
-    napi_create_arraybuffer(env, ready * 2 * sizeof(double), &data, &ab);
-    double *out = data;
-    unsigned head, i = 0;
-    struct io_uring_cqe *cqe;
-    io_uring_for_each_cqe(&f->ring, head, cqe) {
-      if (i == ready) break;
-      out[2 * i] = (double)cqe->user_data;
-      out[2 * i + 1] = cqe->res;
-      i++;
-    }
-    io_uring_cq_advance(&f->ring, i);
-    napi_create_typedarray(env, napi_float64_array, i * 2, ab, 0, &arr);
-    napi_get_reference_value(env, f->callback, &cb);
-    napi_get_global(env, &recv);
-    if (napi_make_callback(env, f->context, recv, cb, 1, &arr, &result) == napi_pending_exception) {
-      napi_value exc;
-      napi_get_and_clear_last_exception(env, &exc);
-      napi_fatal_exception(env, exc);
-    }
+    unsigned n;
+    napi_value arr = ring_completions(env, &f->ring, entry_of, &n);
+    call_back(env, f->callback, f->context, 1, &arr);
     napi_close_handle_scope(env, scope);
   }
 }

@@ -56,18 +56,10 @@ static void watcher_event(uv_poll_t *poll, int status, int events) {
   napi_env env = w->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value cb, recv, argv[2], result;
-  napi_get_reference_value(env, w->callback, &cb);
-  napi_get_global(env, &recv); /* make_callback needs an object receiver */
+  napi_value argv[2];
   napi_create_int32(env, status, &argv[0]);
   napi_create_int32(env, events, &argv[1]);
-  /* make_callback drains microtasks afterwards, so promise chains started here run now. */
-  if (napi_make_callback(env, w->context, recv, cb, 2, argv, &result) == napi_pending_exception) {
-    /* A throwing callback is reported like any uncaught exception, not lost. */
-    napi_value exc;
-    napi_get_and_clear_last_exception(env, &exc);
-    napi_fatal_exception(env, exc);
-  }
+  call_back(env, w->callback, w->context, 2, argv);
   napi_close_handle_scope(env, scope);
 }
 

@@ -36,41 +36,47 @@ typedef struct {
   struct iovec iov[];
 } ureq_t;
 
+napi_value ring_completions(napi_env env, struct io_uring *ring, double (*id_of)(struct io_uring_cqe *), unsigned *count) {
+  unsigned ready = io_uring_cq_ready(ring);
+  void *data;
+  napi_value ab, arr;
+  napi_create_arraybuffer(env, ready * 2 * sizeof(double), &data, &ab);
+  double *out = data;
+  unsigned head, i = 0;
+  struct io_uring_cqe *cqe;
+  io_uring_for_each_cqe(ring, head, cqe) {
+    if (i == ready) break;
+    out[2 * i] = id_of(cqe);
+    out[2 * i + 1] = cqe->res;
+    i++;
+  }
+  io_uring_cq_advance(ring, i);
+  napi_create_typedarray(env, napi_float64_array, i * 2, ab, 0, &arr);
+  *count = i;
+  return arr;
+}
+
+/* The id the operation was queued with; its request record goes with the completion. */
+static double request_id(struct io_uring_cqe *cqe) {
+  ureq_t *r = io_uring_cqe_get_data(cqe);
+  double id = r->id;
+  free(r);
+  return id;
+}
+
 static void on_events(uv_poll_t *poll, int status, int events) {
   (void)status;
   (void)events;
   uring_t *u = poll->data;
-  for (;;) {
-    unsigned ready = io_uring_cq_ready(&u->ring);
-    if (ready == 0) return;
+  while (io_uring_cq_ready(&u->ring) > 0) {
     napi_env env = u->env;
     napi_handle_scope scope;
     napi_open_handle_scope(env, &scope);
-    void *data;
-    napi_value ab, arr, cb, recv, result;
-    napi_create_arraybuffer(env, ready * 2 * sizeof(double), &data, &ab);
-    double *out = data;
-    unsigned head, i = 0;
-    struct io_uring_cqe *cqe;
-    io_uring_for_each_cqe(&u->ring, head, cqe) {
-      if (i == ready) break;
-      ureq_t *r = io_uring_cqe_get_data(cqe);
-      out[2 * i] = r->id;
-      out[2 * i + 1] = cqe->res;
-      free(r);
-      i++;
-    }
-    io_uring_cq_advance(&u->ring, i);
-    u->inflight -= i;
+    unsigned n;
+    napi_value arr = ring_completions(env, &u->ring, request_id, &n);
+    u->inflight -= n;
     if (u->inflight == 0) uv_unref((uv_handle_t *)&u->poll);
-    napi_create_typedarray(env, napi_float64_array, i * 2, ab, 0, &arr);
-    napi_get_reference_value(env, u->callback, &cb);
-    napi_get_global(env, &recv);
-    if (napi_make_callback(env, u->context, recv, cb, 1, &arr, &result) == napi_pending_exception) {
-      napi_value exc;
-      napi_get_and_clear_last_exception(env, &exc);
-      napi_fatal_exception(env, exc);
-    }
+    call_back(env, u->callback, u->context, 1, &arr);
     napi_close_handle_scope(env, scope);
   }
 }

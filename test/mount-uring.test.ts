@@ -16,14 +16,26 @@ import { lockContention, workloads } from './helpers/workloads.js';
 
 const INFO = { DPFS_LOG: 'info' };
 
-/** The daemon's count of requests served, and of those taken from the ring, at its end. */
-function served(d: Daemon): { requests: number; overIoUring?: number } {
-  const line = d
+interface Served {
+  name: string;
+  requests: number;
+  overIoUring?: number;
+}
+
+/** Per device, at its end: the requests served, and those taken from the ring. */
+function endings(d: Daemon): Served[] {
+  return d
     .stderr()
     .split('\n')
-    .find((l) => l.includes('"connection ended"'));
-  assert.ok(line, `no end-of-connection line in:\n${d.stderr().slice(-2000)}`);
-  return JSON.parse(line) as { requests: number; overIoUring?: number };
+    .filter((l) => l.includes('"connection ended"'))
+    .map((l) => JSON.parse(l) as Served);
+}
+
+/** The one device's counts. */
+function served(d: Daemon): Served {
+  const [n] = endings(d);
+  assert.ok(n, `no end-of-connection line in:\n${d.stderr().slice(-2000)}`);
+  return n;
 }
 
 test('possible CPUs: one ring queue per possible CPU, from the kernel list format', () => {
@@ -146,11 +158,7 @@ type = "memory"
     } finally {
       await stopDaemon(d, [a, b]);
     }
-    const ended = d
-      .stderr()
-      .split('\n')
-      .filter((l) => l.includes('"connection ended"'))
-      .map((l) => JSON.parse(l) as { name: string; requests: number; overIoUring?: number });
+    const ended = endings(d);
     const ring = ended.find((e) => e.name === 'ring');
     const reads = ended.find((e) => e.name === 'reads');
     assert.ok(ring && ring.overIoUring! > 0.8 * ring.requests, JSON.stringify(ended));

@@ -9,34 +9,30 @@ import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { PassthroughFs } from '../src/backends/passthrough/passthrough-fs.js';
 import { Opcode } from '../src/fuse/opcodes.js';
 import { sysNowStats } from '../src/native/syscalls.js';
 import { withPassthrough } from './helpers/daemon.js';
-import { SessionPeer } from './helpers/session-peer.js';
+import { withPassthroughPeer } from './helpers/passthrough-peer.js';
 import { workloads } from './helpers/workloads.js';
 
 for (const parent of [tmpdir(), '/dev/shm']) {
   test(`without openat2, over ${parent === '/dev/shm' ? 'tmpfs' : 'a disk file system'}: lookups, opens and creates take the pool and answer the same`, async () => {
     const src = mkdtempSync(join(parent, 'dpfs-src-'));
     writeFileSync(join(src, 'f'), 'x');
-    const umask = process.umask(); // the backend zeroes the process umask, as a daemon must
-    const fs = new PassthroughFs({ root: src });
-    const p = new SessionPeer(fs);
     try {
-      assert.equal((await p.init()).error, 0);
-      const before = sysNowStats.poolFallbacks;
-      const f = await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'f' });
-      assert.equal(f.error, 0);
-      assert.equal(Number(f.body.readBigUInt64LE(40)), statSync(join(src, 'f')).ino, 'the entry is the host inode');
-      const again = await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'f' });
-      assert.equal(again.body.readBigUInt64LE(0), f.body.readBigUInt64LE(0), 'a second lookup finds the same node');
-      const c = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101, mode: 0o100644, umask: 0, name: 'g' });
-      assert.equal(c.error, 0);
-      assert.ok(statSync(join(src, 'g')).isFile());
-      assert.ok(sysNowStats.poolFallbacks > before, 'the event-loop paths gave way to the pool');
+      await withPassthroughPeer(src, async (p) => {
+        const before = sysNowStats.poolFallbacks;
+        const f = await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'f' });
+        assert.equal(f.error, 0);
+        assert.equal(Number(f.body.readBigUInt64LE(40)), statSync(join(src, 'f')).ino, 'the entry is the host inode');
+        const again = await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'f' });
+        assert.equal(again.body.readBigUInt64LE(0), f.body.readBigUInt64LE(0), 'a second lookup finds the same node');
+        const c = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101, mode: 0o100644, umask: 0, name: 'g' });
+        assert.equal(c.error, 0);
+        assert.ok(statSync(join(src, 'g')).isFile());
+        assert.ok(sysNowStats.poolFallbacks > before, 'the event-loop paths gave way to the pool');
+      });
     } finally {
-      process.umask(umask);
       rmSync(src, { recursive: true, force: true });
     }
   });

@@ -6,12 +6,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
-import { PassthroughFs } from '../src/backends/passthrough/passthrough-fs.js';
 import { Errno } from '../src/fuse/errno.js';
 import { Opcode } from '../src/fuse/opcodes.js';
 import { AT_EMPTY_PATH, sys, sysNowStats } from '../src/native/syscalls.js';
 import { sh, withPassthrough } from './helpers/daemon.js';
-import { SessionPeer } from './helpers/session-peer.js';
+import { withPassthroughPeer } from './helpers/passthrough-peer.js';
 import { workloads } from './helpers/workloads.js';
 
 const execFileP = promisify(execFile);
@@ -104,46 +103,42 @@ test('passthrough: on tmpfs, opens and creates run on the event loop; across a m
   mkdirSync(join(src, 'sub'));
   writeFileSync(join(src, 'f'), 'x');
   await sh(`mount -t tmpfs -o size=1m dpfs-test-sub "${src}/sub"`);
-  const umask = process.umask(); // the backend zeroes the process umask, as a daemon must
-  const fs = new PassthroughFs({ root: src });
-  const p = new SessionPeer(fs);
   try {
-    assert.equal((await p.init()).error, 0);
-    const before = sysNowStats.poolFallbacks;
-    const f = await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'f' });
-    const ino = Number(f.body.readBigUInt64LE(0));
-    const o = await p.call(Opcode.FUSE_OPEN, ino, { flags: 0 });
-    assert.equal(o.error, 0);
-    const d = await p.call(Opcode.FUSE_OPENDIR, 1, { flags: 0 });
-    assert.equal(d.error, 0);
-    const c = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101, mode: 0o100644, umask: 0, name: 'g' });
-    assert.equal(c.error, 0);
-    assert.equal(sysNowStats.poolFallbacks, before, 'open, opendir and create were served on the event loop');
-    // A name that is a mount point is another file system: that create is left to the pool.
-    const sub = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101, mode: 0o100644, umask: 0, name: 'sub' });
-    assert.equal(sub.error, -Errno.EISDIR);
-    assert.equal(sysNowStats.poolFallbacks, before + 1);
-    // A host process holds a lease on f: opening it for writing must wait for the lease to be
-    // broken, on the pool, while the event loop goes on serving.
-    const holder = spawn('python3', ['-c', LEASE_HOLDER, join(src, 'f')], { stdio: ['ignore', 'pipe', 'inherit'] });
-    try {
-      await new Promise<void>((resolve, reject) => {
-        holder.stdout.once('data', () => resolve());
-        holder.once('exit', (code) => reject(new Error(`lease holder exited (${code})`)));
-      });
-      const order: string[] = [];
-      const open = p.call(Opcode.FUSE_OPEN, ino, { flags: 1 }).then((r) => (order.push('open'), r));
-      const attr = p.call(Opcode.FUSE_GETATTR, 1, { getattr_flags: 0, dummy: 0, fh: 0 }).then((r) => (order.push('getattr'), r));
-      assert.equal((await attr).error, 0);
-      assert.equal((await open).error, 0);
-      assert.deepEqual(order, ['getattr', 'open'], 'the event loop served on while the open waited');
-      assert.equal(sysNowStats.poolFallbacks, before + 2);
-    } finally {
-      holder.kill('SIGKILL');
-    }
+    await withPassthroughPeer(src, async (p) => {
+      const before = sysNowStats.poolFallbacks;
+      const f = await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'f' });
+      const ino = Number(f.body.readBigUInt64LE(0));
+      const o = await p.call(Opcode.FUSE_OPEN, ino, { flags: 0 });
+      assert.equal(o.error, 0);
+      const d = await p.call(Opcode.FUSE_OPENDIR, 1, { flags: 0 });
+      assert.equal(d.error, 0);
+      const c = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101, mode: 0o100644, umask: 0, name: 'g' });
+      assert.equal(c.error, 0);
+      assert.equal(sysNowStats.poolFallbacks, before, 'open, opendir and create were served on the event loop');
+      // A name that is a mount point is another file system: that create is left to the pool.
+      const sub = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101, mode: 0o100644, umask: 0, name: 'sub' });
+      assert.equal(sub.error, -Errno.EISDIR);
+      assert.equal(sysNowStats.poolFallbacks, before + 1);
+      // A host process holds a lease on f: opening it for writing must wait for the lease to be
+      // broken, on the pool, while the event loop goes on serving.
+      const holder = spawn('python3', ['-c', LEASE_HOLDER, join(src, 'f')], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          holder.stdout.once('data', () => resolve());
+          holder.once('exit', (code) => reject(new Error(`lease holder exited (${code})`)));
+        });
+        const order: string[] = [];
+        const open = p.call(Opcode.FUSE_OPEN, ino, { flags: 1 }).then((r) => (order.push('open'), r));
+        const attr = p.call(Opcode.FUSE_GETATTR, 1, { getattr_flags: 0, dummy: 0, fh: 0 }).then((r) => (order.push('getattr'), r));
+        assert.equal((await attr).error, 0);
+        assert.equal((await open).error, 0);
+        assert.deepEqual(order, ['getattr', 'open'], 'the event loop served on while the open waited');
+        assert.equal(sysNowStats.poolFallbacks, before + 2);
+      } finally {
+        holder.kill('SIGKILL');
+      }
+    });
   } finally {
-    process.umask(umask);
-    await fs.destroy();
     await sh(`umount -l "${src}/sub"`);
     rmSync(src, { recursive: true, force: true });
   }
@@ -263,7 +258,6 @@ bothSources('inodes whose descriptors were evicted are reopened by handle', asyn
 bothSources('escapes through symlinks, "..", /proc reopen and renames all fail', async (parent) => {
   const outside = mkdtempSync(join(tmpdir(), 'dpfs-outside-'));
   const src = mkdtempSync(join(parent, 'dpfs-src-'));
-  const umask = process.umask(); // the backend zeroes the process umask, as a daemon must
   try {
     writeFileSync(join(outside, 'secret'), 'TOP SECRET');
     mkdirSync(join(outside, 'dir'));
@@ -271,41 +265,39 @@ bothSources('escapes through symlinks, "..", /proc reopen and renames all fail',
     symlinkSync('../' + join('..', outside, 'secret'), join(src, 'rel'));
     symlinkSync(join(outside, 'dir'), join(src, 'dirlink'));
     writeFileSync(join(src, 'inside'), 'ok');
-    const fs = new PassthroughFs({ root: src });
-    const p = new SessionPeer(fs);
-    assert.equal((await p.init()).error, 0);
-    const lookup = async (parent: number, name: string) => {
-      const r = await p.call(Opcode.FUSE_LOOKUP, parent, { name });
-      return { error: r.error, ino: r.error ? 0 : Number(r.body.readBigUInt64LE(0)) };
-    };
-    // A hostile peer sends what a kernel never would.
-    assert.equal((await lookup(1, '..')).error, -Errno.EPERM);
-    assert.equal((await lookup(1, '.')).error, -Errno.EPERM);
-    assert.equal((await p.call(Opcode.FUSE_LOOKUP, 1, { name: '../etc' })).error, -Errno.EINVAL);
-    for (const name of ['abs', 'rel', 'dirlink']) {
-      const l = await lookup(1, name);
-      assert.equal(l.error, 0, name);
-      assert.equal((await p.call(Opcode.FUSE_OPEN, l.ino, { flags: 0 })).error, -Errno.ELOOP, `open ${name}`);
-      assert.equal((await p.call(Opcode.FUSE_OPENDIR, l.ino, { flags: 0 })).error, -Errno.ENOTDIR, `opendir ${name}`);
-      assert.equal((await p.call(Opcode.FUSE_SETATTR, l.ino, { valid: 8, size: 0 })).error, -Errno.EINVAL, `truncate ${name}`);
-      assert.equal((await p.call(Opcode.FUSE_SETATTR, l.ino, { valid: 1, mode: 0o777 })).error, -Errno.EOPNOTSUPP, `chmod ${name}`);
-      assert.equal((await p.call(Opcode.FUSE_SETXATTR, l.ino, { size: 1, flags: 0, name: 'trusted.x', value: Buffer.from('x') })).error, -Errno.EPERM);
-      assert.notEqual((await p.call(Opcode.FUSE_MKDIR, l.ino, { mode: 0o755, umask: 0, name: 'x' })).error, 0, `mkdir under ${name}`);
-      assert.notEqual((await p.call(Opcode.FUSE_CREATE, l.ino, { flags: 0o101, mode: 0o100644, umask: 0, name: 'x' })).error, 0);
-      // Hard-linking the symlink links the symlink, never its target.
-      assert.equal((await p.call(Opcode.FUSE_LINK, 1, { oldnodeid: l.ino, newname: `${name}-hard` })).error, 0);
-      assert.ok(lstatSync(join(src, `${name}-hard`)).isSymbolicLink());
-    }
-    const d = await lookup(1, 'dirlink');
-    const rd = await p.call(Opcode.FUSE_READLINK, d.ino, {});
-    assert.equal(rd.body.toString(), join(outside, 'dir'), 'readlink returns the text, resolving nothing');
-    // Unknown inode numbers are stale, not guessed.
-    assert.equal((await p.call(Opcode.FUSE_GETATTR, 999999, {})).error, -Errno.ESTALE);
-    assert.equal((await p.call(Opcode.FUSE_LINK, 1, { oldnodeid: 424242, newname: 'h' })).error, -Errno.ESTALE);
-    assert.equal(readFileSync(join(outside, 'secret'), 'utf8'), 'TOP SECRET');
-    assert.deepEqual(readdirSync(join(outside, 'dir')), [], 'nothing was created outside');
+    await withPassthroughPeer(src, async (p) => {
+      const lookup = async (parent: number, name: string) => {
+        const r = await p.call(Opcode.FUSE_LOOKUP, parent, { name });
+        return { error: r.error, ino: r.error ? 0 : Number(r.body.readBigUInt64LE(0)) };
+      };
+      // A hostile peer sends what a kernel never would.
+      assert.equal((await lookup(1, '..')).error, -Errno.EPERM);
+      assert.equal((await lookup(1, '.')).error, -Errno.EPERM);
+      assert.equal((await p.call(Opcode.FUSE_LOOKUP, 1, { name: '../etc' })).error, -Errno.EINVAL);
+      for (const name of ['abs', 'rel', 'dirlink']) {
+        const l = await lookup(1, name);
+        assert.equal(l.error, 0, name);
+        assert.equal((await p.call(Opcode.FUSE_OPEN, l.ino, { flags: 0 })).error, -Errno.ELOOP, `open ${name}`);
+        assert.equal((await p.call(Opcode.FUSE_OPENDIR, l.ino, { flags: 0 })).error, -Errno.ENOTDIR, `opendir ${name}`);
+        assert.equal((await p.call(Opcode.FUSE_SETATTR, l.ino, { valid: 8, size: 0 })).error, -Errno.EINVAL, `truncate ${name}`);
+        assert.equal((await p.call(Opcode.FUSE_SETATTR, l.ino, { valid: 1, mode: 0o777 })).error, -Errno.EOPNOTSUPP, `chmod ${name}`);
+        assert.equal((await p.call(Opcode.FUSE_SETXATTR, l.ino, { size: 1, flags: 0, name: 'trusted.x', value: Buffer.from('x') })).error, -Errno.EPERM);
+        assert.notEqual((await p.call(Opcode.FUSE_MKDIR, l.ino, { mode: 0o755, umask: 0, name: 'x' })).error, 0, `mkdir under ${name}`);
+        assert.notEqual((await p.call(Opcode.FUSE_CREATE, l.ino, { flags: 0o101, mode: 0o100644, umask: 0, name: 'x' })).error, 0);
+        // Hard-linking the symlink links the symlink, never its target.
+        assert.equal((await p.call(Opcode.FUSE_LINK, 1, { oldnodeid: l.ino, newname: `${name}-hard` })).error, 0);
+        assert.ok(lstatSync(join(src, `${name}-hard`)).isSymbolicLink());
+      }
+      const d = await lookup(1, 'dirlink');
+      const rd = await p.call(Opcode.FUSE_READLINK, d.ino, {});
+      assert.equal(rd.body.toString(), join(outside, 'dir'), 'readlink returns the text, resolving nothing');
+      // Unknown inode numbers are stale, not guessed.
+      assert.equal((await p.call(Opcode.FUSE_GETATTR, 999999, {})).error, -Errno.ESTALE);
+      assert.equal((await p.call(Opcode.FUSE_LINK, 1, { oldnodeid: 424242, newname: 'h' })).error, -Errno.ESTALE);
+      assert.equal(readFileSync(join(outside, 'secret'), 'utf8'), 'TOP SECRET');
+      assert.deepEqual(readdirSync(join(outside, 'dir')), [], 'nothing was created outside');
+    });
   } finally {
-    process.umask(umask);
     rmSync(outside, { recursive: true, force: true });
     rmSync(src, { recursive: true, force: true });
   }

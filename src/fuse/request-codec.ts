@@ -5,7 +5,7 @@
  */
 import { FUSE_EXT_GROUPS, SIZE } from './opcodes.js';
 import type { Field, FileLockWire, ForgetOne } from './request-specs.js';
-import { Reader, WireError, Writer } from './wire.js';
+import { Reader, WireError, Writer, u64FromWords } from './wire.js';
 
 export interface InHeader {
   len: number;
@@ -20,11 +20,7 @@ export interface InHeader {
 }
 
 const u32At = (b: Uint8Array, at: number) => (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
-/** A u64 as a number; above 2^53 it saturates like Reader.u64 (never wraps to a small id). */
-function u64At(b: Uint8Array, at: number): number {
-  const hi = u32At(b, at + 4);
-  return hi >= 0x20_0000 ? Number.MAX_SAFE_INTEGER + 1 : hi * 0x1_0000_0000 + u32At(b, at);
-}
+const u64At = (b: Uint8Array, at: number) => u64FromWords(u32At(b, at), u32At(b, at + 4));
 
 /** Request ids stay below 2^32 for billions of requests: one small BigInt then. */
 function uniqueAt(b: Uint8Array): bigint {

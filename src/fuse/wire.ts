@@ -10,6 +10,11 @@ export class WireError extends Error {
 
 const TWO32 = 0x1_0000_0000;
 
+/** A u64 from its 32-bit words as a JS number; above 2^53 it saturates to Number.MAX_SAFE_INTEGER+1 (never wraps). */
+export function u64FromWords(lo: number, hi: number): number {
+  return hi >= 0x20_0000 ? Number.MAX_SAFE_INTEGER + 1 : hi * TWO32 + lo;
+}
+
 export class Reader {
   private pos: number;
   private readonly dv: DataView;
@@ -57,10 +62,7 @@ export class Reader {
   /** A u64 as a JS number; values above 2^53 saturate to Number.MAX_SAFE_INTEGER+1 (never silently wrap). */
   u64(what = 'u64'): number {
     const at = this.need(8, what);
-    const lo = this.dv.getUint32(at, true);
-    const hi = this.dv.getUint32(at + 4, true);
-    if (hi >= 0x20_0000) return Number.MAX_SAFE_INTEGER + 1;
-    return hi * TWO32 + lo;
+    return u64FromWords(this.dv.getUint32(at, true), this.dv.getUint32(at + 4, true));
   }
   /** An i64 as a JS number (exact within ±2^53, the range of real times and offsets). */
   i64(what = 'i64'): number {

@@ -85,7 +85,11 @@ function callNow(op: Op, creds: Creds, a: number[], s1: string | null = null, s2
   return fsopNow(op, creds, a[0] ?? 0, a[1] ?? 0, a[2] ?? 0, a[3] ?? 0, a[4] ?? 0, a[5] ?? 0, s1, s2, buf);
 }
 
-/** close(2) on this thread, for descriptors whose close never waits (O_PATH); errors ignored. */
+/**
+ * close(2) on this thread, for descriptors whose close never waits (O_PATH: no flush, no
+ * locks, no file-system release; a trip through the pool would cost more than the call).
+ * Errors (a descriptor already closed) are ignored.
+ */
 export function closeNow(fd: number): void {
   callNow(Op.CLOSE, null, [fd]);
 }

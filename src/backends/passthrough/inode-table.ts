@@ -89,7 +89,7 @@ export class InodeTable {
   async add(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): Promise<PInode> {
     const existing = this.byKey.get(key);
     if (existing) {
-      closePath(fd);
+      closeNow(fd);
       return existing;
     }
     // An inode on a mount not seen before: reopened by handle only once that mount has a descriptor.
@@ -97,13 +97,13 @@ export class InodeTable {
       await this.mountFdFor(fd, type, handle.mountId);
       const raced = this.byKey.get(key);
       if (raced) {
-        closePath(fd);
+        closeNow(fd);
         return raced;
       }
     }
     const pinned = !handle || !this.mountFds.has(handle.mountId);
     if (pinned && this.pinnedCount >= this.opts.maxPinned) {
-      closePath(fd);
+      closeNow(fd);
       throw new FsError(Errno.ENFILE, 'too many inodes that cannot be reopened');
     }
     const n: PInode = { nodeid: this.nextNode++, key, type, handle, fd, users: 0, nlookup: 0, pinned, dev };
@@ -125,7 +125,7 @@ export class InodeTable {
     } catch {
       return; // unreadable: its inodes stay pinned
     }
-    if (this.mountFds.has(mountId)) closePath(mfd);
+    if (this.mountFds.has(mountId)) closeNow(mfd);
     else {
       this.mountFds.set(mountId, mfd);
       this.openFds++;
@@ -140,7 +140,7 @@ export class InodeTable {
         const mountFd = n.handle && this.mountFds.get(n.handle.mountId);
         if (!n.handle || mountFd === undefined) throw new FsError(Errno.ESTALE);
         const fd = await sys.openByHandleAt(mountFd, n.handle.handle, O_PATH);
-        if (n.fd >= 0) closePath(fd); // reopened concurrently
+        if (n.fd >= 0) closeNow(fd); // reopened concurrently
         else {
           n.fd = fd;
           this.openFds++;
@@ -170,7 +170,7 @@ export class InodeTable {
       n.fd = -1;
       this.openFds--;
       this.lru.delete(n.nodeid);
-      closePath(fd);
+      closeNow(fd);
     }
   }
 
@@ -193,14 +193,7 @@ export class InodeTable {
     const fd = n.fd;
     n.fd = -1;
     this.openFds--;
-    closePath(fd);
+    closeNow(fd);
   }
 }
 
-/**
- * Closes an O_PATH descriptor at once: such a close never waits (no flush, no locks, no
- * file-system release), so a trip through the pool would cost more than the call.
- */
-function closePath(fd: number): void {
-  closeNow(fd);
-}

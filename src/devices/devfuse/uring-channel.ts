@@ -188,19 +188,15 @@ export class FuseUringChannel {
       this.commitRaw(e, -Errno.EIO);
       return;
     }
-    let buf: Buffer;
+    // A private copy of the request (backends may keep its bytes past the entry's reuse),
+    // except a plain WRITE's data: that stays in the entry and the backend writes it from there.
+    const dataInPlace = opcode === Opcode.FUSE_WRITE && extlen === 0 && payloadSz > 0;
+    const buf = Buffer.allocUnsafe(dataInPlace ? SIZE.in_header + opSize : len);
+    h.copy(buf, 0, 0, SIZE.in_header);
+    h.copy(buf, SIZE.in_header, OP_IN, OP_IN + opSize);
     let target: ReplyTarget | undefined;
-    if (opcode === Opcode.FUSE_WRITE && extlen === 0 && payloadSz > 0) {
-      // The data stays in the entry: the backend writes it from there.
-      buf = Buffer.allocUnsafe(SIZE.in_header + opSize);
-      h.copy(buf, 0, 0, SIZE.in_header);
-      h.copy(buf, SIZE.in_header, OP_IN, OP_IN + opSize);
-      target = { payload: [], writeSrc: [e.payload.subarray(0, payloadSz)] };
-    } else {
-      // A private copy: backends may keep request bytes past the entry's reuse.
-      buf = Buffer.allocUnsafe(len);
-      h.copy(buf, 0, 0, SIZE.in_header);
-      h.copy(buf, SIZE.in_header, OP_IN, OP_IN + opSize);
+    if (dataInPlace) target = { payload: [], writeSrc: [e.payload.subarray(0, payloadSz)] };
+    else {
       e.payload.copy(buf, SIZE.in_header + opSize, 0, payloadSz);
       if (opcode === Opcode.FUSE_READ) target = { payload: [e.payload] };
     }
