@@ -50,8 +50,10 @@ napi_value js_backing_close(napi_env env, napi_callback_info info) {
 /*
  * The request and reply path of /dev/fuse, one call each (Node's fs calls cost more than
  * the system call for messages this small):
- *   devRead(devFd, scratch) -> a new Buffer holding the request read into scratch, or a
- *     number: 0 at end of file, -errno on failure (EAGAIN: nothing queued).
+ *   devRead(devFd, scratch) -> bytes of the request read into scratch; 0 at end of file,
+ *     -errno on failure (EAGAIN: nothing queued). The caller copies what it keeps: in JS a
+ *     small copy comes from Node's buffer pool, where a native copy would be a malloc and a
+ *     backing store for the collector to sweep, per request.
  *   devWritev(devFd, chunks) -> bytes written; throws on failure (code: the errno name).
  */
 napi_value js_dev_read(napi_env env, napi_callback_info info) {
@@ -64,11 +66,7 @@ napi_value js_dev_read(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[0], &fd));
   CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
   ssize_t n = read(fd, data, len);
-  if (n <= 0) return int32_value(env, n == 0 ? 0 : -errno);
-  napi_value out;
-  void *copy;
-  CHECK(napi_create_buffer_copy(env, (size_t)n, data, &copy, &out));
-  return out;
+  return int32_value(env, n >= 0 ? (int32_t)n : -errno);
 }
 
 #define DEV_IOV_MAX 64

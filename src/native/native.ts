@@ -32,7 +32,7 @@ export interface NativeAddon {
   rwNowait(fd: number, bufs: Uint8Array[], offset: number, write: boolean): number;
   /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */
   /** A request read from /dev/fuse (a copy of what landed in scratch), or 0 (end) / -errno. */
-  devRead(devFd: number, scratch: Buffer): Buffer | number;
+  devRead(devFd: number, scratch: Buffer): number;
   /** writev(2) of a reply to /dev/fuse; throws on failure. */
   devWritev(devFd: number, chunks: Uint8Array[]): number;
   backingOpen(devFd: number, fd: number): number;

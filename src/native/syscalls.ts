@@ -129,8 +129,12 @@ function u64(dv: DataView, at: number): number {
   return dv.getUint32(at, true) + dv.getUint32(at + 4, true) * 0x1_0000_0000;
 }
 
+/** A statx timestamp: seconds as an i64 from its words (no BigInt: exact within ±2^53 s). */
+function ts(dv: DataView, at: number): Timespec {
+  return { sec: dv.getInt32(at + 4, true) * 0x1_0000_0000 + dv.getUint32(at, true), nsec: dv.getUint32(at + 8, true) };
+}
+
 function parseStatx(b: Buffer, dv = new DataView(b.buffer, b.byteOffset, b.byteLength)): Statx {
-  const ts = (at: number): Timespec => ({ sec: Number(dv.getBigInt64(at, true)), nsec: dv.getUint32(at + 8, true) });
   return {
     mask: dv.getUint32(0, true),
     blksize: dv.getUint32(4, true),
@@ -141,10 +145,10 @@ function parseStatx(b: Buffer, dv = new DataView(b.buffer, b.byteOffset, b.byteL
     ino: u64(dv, 32),
     size: u64(dv, 40),
     blocks: u64(dv, 48),
-    atime: ts(64),
-    btime: ts(80),
-    ctime: ts(96),
-    mtime: ts(112),
+    atime: ts(dv, 64),
+    btime: ts(dv, 80),
+    ctime: ts(dv, 96),
+    mtime: ts(dv, 112),
     rdevMajor: dv.getUint32(128, true),
     rdevMinor: dv.getUint32(132, true),
     devMajor: dv.getUint32(136, true),

@@ -187,10 +187,13 @@ export class DevFuseDevice {
   private startPolling(bufSize: number): void {
     const buf = Buffer.allocUnsafe(bufSize);
     const onReadable = () => {
-      // A private copy of each request: backends may hold it (write data) past this call.
       const r = native().devRead(this.fd, buf);
-      if (typeof r !== 'number') {
-        this.session.handle(r, this.send);
+      if (r > 0) {
+        // A private copy of each request: backends may hold it (write data) past this call.
+        // Small ones come from Node's buffer pool (no allocation of their own).
+        const req = Buffer.allocUnsafe(r);
+        req.set(r === buf.length ? buf : buf.subarray(0, r));
+        this.session.handle(req, this.send);
         return;
       }
       if (r === -Errno.EAGAIN || r === -Errno.EINTR || r === -Errno.ENOENT) return;

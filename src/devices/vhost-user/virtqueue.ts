@@ -5,6 +5,7 @@
  * every address and length checked, at most `num` steps (or the indirect table's size), and
  * indirect tables may not nest.
  */
+import { u64FromWords } from '../../fuse/wire.js';
 import { type GuestMemory, VirtioError } from './guest-memory.js';
 
 const VIRTQ_DESC_F_NEXT = 1;
@@ -100,7 +101,8 @@ export class Virtqueue {
       if (steps >= size) throw new ChainError(head, 'descriptor chain loops or is too long');
       if (i >= size) throw new ChainError(head, `descriptor index ${i} out of range`);
       const at = i * 16;
-      const addr = Number(dv.getBigUint64(at, true));
+      // Beyond 2^53 it saturates: no guest memory lies there, so the slice below refuses it.
+      const addr = u64FromWords(dv.getUint32(at, true), dv.getUint32(at + 4, true));
       const len = dv.getUint32(at + 8, true);
       const flags = dv.getUint16(at + 12, true);
       const next = dv.getUint16(at + 14, true);
