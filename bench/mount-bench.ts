@@ -7,12 +7,14 @@
  *
  * Prints, per workload, ops/s or MiB/s, the CPU time the serving process spent per
  * operation (utime+stime of all its threads, from /proc), and dpfs's ratio to each
- * reference. Machines are noisy: read the ratios, and rerun.
+ * reference. Machines are noisy: read the ratios; `--rounds N` measures every target N times,
+ * interleaved, and shows medians with each ratio's range.
  *
  *   npm run bench
  *   node dist/bench/mount-bench.js --backend passthrough --libfuse /path/to/passthrough_ll
  *   options: --backend memory|passthrough|both  --files N  --runtime SECONDS  --json FILE
  *            --io poll|uring  (how dpfs takes requests; uring needs the fuse module's enable_uring)
+ *            --rounds N  (default 1)
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -22,6 +24,7 @@ import { promisify } from 'node:util';
 import { mountAt } from '../src/devices/devfuse/mounts.js';
 import { fuseUringEnabled } from '../src/devices/devfuse/uring-channel.js';
 import { projectRoot } from '../src/native/native.js';
+import { formatRatio, formatTable, medianRows, ratioOf, roundsOption } from './rounds.js';
 
 const execFileP = promisify(execFile);
 const args = process.argv.slice(2);
@@ -35,6 +38,7 @@ const RUNTIME = Number(opt('runtime', '5'));
 const JSON_OUT = opt('json', '');
 const LIBFUSE = opt('libfuse', process.env.DPFS_BENCH_LIBFUSE ?? '');
 const IO = opt('io', 'poll');
+const ROUNDS = roundsOption(opt('rounds', '1'));
 if (IO !== 'poll' && IO !== 'uring') throw new Error(`--io ${IO}: poll or uring`);
 if (IO === 'uring' && !fuseUringEnabled()) throw new Error('--io uring: FUSE over io_uring is off in this kernel (echo Y > /sys/module/fuse/parameters/enable_uring)');
 const CLK_TCK = 100;
@@ -168,39 +172,48 @@ async function runAll(t: Target): Promise<Row[]> {
   return rows;
 }
 
-function table(dpfs: Row[], refs: [string, Row[]][]): string {
+/** Medians over the rounds; each ratio is dpfs's over the reference's of the same round. */
+function table(dpfs: Row[][], refs: [string, Row[][]][]): string {
+  const mid = medianRows(dpfs);
+  const refMid = refs.map(([n, r]) => [n, medianRows(r)] as const);
   const head = ['workload', 'dpfs', ...refs.map(([n]) => n), ...refs.map(([n]) => `ratio vs ${n}`), 'CPU µs/op dpfs', ...refs.map(([n]) => `CPU µs/op ${n}`)];
-  const lines = [
+  return formatTable([
     head,
-    ...dpfs.map((row, i) => [
+    ...mid.map((row, i) => [
       row.workload,
       `${row.value.toFixed(0)} ${row.unit}`,
-      ...refs.map(([, r]) => `${r[i]!.value.toFixed(0)} ${row.unit}`),
-      ...refs.map(([, r]) => `${(row.value / r[i]!.value).toFixed(2)}x`),
+      ...refMid.map(([, r]) => `${r[i]!.value.toFixed(0)} ${row.unit}`),
+      ...refs.map(([, r]) => formatRatio(ratioOf(dpfs, r, i), ROUNDS)),
       row.cpuUsPerOp.toFixed(1),
-      ...refs.map(([, r]) => r[i]!.cpuUsPerOp.toFixed(1)),
+      ...refMid.map(([, r]) => r[i]!.cpuUsPerOp.toFixed(1)),
     ]),
-  ];
-  const widths = head.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
-  return lines.map((l) => l.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ')).join('\n');
+  ]);
 }
 
 const CLI = join(projectRoot, 'dist/src/cli/main.js');
 
 type Launch = [name: string, launch: () => Promise<Target>];
 
-/** Mounts each target in turn, runs every workload on it, and always unmounts it. */
-async function runTargets(targets: Launch[]): Promise<Record<string, Row[]>> {
-  const results: Record<string, Row[]> = {};
-  for (const [name, launch] of targets) {
-    const t = await launch();
-    try {
-      results[name] = await runAll(t);
-    } finally {
-      await stop(t);
+/** Per round, mounts each target in turn, runs every workload on it, and always unmounts it. */
+async function runTargets(targets: Launch[]): Promise<Record<string, Row[][]>> {
+  const results: Record<string, Row[][]> = {};
+  for (let round = 1; round <= ROUNDS; round++) {
+    if (ROUNDS > 1) progress(` round ${round} of ${ROUNDS}`);
+    for (const [name, launch] of targets) {
+      const t = await launch();
+      try {
+        (results[name] ??= []).push(await runAll(t));
+      } finally {
+        await stop(t);
+      }
     }
   }
   return results;
+}
+
+/** What the JSON result holds per target: the medians and every round. */
+function forJson(results: Record<string, Row[][]>): object {
+  return Object.fromEntries(Object.entries(results).map(([n, r]) => [n, { median: medianRows(r), rounds: r }]));
 }
 
 const bindfs = (shm: string): Launch => ['bindfs', () => start('bindfs', 'bindfs', (d) => ['-f', '-o', 'allow_other', shm, d])];
@@ -208,15 +221,15 @@ const bindfs = (shm: string): Launch => ['bindfs', () => start('bindfs', 'bindfs
 async function benchMemory(): Promise<object> {
   progress('memory backend vs bindfs over tmpfs');
   const shm = mkdtempSync('/dev/shm/bench-src-');
-  let results: Record<string, Row[]>;
+  let results: Record<string, Row[][]>;
   try {
     results = await runTargets([['dpfs', () => start('dpfs memory', process.execPath, (d) => [CLI, 'mount', d, '--io', IO, '--capacity', '8GiB'])], bindfs(shm)]);
   } finally {
     rmSync(shm, { recursive: true, force: true });
   }
-  console.log(`\nmemory backend (dpfs, requests over ${IO === 'uring' ? 'io_uring' : '/dev/fuse'}) vs bindfs over tmpfs\n`);
+  console.log(`\nmemory backend (dpfs, requests over ${IO === 'uring' ? 'io_uring' : '/dev/fuse'}) vs bindfs over tmpfs${roundsNote()}\n`);
   console.log(table(results.dpfs!, [['bindfs', results.bindfs!]]));
-  return results;
+  return forJson(results);
 }
 
 async function benchPassthrough(): Promise<object> {
@@ -229,23 +242,25 @@ async function benchPassthrough(): Promise<object> {
     progress('  (libfuse passthrough example not given: --libfuse PATH to compare with it too)');
   }
   progress(`passthrough backend vs ${refs.map(([n]) => n).join(' and ')} over the same tmpfs directory`);
-  let results: Record<string, Row[]>;
+  let results: Record<string, Row[][]>;
   try {
     results = await runTargets([['dpfs', () => start('dpfs passthrough', process.execPath, (d) => [CLI, 'mount', d, '--io', IO, '-b', 'passthrough', '-s', shm])], ...refs]);
   } finally {
     rmSync(shm, { recursive: true, force: true });
   }
-  console.log(`\npassthrough backend (dpfs, requests over ${IO === 'uring' ? 'io_uring' : '/dev/fuse'}) vs C references over the same directory\n`);
+  console.log(`\npassthrough backend (dpfs, requests over ${IO === 'uring' ? 'io_uring' : '/dev/fuse'}) vs C references over the same directory${roundsNote()}\n`);
   console.log(table(results.dpfs!, refs.map(([n]) => [n, results[n]!])));
-  return results;
+  return forJson(results);
 }
+
+const roundsNote = () => (ROUNDS > 1 ? `; medians of ${ROUNDS} rounds, ratio ranges in brackets` : '');
 
 async function main(): Promise<void> {
   const out: Record<string, object> = {};
   if (BACKEND === 'memory' || BACKEND === 'both') out.memory = await benchMemory();
   if (BACKEND === 'passthrough' || BACKEND === 'both') out.passthrough = await benchPassthrough();
   console.log('\nI/O uses O_DIRECT (psync at QD1, libaio at QD32); metadata runs one process, one file at a time;\nstat starts once the entries create left have expired (every daemon here uses 1 s timeouts).');
-  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ date: new Date().toISOString(), files: FILES, runtime: RUNTIME, results: out }, null, 2));
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ date: new Date().toISOString(), files: FILES, runtime: RUNTIME, rounds: ROUNDS, results: out }, null, 2));
 }
 
 main().catch((err) => {

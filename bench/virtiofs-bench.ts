@@ -11,7 +11,8 @@
  *   npm run bench:virtiofs
  *   node dist/bench/virtiofs-bench.js --seconds 3 --queues 2 --out bench-results
  *   options: --targets dpfs,virtiofsd,null  --threads N (dpfs queue threads)  --source-parent DIR
- *   (where the served directory is made; default /var/tmp, a disk file system)
+ *   (where the served directory is made; default /var/tmp, a disk file system)  --rounds N
+ *   (every server measured N times, interleaved: medians, and each ratio's range)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,6 +21,7 @@ import * as hdr from 'hdr-histogram-js';
 import { projectRoot } from '../src/native/native.js';
 import { FuseClient } from '../src/harness/fuse-client.js';
 import { GuestDriver } from '../src/harness/guest-driver.js';
+import { formatRatio, formatTable, medianRows, ratioOf, roundsOption } from './rounds.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -36,6 +38,7 @@ const SOURCE_PARENT = opt('source-parent', '/var/tmp');
 const TARGETS = new Set(opt('targets', 'dpfs,virtiofsd,null').split(','));
 /** dpfs queue threads (-t); unset: the daemon's default. */
 const THREADS = opt('threads', '');
+const ROUNDS = roundsOption(opt('rounds', '1'));
 const threadArgs = THREADS ? ['-t', THREADS] : [];
 const FILE_BYTES = 64 * 1024 * 1024;
 const CLK_TCK = 100;
@@ -211,7 +214,7 @@ async function main(): Promise<void> {
   mkdirSync(src);
   writeFileSync(join(src, 'data'), Buffer.alloc(FILE_BYTES, 1));
   const cli = join(projectRoot, 'dist/src/cli/main.js');
-  const results: Record<string, Row[]> = {};
+  const results: Record<string, Row[][]> = {};
   try {
     const targets: [string, string, (sock: string) => string[], number, string, boolean][] = [];
     if (TARGETS.has('dpfs')) targets.push(['dpfs', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'passthrough', '-s', src, ...threadArgs], 1, 'data', false]);
@@ -223,41 +226,45 @@ async function main(): Promise<void> {
       const t = THREADS || String(QUEUES);
       if (QUEUES > 1) targets.push([`dpfs-null-${QUEUES}q-${t}t`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES), '-t', t], QUEUES, 'null', true]);
     }
-    for (const [name, cmd, argv, queues, file, quick] of targets) {
-      progress(`${name} (${queues} request queue${queues > 1 ? 's' : ''})`);
-      const sock = join(dir, `${name}.sock`);
-      const server = await startServer(name, cmd, argv(sock), sock);
-      try {
-        results[name] = await suite(server, queues, file, quick);
-      } finally {
-        await stopServer(server);
+    for (let round = 1; round <= ROUNDS; round++) {
+      if (ROUNDS > 1) progress(`round ${round} of ${ROUNDS}`);
+      for (const [name, cmd, argv, queues, file, quick] of targets) {
+        progress(`${name} (${queues} request queue${queues > 1 ? 's' : ''})`);
+        const sock = join(dir, `${name}.sock`);
+        const server = await startServer(name, cmd, argv(sock), sock);
+        try {
+          (results[name] ??= []).push(await suite(server, queues, file, quick));
+        } finally {
+          await stopServer(server);
+        }
       }
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-  const first = Object.values(results)[0]!;
-  const ref = results.virtiofsd;
-  const firstName = Object.keys(results)[0]!;
-  const head = ['workload', ...Object.keys(results), ...(ref ? [`${firstName}/virtiofsd`] : []), `CPU µs/op ${firstName}`, ...(ref ? ['CPU µs/op virtiofsd'] : []), `p99 µs ${firstName}`, ...(ref ? ['p99 µs virtiofsd'] : [])];
+  const mid: Record<string, Row[]> = Object.fromEntries(Object.entries(results).map(([n, r]) => [n, medianRows(r)]));
+  const firstName = Object.keys(mid)[0]!;
+  const first = mid[firstName]!;
+  const ref = mid.virtiofsd;
+  const head = ['workload', ...Object.keys(mid), ...(ref ? [`${firstName}/virtiofsd`] : []), `CPU µs/op ${firstName}`, ...(ref ? ['CPU µs/op virtiofsd'] : []), `p99 µs ${firstName}`, ...(ref ? ['p99 µs virtiofsd'] : [])];
   const lines = [head];
   first.forEach((r, i) => {
     lines.push([
       r.workload,
-      ...Object.values(results).map((rs) => (rs[i] ? `${rs[i]!.value.toFixed(0)} ${r.unit}` : '-')),
-      ...(ref ? [`${(r.value / ref[i]!.value).toFixed(2)}x`] : []),
+      ...Object.values(mid).map((rs) => (rs[i] ? `${rs[i]!.value.toFixed(0)} ${r.unit}` : '-')),
+      ...(ref ? [formatRatio(ratioOf(results[firstName]!, results.virtiofsd!, i), ROUNDS)] : []),
       r.cpuUsPerOp.toFixed(1),
       ...(ref ? [ref[i]!.cpuUsPerOp.toFixed(1)] : []),
       String(r.p99),
       ...(ref ? [String(ref[i]!.p99)] : []),
     ]);
   });
-  const widths = head.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
-  console.log('\n' + lines.map((l) => l.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ')).join('\n'));
+  if (ROUNDS > 1) console.log(`\nmedians of ${ROUNDS} rounds; the ratio's range over the rounds in brackets`);
+  console.log('\n' + formatTable(lines));
   console.log('\nThe harness and the server share this machine\'s cores; compare ratios, not absolute figures.');
   mkdirSync(OUT, { recursive: true });
-  writeFileSync(join(OUT, 'virtiofs-bench.json'), JSON.stringify({ date: new Date().toISOString(), seconds: SECONDS, queues: QUEUES, results }, null, 2));
-  writeFileSync(join(OUT, 'virtiofs-bench.svg'), svg(results));
+  writeFileSync(join(OUT, 'virtiofs-bench.json'), JSON.stringify({ date: new Date().toISOString(), seconds: SECONDS, queues: QUEUES, rounds: ROUNDS, median: mid, results }, null, 2));
+  writeFileSync(join(OUT, 'virtiofs-bench.svg'), svg(mid));
   console.log(`wrote ${join(OUT, 'virtiofs-bench.json')} and ${join(OUT, 'virtiofs-bench.svg')}`);
 }
 
