@@ -231,6 +231,7 @@ async function main(): Promise<void> {
       for (const [name, cmd, argv, queues, file, quick] of targets) {
         progress(`${name} (${queues} request queue${queues > 1 ? 's' : ''})`);
         const sock = join(dir, `${name}.sock`);
+        rmSync(sock, { force: true }); // an earlier round's: the new server's must be waited for
         const server = await startServer(name, cmd, argv(sock), sock);
         try {
           (results[name] ??= []).push(await suite(server, queues, file, quick));
