@@ -45,8 +45,25 @@ napi_value js_listen_unix(napi_env env, napi_callback_info info) {
   if (err) return throw_errno(env, err, "listenUnix");
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket");
-  unlink(sa.sun_path);
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 4) != 0) return close_and_throw(env, fd, "bind");
+  /*
+   * Bound under a temporary name and renamed into place once listening: the path appears
+   * only when connections to it are taken (a VMM started as soon as the file exists, as
+   * QEMU often is, would otherwise be refused between bind and listen). rename() also
+   * replaces a stale socket left by an earlier daemon. Paths too long for the temporary
+   * name are bound directly.
+   */
+  struct sockaddr_un tmp = sa;
+  int n = snprintf(tmp.sun_path, sizeof tmp.sun_path, "%s.%d~", sa.sun_path, (int)getpid());
+  int staged = n > 0 && (size_t)n < sizeof tmp.sun_path;
+  const struct sockaddr_un *at = staged ? &tmp : &sa;
+  unlink(at->sun_path);
+  if (bind(fd, (const struct sockaddr *)at, sizeof *at) != 0) return close_and_throw(env, fd, "bind");
+  if (listen(fd, 4) != 0 || (staged && rename(tmp.sun_path, sa.sun_path) != 0)) {
+    int e = errno;
+    unlink(at->sun_path);
+    close(fd);
+    return throw_errno(env, e, "listen");
+  }
   return int32_value(env, fd);
 }
 

@@ -4,7 +4,7 @@
  * descriptor chains after each of which the device must still serve a well-formed request.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -224,6 +224,30 @@ test('an indirect table outside guest memory is a bad chain, not a broken ring (
     assert.equal((await c.getattr(1)).error, 0);
     assert.equal(dev.connection?.stats.badChains, 1);
   });
+});
+
+test('the device socket appears once it takes connections, over a stale file, with no name left behind', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'dpfs-sock-'));
+  try {
+    // A plain path (bound under a temporary name, then renamed into place) and one too long
+    // for the temporary name (bound directly).
+    for (const name of ['vfs.sock', 'v'.repeat(104 - dir.length - 1)]) {
+      const socket = join(dir, name);
+      writeFileSync(socket, 'left over by a daemon killed with -9');
+      const dev = new VhostUserFsDevice({ socketPath: socket, fs: new NullFs(), requestQueues: 1, threads: 0 });
+      dev.start();
+      try {
+        assert.ok(statSync(socket).isSocket(), 'the stale file was replaced by the socket');
+        assert.deepEqual(readdirSync(dir), [name], 'no temporary name left behind');
+        await withVmm(socket, {}, async (c) => assert.equal((await c.getattr(1)).error, 0));
+      } finally {
+        await dev.stop();
+      }
+      rmSync(socket, { force: true });
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 for (const threads of [0, 1]) {
