@@ -160,6 +160,14 @@ static fring_t *get_ring(napi_env env, napi_value v) {
   return f;
 }
 
+/* The ring of a call whose one argument is its handle; NULL if it is not one. */
+static fring_t *ring_arg(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1) return NULL;
+  return get_ring(env, argv[0]);
+}
+
 static struct io_uring_sqe *next_sqe(fring_t *f) {
   struct io_uring_sqe *sqe = io_uring_get_sqe(&f->ring);
   if (!sqe) {
@@ -219,10 +227,7 @@ napi_value js_fuse_uring_cmd(napi_env env, napi_callback_info info) {
 }
 
 napi_value js_fuse_uring_submit(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  fring_t *f = get_ring(env, argv[0]);
+  fring_t *f = ring_arg(env, info);
   if (!f) return throw_errno(env, EINVAL, "fuseUringSubmit");
   if (!f->open) return int32_value(env, -ENOTCONN);
   int r = io_uring_submit(&f->ring);
@@ -230,10 +235,7 @@ napi_value js_fuse_uring_submit(napi_env env, napi_callback_info info) {
 }
 
 napi_value js_fuse_uring_close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  fring_t *f = get_ring(env, argv[0]);
+  fring_t *f = ring_arg(env, info);
   if (!f) return throw_errno(env, EINVAL, "fuseUringClose");
   if (f->open) {
     napi_remove_env_cleanup_hook(env, on_cleanup, f);

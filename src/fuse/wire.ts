@@ -15,6 +15,11 @@ export function u64FromWords(lo: number, hi: number): number {
   return hi >= 0x20_0000 ? Number.MAX_SAFE_INTEGER + 1 : hi * TWO32 + lo;
 }
 
+/** An i64 from its 32-bit words (`hi` signed) as a JS number: exact within ±2^53, the range of real times and offsets. */
+export function i64FromWords(lo: number, hi: number): number {
+  return hi * TWO32 + lo;
+}
+
 export class Reader {
   private pos: number;
   private readonly dv: DataView;
@@ -64,10 +69,10 @@ export class Reader {
     const at = this.need(8, what);
     return u64FromWords(this.dv.getUint32(at, true), this.dv.getUint32(at + 4, true));
   }
-  /** An i64 as a JS number (exact within ±2^53, the range of real times and offsets). */
+  /** An i64 as a JS number (see i64FromWords). */
   i64(what = 'i64'): number {
     const at = this.need(8, what);
-    return this.dv.getInt32(at + 4, true) * TWO32 + this.dv.getUint32(at, true);
+    return i64FromWords(this.dv.getUint32(at, true), this.dv.getInt32(at + 4, true));
   }
   bytes(n: number, what = 'bytes'): Uint8Array {
     const at = this.need(n, what);

@@ -30,11 +30,11 @@ export interface NativeAddon {
   eventfdDrain(fd: number): number;
   /** preadv2/pwritev2 with RWF_NOWAIT, synchronously: bytes moved, or -errno. */
   rwNowait(fd: number, bufs: Uint8Array[], offset: number, write: boolean): number;
-  /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */
-  /** A request read from /dev/fuse (a copy of what landed in scratch), or 0 (end) / -errno. */
+  /** read(2) of one request from /dev/fuse into `scratch`: its bytes, 0 at end of file, or -errno. */
   devRead(devFd: number, scratch: Buffer): number;
   /** writev(2) of a reply to /dev/fuse; throws on failure. */
   devWritev(devFd: number, chunks: Uint8Array[]): number;
+  /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */
   backingOpen(devFd: number, fd: number): number;
   backingClose(devFd: number, id: number): void;
   /** mmap(MAP_SHARED) of fd, shareable with workers; unmapped once no thread references it. */

@@ -8,6 +8,7 @@
  */
 import type { StatFs, Timespec } from '../fs/api.js';
 import { Errno, FsError, errnoOf } from '../fuse/errno.js';
+import { i64FromWords } from '../fuse/wire.js';
 import { native } from './native.js';
 
 export type Creds = readonly number[] | null;
@@ -129,9 +130,9 @@ function u64(dv: DataView, at: number): number {
   return dv.getUint32(at, true) + dv.getUint32(at + 4, true) * 0x1_0000_0000;
 }
 
-/** A statx timestamp: seconds as an i64 from its words (no BigInt: exact within ±2^53 s). */
+/** A statx timestamp, its seconds an i64 read from its words (no BigInt). */
 function ts(dv: DataView, at: number): Timespec {
-  return { sec: dv.getInt32(at + 4, true) * 0x1_0000_0000 + dv.getUint32(at, true), nsec: dv.getUint32(at + 8, true) };
+  return { sec: i64FromWords(dv.getUint32(at, true), dv.getInt32(at + 4, true)), nsec: dv.getUint32(at + 8, true) };
 }
 
 function parseStatx(b: Buffer, dv = new DataView(b.buffer, b.byteOffset, b.byteLength)): Statx {
