@@ -25,20 +25,16 @@ import { mountAt } from '../src/devices/devfuse/mounts.js';
 import { fuseUringEnabled } from '../src/devices/devfuse/uring-channel.js';
 import { projectRoot } from '../src/native/native.js';
 import { formatRatio, formatTable, medianRows, ratioOf, roundsOption } from './rounds.js';
+import { option } from './options.js';
 
 const execFileP = promisify(execFile);
-const args = process.argv.slice(2);
-const opt = (name: string, dflt: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 && args[i + 1] ? args[i + 1]! : dflt;
-};
-const BACKEND = opt('backend', 'both');
-const FILES = Number(opt('files', '10000'));
-const RUNTIME = Number(opt('runtime', '5'));
-const JSON_OUT = opt('json', '');
-const LIBFUSE = opt('libfuse', process.env.DPFS_BENCH_LIBFUSE ?? '');
-const IO = opt('io', 'poll');
-const ROUNDS = roundsOption(opt('rounds', '1'));
+const BACKEND = option('backend', 'both');
+const FILES = Number(option('files', '10000'));
+const RUNTIME = Number(option('runtime', '5'));
+const JSON_OUT = option('json', '');
+const LIBFUSE = option('libfuse', process.env.DPFS_BENCH_LIBFUSE ?? '');
+const IO = option('io', 'poll');
+const ROUNDS = roundsOption(option('rounds', '1'));
 if (IO !== 'poll' && IO !== 'uring') throw new Error(`--io ${IO}: poll or uring`);
 if (IO === 'uring' && !fuseUringEnabled()) throw new Error('--io uring: FUSE over io_uring is off in this kernel (echo Y > /sys/module/fuse/parameters/enable_uring)');
 const CLK_TCK = 100;

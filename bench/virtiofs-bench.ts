@@ -13,35 +13,32 @@
  *   options: --targets dpfs,virtiofsd,null  --threads N (dpfs queue threads)  --source-parent DIR
  *   (where the served directory is made; default /var/tmp, a disk file system)  --rounds N
  *   (every server measured N times, interleaved: medians, and each ratio's range)
+ *   --virtiofsd PATH  --virtiofsd-sandbox namespace|chroot
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as hdr from 'hdr-histogram-js';
 import { projectRoot } from '../src/native/native.js';
 import { FuseClient } from '../src/harness/fuse-client.js';
 import { GuestDriver } from '../src/harness/guest-driver.js';
+import { CLK_TCK, cpuTicks, type Server, startServer, stopServer, VIRTIOFSD, virtiofsdArgs } from './servers.js';
 import { formatRatio, formatTable, medianRows, ratioOf, roundsOption } from './rounds.js';
+import { option } from './options.js';
 
-const args = process.argv.slice(2);
-const opt = (name: string, dflt: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 && args[i + 1] ? args[i + 1]! : dflt;
-};
-const SECONDS = Number(opt('seconds', '3'));
-const QUEUES = Number(opt('queues', '2'));
-const OUT = opt('out', 'bench-results');
-const VIRTIOFSD = opt('virtiofsd', '/usr/lib/qemu/virtiofsd');
+const SECONDS = Number(option('seconds', '3'));
+const QUEUES = Number(option('queues', '2'));
+const OUT = option('out', 'bench-results');
 /** Where the served directory is made: a disk file system by default, as most exports are. */
-const SOURCE_PARENT = opt('source-parent', '/var/tmp');
+const SOURCE_PARENT = option('source-parent', '/var/tmp');
 /** Which servers to run: dpfs (passthrough), virtiofsd, null (1 queue, and --queues queues on as many threads). */
-const TARGETS = new Set(opt('targets', 'dpfs,virtiofsd,null').split(','));
+const TARGETS = new Set(option('targets', 'dpfs,virtiofsd,null').split(','));
 /** dpfs queue threads (-t); unset: the daemon's default. */
-const THREADS = opt('threads', '');
-const ROUNDS = roundsOption(opt('rounds', '1'));
+const THREADS = option('threads', '');
+const ROUNDS = roundsOption(option('rounds', '1'));
 const threadArgs = THREADS ? ['-t', THREADS] : [];
 const FILE_BYTES = 64 * 1024 * 1024;
-const CLK_TCK = 100;
+
+const progress = (m: string) => process.stderr.write(`${m}\n`);
 
 interface Row {
   workload: string;
@@ -51,47 +48,6 @@ interface Row {
   p99: number;
   p999: number;
   cpuUsPerOp: number;
-}
-
-interface Server {
-  name: string;
-  proc: ChildProcess;
-  socket: string;
-}
-
-const progress = (m: string) => process.stderr.write(`${m}\n`);
-
-/** utime+stime of a process and its descendants (virtiofsd serves from a sandboxed child). */
-function cpuTicks(pid: number): number {
-  let total = 0;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    total = Number(f[11]) + Number(f[12]);
-    for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      const kids = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
-      for (const k of kids ? kids.split(' ') : []) total += cpuTicks(Number(k));
-    }
-  } catch {
-    /* exited meanwhile */
-  }
-  return total;
-}
-
-async function startServer(name: string, cmd: string, cmdArgs: string[], socket: string): Promise<Server> {
-  const proc = spawn(cmd, cmdArgs, { stdio: 'ignore', env: { ...process.env, DPFS_LOG: 'warn' } });
-  for (let i = 0; i < 200 && !existsSync(socket); i++) {
-    if (proc.exitCode !== null) throw new Error(`${name} exited (${proc.exitCode})`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  if (!existsSync(socket)) throw new Error(`${name} did not create ${socket}`);
-  return { name, proc, socket };
-}
-
-async function stopServer(s: Server): Promise<void> {
-  s.proc.kill('SIGTERM');
-  await Promise.race([new Promise((r) => (s.proc.exitCode !== null ? r(null) : s.proc.once('exit', r))), new Promise((r) => setTimeout(r, 3000))]);
-  if (s.proc.exitCode === null) s.proc.kill('SIGKILL');
 }
 
 /** Runs `op` from `depth` concurrent loops for SECONDS over `queues` queues; returns the row. */
@@ -218,7 +174,7 @@ async function main(): Promise<void> {
   try {
     const targets: [string, string, (sock: string) => string[], number, string, boolean][] = [];
     if (TARGETS.has('dpfs')) targets.push(['dpfs', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'passthrough', '-s', src, ...threadArgs], 1, 'data', false]);
-    if (TARGETS.has('virtiofsd') && existsSync(VIRTIOFSD)) targets.push(['virtiofsd', VIRTIOFSD, (s) => [`--socket-path=${s}`, '-o', `source=${src}`, '-o', 'cache=auto'], 1, 'data', false]);
+    if (TARGETS.has('virtiofsd') && existsSync(VIRTIOFSD)) targets.push(['virtiofsd', VIRTIOFSD, (s) => virtiofsdArgs(s, src), 1, 'data', false]);
     else if (TARGETS.has('virtiofsd')) progress(`(no ${VIRTIOFSD}: the C reference is skipped)`);
     if (TARGETS.has('null')) {
       targets.push(['dpfs-null', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', ...threadArgs], 1, 'null', !TARGETS.has('dpfs')]);

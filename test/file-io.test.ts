@@ -8,18 +8,19 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { type NowaitState, readAt, syncFile, writeAt } from '../src/backends/passthrough/file-io.js';
+import { AT_ONCE_MAX, BACKOFF_MS, type NowaitState, readAt, runsAtOnce, SLOW_MS, syncFile, tookAtOnce, writeAt } from '../src/backends/passthrough/file-io.js';
 import { Uring } from '../src/native/uring.js';
 
 const places = ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p));
 
 for (const place of places) {
-  for (const [nowait, uring] of [
-    [true, true],
-    [false, true],
-    [false, false],
+  for (const [nowait, uring, now] of [
+    [true, true, false],
+    [false, true, false],
+    [false, false, false],
+    [true, true, true],
   ] as const) {
-    const how = nowait ? 'page cache first' : uring ? 'io_uring' : "libuv's pool";
+    const how = now ? 'at once where it cannot wait' : nowait ? 'page cache first' : uring ? 'io_uring' : "libuv's pool";
     test(`reads and writes at any offset, across the end of file (${place}, ${how})`, async (t) => {
       Uring.enabled = uring;
       t.after(() => (Uring.enabled = true));
@@ -29,7 +30,7 @@ for (const place of places) {
         const content = randomBytes(300_000);
         writeFileSync(path, content);
         const fd = openSync(path, 'r+');
-        const state: NowaitState = nowait ? {} : { noNowaitRead: true, noNowaitWrite: true };
+        const state: NowaitState = now ? (place === '/dev/shm' ? { inMemory: true } : { localDisk: true }) : nowait ? {} : { noNowaitRead: true, noNowaitWrite: true };
         try {
           for (const [offset, sizes] of [
             [0, [4096]],
@@ -72,6 +73,29 @@ for (const place of places) {
     });
   }
 }
+
+test('which calls run at once: small ones that cannot wait, and a slow write turns a disk file asynchronous for a while', () => {
+  const mem: NowaitState = { inMemory: true };
+  assert.ok(runsAtOnce(mem, false, 4096) && runsAtOnce(mem, true, AT_ONCE_MAX), 'memory file system: reads and writes');
+  assert.ok(!runsAtOnce(mem, true, AT_ONCE_MAX + 1), 'but not large ones');
+  tookAtOnce(mem, 50, 1000);
+  assert.ok(runsAtOnce(mem, true, 4096, 1001), 'memory never waits for a device: no back-off');
+  const disk: NowaitState = { localDisk: true };
+  assert.ok(runsAtOnce(disk, true, 4096, 0), 'disk: a write goes to the page cache');
+  assert.ok(!runsAtOnce(disk, false, 4096, 0), 'disk: a read that RWF_NOWAIT could not serve waits for the device');
+  tookAtOnce(disk, SLOW_MS / 2, 1000);
+  assert.ok(runsAtOnce(disk, true, 4096, 1001), 'a fast write changes nothing');
+  tookAtOnce(disk, SLOW_MS + 1, 1000);
+  assert.ok(!runsAtOnce(disk, true, 4096, 1001), 'after a slow write: asynchronous');
+  assert.ok(runsAtOnce(disk, true, 4096, 1000 + BACKOFF_MS), 'until the back-off ends');
+  assert.ok(!runsAtOnce({}, true, 4096), 'other file systems (network, FUSE): never');
+});
+
+test('errors of calls at once come back as errno (EBADF on a closed descriptor)', async () => {
+  const err = (e: NodeJS.ErrnoException) => e.code === 'EBADF';
+  await assert.rejects(readAt(1 << 20, [Buffer.alloc(16)], 0, { inMemory: true, noNowaitRead: true }), err);
+  await assert.rejects(writeAt(1 << 20, [Buffer.alloc(16)], 0, { localDisk: true, noNowaitWrite: true }), err);
+});
 
 test('io_uring errors come back as errno (EBADF on a closed descriptor)', { skip: Uring.get() ? false : 'io_uring refused here' }, async () => {
   const ring = Uring.get()!;

@@ -8,9 +8,10 @@ import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { Worker } from 'node:worker_threads';
 import { MemoryFs } from '../src/backends/memory/memory-fs.js';
 import { NullFs } from '../src/backends/null/null-fs.js';
-import { VhostUserFsDevice, defaultQueueThreads } from '../src/devices/vhost-user/device.js';
+import { VhostUserFsDevice } from '../src/devices/vhost-user/device.js';
 import type { FileSystem } from '../src/fs/api.js';
 import { Opcode } from '../src/fuse/opcodes.js';
 import { encodeRequest } from '../src/fuse/request-codec.js';
@@ -18,6 +19,7 @@ import { RequestSpecs } from '../src/fuse/request-specs.js';
 import { FuseClient } from '../src/harness/fuse-client.js';
 import { fuzz } from '../src/harness/fuzz.js';
 import { type DriverOptions, GuestDriver } from '../src/harness/guest-driver.js';
+import type { LoadSetup, Phase, PhaseResult } from '../bench/ring-load-worker.js';
 import { startDaemon, stopDaemon, waitFor } from './helpers/daemon.js';
 
 /** A device on a fresh socket, for `fn`'s VMMs; stopped and removed afterwards. */
@@ -122,22 +124,13 @@ for (const threads of [0, 1]) test(`hostile descriptor chains are returned unans
     ];
     for (const [what, setup] of cases) {
       setup();
-      drv.publish(drv.queues[q]!, base);
+      drv.queues[q]!.publish(base);
       // The device is alive and serves a well-formed request on the same queue afterwards.
       const r = await c.getattr(1);
       assert.equal(r.error, 0, `after ${what}`);
     }
     assert.ok((dev.connection?.stats.badChains ?? 0) >= 6, `bad chains seen: ${dev.connection?.stats.badChains}`);
   });
-});
-
-test('queue threads by default only where each request queue gets a core beside two spare ones', () => {
-  assert.equal(defaultQueueThreads(1, 64), 0, 'one request queue: the event loop serves it');
-  assert.equal(defaultQueueThreads(2, 2), 0, 'two cores: no spare core for threads');
-  assert.equal(defaultQueueThreads(2, 3), 0);
-  assert.equal(defaultQueueThreads(2, 4), 2);
-  assert.equal(defaultQueueThreads(8, 16), 8);
-  assert.equal(defaultQueueThreads(15, 16), 0);
 });
 
 test('two request queues on two queue threads serve requests independently', async () => {
@@ -150,6 +143,34 @@ test('two request queues on two queue threads serve requests independently', asy
     await Promise.all([...Array.from({ length: 50 }, () => c1.read(ino, fh, 0, 4096)), ...Array.from({ length: 50 }, () => c2.read(ino, fh, 0, 4096))]);
     const per = dev.connection!.stats.perQueue;
     assert.ok(per[1]! >= 50 && per[2]! >= 50, `per queue: ${per.join(', ')}`);
+  });
+});
+
+test('request queues handed to worker threads are driven from each at once, every request on its own queue', async () => {
+  await withHarness(new NullFs(), { queues: 2, depth: 8, queueSize: 64, slotBytes: 8192 }, async (c, drv, dev) => {
+    const ino = await c.lookup(1, 'null');
+    const fh = await c.open(ino, 2);
+    const pending = c.getattr(ino);
+    assert.throws(() => drv.queues[1]!.handOff(), /in flight/, 'a ring with a request in flight stays');
+    assert.equal((await pending).error, 0);
+    const before = [...dev.connection!.stats.perQueue];
+    const workers = [1, 2].map((q) => {
+      const setup: LoadSetup = { layout: drv.queues[q]!.handOff(), firstUnique: String(BigInt(q) << 40n), ino, fh, fileBytes: 1 << 20 };
+      return new Worker(new URL('../bench/ring-load-worker.js', import.meta.url), { workerData: setup });
+    });
+    try {
+      await Promise.all(workers.map((w) => new Promise((r, j) => (w.once('message', r), w.once('error', j)))));
+      const results = await Promise.all(
+        workers.map((w) => new Promise<PhaseResult>((r, j) => (w.once('message', r), w.once('error', j), w.postMessage({ workload: 'read4k', seconds: 0.3, depth: 4 } satisfies Phase)))),
+      );
+      results.forEach((r, i) => {
+        assert.equal(r.error, undefined, `queue ${i + 1}: ${r.error}`);
+        assert.ok(r.ops > 50, `queue ${i + 1} served ${r.ops} reads`);
+        assert.equal((dev.connection!.stats.perQueue[i + 1] ?? 0) - (before[i + 1] ?? 0), r.ops, `queue ${i + 1}: every read of its worker, and no other`);
+      });
+    } finally {
+      await Promise.all(workers.map((w) => new Promise((r) => (w.once('exit', r), w.postMessage('stop')))));
+    }
   });
 });
 
@@ -220,7 +241,7 @@ test('an indirect table outside guest memory is a bad chain, not a broken ring (
     desc.setBigUint64(head * 16, BigInt(2 ** 52), true);
     desc.setUint32(head * 16 + 8, 16, true);
     desc.setUint16(head * 16 + 12, 4, true); // INDIRECT
-    drv.publish(drv.queues[1]!, head);
+    drv.queues[1]!.publish(head);
     assert.equal((await c.getattr(1)).error, 0);
     assert.equal(dev.connection?.stats.badChains, 1);
   });

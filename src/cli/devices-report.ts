@@ -8,7 +8,6 @@ import { execFileSync } from 'node:child_process';
 import { availableParallelism, release } from 'node:os';
 import { devFuseUsable } from '../devices/devfuse/device.js';
 import { fuseUringEnabled, possibleCpus } from '../devices/devfuse/uring-channel.js';
-import { defaultQueueThreads } from '../devices/vhost-user/device.js';
 import { native } from '../native/native.js';
 import { Uring } from '../native/uring.js';
 
@@ -57,7 +56,7 @@ export function reportDevices(): DeviceReport[] {
     detail: shared
       ? `no shared guest memory: ${shared}`
       : `virtio-fs devices for QEMU's vhost-user-fs-pci; ${cores} cores: ` +
-        (defaultQueueThreads(2, cores) ? `queue threads by default for 2 to ${cores - 2} request queues` : 'request queues on the event loop by default (queue threads need spare cores)') +
+        'request queues on the event loop (queue threads with -t)' +
         (qemu ? `; ${qemu}` : '; no QEMU found'),
   });
 

@@ -3,7 +3,11 @@ import { Opcode, SIZE } from '../fuse/opcodes.js';
 import { encodeRequest } from '../fuse/request-codec.js';
 import { type Field, RequestSpecs, type SpecOpcode } from '../fuse/request-specs.js';
 import { Writer } from '../fuse/wire.js';
-import type { GuestDriver } from './guest-driver.js';
+
+/** What carries a request to the device: the guest driver, or one ring of it in a worker thread. */
+export interface RequestSender {
+  request(queue: number, req: Uint8Array, replyBytes: number): Promise<Buffer>;
+}
 
 export interface FuseReply {
   error: number;
@@ -11,13 +15,17 @@ export interface FuseReply {
 }
 
 export class FuseClient {
-  private unique = 1n;
+  private unique: bigint;
 
   constructor(
-    readonly driver: GuestDriver,
+    readonly driver: RequestSender,
     /** Request queue to use (1-based). */
     readonly queue = 1,
-  ) {}
+    /** Where this client's request ids start (clients sharing a device keep theirs apart). */
+    firstUnique = 1n,
+  ) {
+    this.unique = firstUnique;
+  }
 
   async raw(op: number, nodeid: number, spec: readonly Field[], args: Record<string, unknown>, replyBytes = 4096, queue = this.queue): Promise<FuseReply> {
     const req = encodeRequest({ opcode: op, unique: (this.unique += 2n), nodeid, uid: 0, gid: 0, pid: 1 }, spec, args);

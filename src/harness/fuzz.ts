@@ -121,7 +121,7 @@ function hostileChain(drv: GuestDriver, r: () => number): void {
   const hdr = new DataView(bytes.buffer, scratch, 40);
   hdr.setUint32(0, pick([40, 41, 0, 0xffffffff, Math.floor(r() * 5000)]), true);
   hdr.setUint32(4, pick([Opcode.FUSE_GETATTR, Opcode.FUSE_READ, Opcode.FUSE_WRITE, Opcode.FUSE_LOOKUP, 0, 9999, Math.floor(r() * 60)]), true);
-  drv.publish(drv.queues[q]!, base);
+  drv.queues[q]!.publish(base);
 }
 
 async function hostileFuse(c: FuseClient, r: () => number): Promise<void> {

@@ -8,6 +8,7 @@
 import { closeSync } from 'node:fs';
 import { native } from '../native/native.js';
 import { F, HEADER_SIZE, PF, Req, encodeRequest, u64Payload } from '../devices/vhost-user/protocol.js';
+import { DriverRing, type SlotLayout } from './driver-ring.js';
 
 export interface DriverOptions {
   socket: string;
@@ -23,53 +24,14 @@ export interface DriverOptions {
 }
 
 const VMM_VA_BASE = 0x7f00_0000_0000; // any address the backend must translate, like QEMU's
-const DESC_F_NEXT = 1;
-const DESC_F_WRITE = 2;
-const DESC_F_INDIRECT = 4;
-
-interface Slot {
-  head: number;
-  /** Offsets into guest memory of the request and reply areas, and an indirect table. */
-  req: number;
-  rep: number;
-  table: number;
-  resolve?: (r: Buffer) => void;
-}
-
-class DriverQueue {
-  readonly desc: DataView;
-  readonly avail16: Uint16Array;
-  readonly used16: Uint16Array;
-  readonly used32: Uint32Array;
-  availIdx = 0;
-  lastUsed = 0;
-  readonly free: Slot[] = [];
-  readonly byHead = new Map<number, Slot>();
-  readonly waiters: Array<() => void> = [];
-  kickFd = native().eventfd();
-  callFd = native().eventfd();
-  watch?: unknown;
-
-  constructor(
-    mem: SharedArrayBuffer,
-    readonly num: number,
-    readonly descOff: number,
-    readonly availOff: number,
-    readonly usedOff: number,
-  ) {
-    this.desc = new DataView(mem, descOff, 16 * num);
-    this.avail16 = new Uint16Array(mem, availOff, 3 + num);
-    this.used16 = new Uint16Array(mem, usedOff, 2 + 4 * num + 1);
-    this.used32 = new Uint32Array(mem, usedOff + 4, 2 * num);
-  }
-}
 
 export class GuestDriver {
   private fd = -1;
   private memFd = -1;
   private mem!: SharedArrayBuffer;
   private bytes!: Uint8Array;
-  readonly queues: DriverQueue[] = [];
+  /** Queue 0 is hiprio; request queues follow. */
+  readonly queues: DriverRing[] = [];
   private readonly o: Required<DriverOptions>;
   private replyWaiter?: { resolve: (b: Buffer) => void; reject: (e: Error) => void };
   private sockWatch?: unknown;
@@ -103,15 +65,16 @@ export class GuestDriver {
       align(4096);
       const usedOff = off;
       off += 6 + 8 * n;
-      const dq = new DriverQueue(this.mem, n, descOff, availOff, usedOff);
+      const slots: SlotLayout[] = [];
       for (let s = 0; s < this.o.depth; s++) {
         align(4096);
-        const slot: Slot = { head: s * 2, req: off, rep: off + this.o.slotBytes, table: off + 2 * this.o.slotBytes };
+        slots.push({ head: s * 2, req: off, rep: off + this.o.slotBytes, table: off + 2 * this.o.slotBytes });
         off += 2 * this.o.slotBytes + 4096;
-        dq.free.push(slot);
-        dq.byHead.set(slot.head, slot);
       }
-      this.queues.push(dq);
+      const kickFd = native().eventfd();
+      const callFd = native().eventfd();
+      const { slotBytes, eventIdx, indirect } = this.o;
+      this.queues.push(new DriverRing({ mem: this.mem, num: n, descOff, availOff, usedOff, kickFd, callFd, slots, slotBytes, eventIdx, indirect }));
     }
     if (off > size) throw new Error('guest memory layout overflow');
 
@@ -131,7 +94,8 @@ export class GuestDriver {
     }
     this.send(Req.SET_OWNER, Buffer.alloc(0));
     this.sendMemTable();
-    this.queues.forEach((dq, q) => {
+    this.queues.forEach((ring, q) => {
+      const dq = ring.layout;
       const st = Buffer.alloc(8);
       st.writeUInt32LE(q, 0);
       st.writeUInt32LE(dq.num, 4);
@@ -151,7 +115,7 @@ export class GuestDriver {
       en.writeUInt32LE(q, 0);
       en.writeUInt32LE(1, 4);
       this.send(Req.SET_VRING_ENABLE, en);
-      dq.watch = native().watch(dq.callFd, () => this.onCall(dq));
+      ring.start();
     });
     // A round trip proves the device has taken every message above.
     await this.call(Req.GET_FEATURES);
@@ -222,89 +186,21 @@ export class GuestDriver {
   }
 
   /** Sends one FUSE request on request queue `q` (1-based; 0 is hiprio) and resolves with the reply. */
-  async request(q: number, req: Uint8Array, replyBytes: number): Promise<Buffer> {
-    const dq = this.queues[q]!;
-    while (dq.free.length === 0) await new Promise<void>((r) => dq.waiters.push(r));
-    const slot = dq.free.pop()!;
-    if (req.length > this.o.slotBytes || replyBytes > this.o.slotBytes) throw new Error('request or reply larger than a slot');
-    this.bytes.set(req, slot.req);
-    return new Promise((resolve) => {
-      slot.resolve = resolve;
-      this.post(dq, slot, req.length, replyBytes);
-    });
-  }
-
-  private post(dq: DriverQueue, slot: Slot, reqLen: number, repLen: number): void {
-    const put = (dv: DataView, i: number, addr: number, len: number, flags: number, next: number) => {
-      dv.setBigUint64(i * 16, BigInt(addr), true);
-      dv.setUint32(i * 16 + 8, len, true);
-      dv.setUint16(i * 16 + 12, flags, true);
-      dv.setUint16(i * 16 + 14, next, true);
-    };
-    if (this.o.indirect) {
-      const table = new DataView(this.mem, slot.table, 32);
-      put(table, 0, slot.req, reqLen, DESC_F_NEXT, 1);
-      put(table, 1, slot.rep, repLen, DESC_F_WRITE, 0);
-      put(dq.desc, slot.head, slot.table, 32, DESC_F_INDIRECT, 0);
-    } else {
-      put(dq.desc, slot.head, slot.req, reqLen, DESC_F_NEXT, slot.head + 1);
-      put(dq.desc, slot.head + 1, slot.rep, repLen, DESC_F_WRITE, 0);
-    }
-    this.publish(dq, slot.head);
-  }
-
-  /** Makes a chain head available and kicks, as the driver would (event-idx aware). */
-  publish(dq: DriverQueue, head: number): void {
-    const old = dq.availIdx;
-    Atomics.store(dq.avail16, 2 + (dq.availIdx % dq.num), head);
-    dq.availIdx = (dq.availIdx + 1) & 0xffff;
-    Atomics.store(dq.avail16, 1, dq.availIdx);
-    let kick: boolean;
-    if (this.o.eventIdx) {
-      const availEvent = Atomics.load(dq.used16, 2 + 4 * dq.num);
-      kick = ((dq.availIdx - availEvent - 1) & 0xffff) < ((dq.availIdx - old) & 0xffff);
-    } else {
-      kick = (Atomics.load(dq.used16, 0) & 1) === 0; // VIRTQ_USED_F_NO_NOTIFY
-    }
-    if (kick) native().eventfdSignal(dq.kickFd);
+  request(q: number, req: Uint8Array, replyBytes: number): Promise<Buffer> {
+    return this.queues[q]!.request(req, replyBytes);
   }
 
   /** Raw access for the fuzzer: the descriptor table and guest memory of a queue. */
   raw(q: number): { desc: DataView; bytes: Uint8Array; num: number; scratch: number } {
-    const dq = this.queues[q]!;
-    const slot = dq.byHead.get(0)!;
-    return { desc: dq.desc, bytes: this.bytes, num: dq.num, scratch: slot.req };
-  }
-
-  private onCall(dq: DriverQueue): void {
-    native().eventfdDrain(dq.callFd); // 0 when spurious
-    for (;;) {
-      const usedIdx = Atomics.load(dq.used16, 1);
-      while (dq.lastUsed !== usedIdx) {
-        const e = dq.lastUsed % dq.num;
-        const head = dq.used32[e * 2]!;
-        const len = dq.used32[e * 2 + 1]!;
-        dq.lastUsed = (dq.lastUsed + 1) & 0xffff;
-        const slot = dq.byHead.get(head);
-        if (!slot?.resolve) continue;
-        const r = slot.resolve;
-        slot.resolve = undefined;
-        const reply = Buffer.from(this.bytes.subarray(slot.rep, slot.rep + Math.min(len, this.o.slotBytes)));
-        dq.free.push(slot);
-        dq.waiters.shift()?.();
-        r(reply);
-      }
-      // used_event: interrupt me for the next completion.
-      if (this.o.eventIdx) Atomics.store(dq.avail16, 2 + dq.num, dq.lastUsed);
-      if (Atomics.load(dq.used16, 1) === dq.lastUsed) return;
-    }
+    const ring = this.queues[q]!;
+    return { desc: ring.desc, bytes: ring.bytes, num: ring.num, scratch: ring.scratch };
   }
 
   close(): void {
-    for (const dq of this.queues) {
-      if (dq.watch) native().unwatch(dq.watch);
-      closeSync(dq.kickFd);
-      closeSync(dq.callFd);
+    for (const ring of this.queues) {
+      ring.stop();
+      closeSync(ring.layout.kickFd);
+      closeSync(ring.layout.callFd);
     }
     if (this.sockWatch) native().unwatch(this.sockWatch);
     if (this.fd >= 0) closeSync(this.fd);

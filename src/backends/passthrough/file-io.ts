@@ -4,8 +4,18 @@
  * for a device or server); what that cannot do goes to io_uring (the kernel's own workers
  * do what would wait) or, where io_uring is refused, to libuv's pool. Access was checked
  * when the file was opened as the caller, so no credentials are needed here.
+ *
+ * Where RWF_NOWAIT is refused although the call would not wait, a small one runs at once
+ * instead: any read or write on a memory file system (tmpfs has no RWF_NOWAIT), and a
+ * write on a local disk file system (ext4 refuses buffered RWF_NOWAIT writes; they are a
+ * copy into the page cache). Measured on ext4: 4 µs for a 4 KiB pwrite at once, against
+ * 8 µs of CPU through io_uring at depth 32 and 46 µs at depth 1 (the kernel hands each
+ * such write to one of its worker threads). A write at once can still wait, when the page
+ * cache is over its dirty limit: one that takes over SLOW_MS sends that file's writes the
+ * asynchronous way for BACKOFF_MS, so the event loop stalls once, not on every write.
  */
-import { fdatasync, fsync as fsFsync, readv as fsReadv, writev as fsWritev } from 'node:fs';
+import { fdatasync, fsync as fsFsync, readv as fsReadv, readvSync, writev as fsWritev, writevSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { Errno } from '../../fuse/errno.js';
 import { native } from '../../native/native.js';
 import { Uring } from '../../native/uring.js';
@@ -17,6 +27,39 @@ const IOV_MAX = 1024;
 export interface NowaitState {
   noNowaitRead?: boolean;
   noNowaitWrite?: boolean;
+  /** On a memory file system: small reads and writes run at once. */
+  inMemory?: boolean;
+  /** On a local disk file system: small writes that RWF_NOWAIT refuses run at once. */
+  localDisk?: boolean;
+  /** Until when (performance.now() ms) writes go the asynchronous way after a slow one. */
+  slowUntil?: number;
+}
+
+/** The most bytes a call runs at once (a copy this size takes microseconds). */
+export const AT_ONCE_MAX = 128 * 1024;
+/** A call at once slower than this (ms) means the file system made it wait. */
+export const SLOW_MS = 2;
+/** How long (ms) a file's writes then go the asynchronous way. */
+export const BACKOFF_MS = 10_000;
+
+/** Whether a call of `bytes` on this file runs at once (see the module comment). */
+export function runsAtOnce(state: NowaitState, write: boolean, bytes: number, now = performance.now()): boolean {
+  if (bytes > AT_ONCE_MAX) return false;
+  if (state.inMemory) return true;
+  return write && !!state.localDisk && !(now < (state.slowUntil ?? 0));
+}
+
+/** Notes how long a call at once took: a slow one turns the file's writes asynchronous for a while. */
+export function tookAtOnce(state: NowaitState, ms: number, now = performance.now()): void {
+  if (ms > SLOW_MS && !state.inMemory) state.slowUntil = now + BACKOFF_MS;
+}
+
+function atOnce(state: NowaitState, call: () => number): number {
+  const t0 = performance.now();
+  const n = call();
+  const t1 = performance.now();
+  tookAtOnce(state, t1 - t0, t1);
+  return n;
 }
 
 /** Reads into `bufs` at `offset` until they are full or the file ends; returns the bytes read. */
@@ -31,6 +74,7 @@ export async function readAt(fd: number, bufs: Uint8Array[], offset: number, sta
   }
   // The rest waits for I/O; a short read there means the end of the file.
   const rest = done ? iovAfter(bufs, done) : bufs;
+  if (fits && runsAtOnce(state, false, iovLength(rest))) return done + atOnce(state, () => readvSync(fd, rest, offset + done));
   const ring = fits ? Uring.get() : null;
   return done + (await (ring ? ring.readv(fd, rest, offset + done) : poolv(fsReadv, fd, rest, offset + done)));
 }
@@ -46,6 +90,7 @@ export async function writeAt(fd: number, bufs: Uint8Array[], offset: number, st
     else if (n !== -Errno.EAGAIN) state.noNowaitWrite = true;
   }
   const rest = done ? iovAfter(bufs, done) : bufs;
+  if (fits && runsAtOnce(state, true, iovLength(rest))) return done + atOnce(state, () => writevSync(fd, rest, offset + done));
   const ring = fits ? Uring.get() : null;
   return done + (await (ring ? ring.writev(fd, rest, offset + done) : poolv(fsWritev, fd, rest, offset + done)));
 }
