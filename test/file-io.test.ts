@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { AT_ONCE_MAX, BACKOFF_MS, type NowaitState, readAt, runsAtOnce, SLOW_MS, syncFile, tookAtOnce, writeAt } from '../src/backends/passthrough/file-io.js';
+import { AT_ONCE_MAX, BACKOFF_MS, type NowaitState, readAt, runsAtOnce, STALL_BUDGET_MS, STALL_MS, STALL_WINDOW_MS, syncFile, tookAtOnce, writeAt } from '../src/backends/passthrough/file-io.js';
 import { Uring } from '../src/native/uring.js';
 
 const places = ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p));
@@ -74,7 +74,7 @@ for (const place of places) {
   }
 }
 
-test('which calls run at once: small ones that cannot wait, and a slow write turns a disk file asynchronous for a while', () => {
+test('which calls run at once: small ones that cannot wait; stalls over the budget turn a disk file asynchronous for a while', () => {
   const mem: NowaitState = { inMemory: true };
   assert.ok(runsAtOnce(mem, false, 4096) && runsAtOnce(mem, true, AT_ONCE_MAX), 'memory file system: reads and writes');
   assert.ok(!runsAtOnce(mem, true, AT_ONCE_MAX + 1), 'but not large ones');
@@ -83,11 +83,17 @@ test('which calls run at once: small ones that cannot wait, and a slow write tur
   const disk: NowaitState = { localDisk: true };
   assert.ok(runsAtOnce(disk, true, 4096, 0), 'disk: a write goes to the page cache');
   assert.ok(!runsAtOnce(disk, false, 4096, 0), 'disk: a read that RWF_NOWAIT could not serve waits for the device');
-  tookAtOnce(disk, SLOW_MS / 2, 1000);
-  assert.ok(runsAtOnce(disk, true, 4096, 1001), 'a fast write changes nothing');
-  tookAtOnce(disk, SLOW_MS + 1, 1000);
-  assert.ok(!runsAtOnce(disk, true, 4096, 1001), 'after a slow write: asynchronous');
-  assert.ok(runsAtOnce(disk, true, 4096, 1000 + BACKOFF_MS), 'until the back-off ends');
+  for (let i = 0; i < 1000; i++) tookAtOnce(disk, STALL_MS / 2, 1000 + i);
+  assert.ok(runsAtOnce(disk, true, 4096, 2000), 'fast writes change nothing');
+  tookAtOnce(disk, STALL_BUDGET_MS / 2, 2000);
+  tookAtOnce(disk, STALL_BUDGET_MS / 2, 2000 + STALL_WINDOW_MS + 1);
+  assert.ok(runsAtOnce(disk, true, 4096, 2000 + STALL_WINDOW_MS + 2), 'stalls now and then, within the budget of each second: still at once');
+  tookAtOnce(disk, STALL_BUDGET_MS / 2 + 1, 2000 + STALL_WINDOW_MS + 3);
+  assert.ok(!runsAtOnce(disk, true, 4096, 3010), 'over the budget within a second: asynchronous');
+  assert.ok(runsAtOnce(disk, true, 4096, 3010 + BACKOFF_MS), 'until the back-off ends');
+  const throttled: NowaitState = { localDisk: true };
+  tookAtOnce(throttled, 200, 0);
+  assert.ok(!runsAtOnce(throttled, true, 4096, 1), 'one write held back by dirty throttling is enough');
   assert.ok(!runsAtOnce({}, true, 4096), 'other file systems (network, FUSE): never');
 });
 

@@ -10,9 +10,11 @@
  * write on a local disk file system (ext4 refuses buffered RWF_NOWAIT writes; they are a
  * copy into the page cache). Measured on ext4: 4 µs for a 4 KiB pwrite at once, against
  * 8 µs of CPU through io_uring at depth 32 and 46 µs at depth 1 (the kernel hands each
- * such write to one of its worker threads). A write at once can still wait, when the page
- * cache is over its dirty limit: one that takes over SLOW_MS sends that file's writes the
- * asynchronous way for BACKOFF_MS, so the event loop stalls once, not on every write.
+ * such write to one of its worker threads). A write at once can still wait: on a page under
+ * writeback (a few ms, now and then) or when the page cache is over its dirty limit (up to
+ * 200 ms, on every write). Calls over STALL_MS count as stalls; once a file's stalls add up
+ * to STALL_BUDGET_MS within a second, its writes go the asynchronous way for BACKOFF_MS: the
+ * event loop loses at most a few per cent of a second to them, never a write's worth each time.
  */
 import { fdatasync, fsync as fsFsync, readv as fsReadv, readvSync, writev as fsWritev, writevSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -31,16 +33,22 @@ export interface NowaitState {
   inMemory?: boolean;
   /** On a local disk file system: small writes that RWF_NOWAIT refuses run at once. */
   localDisk?: boolean;
-  /** Until when (performance.now() ms) writes go the asynchronous way after a slow one. */
+  /** Until when (performance.now() ms) writes go the asynchronous way after too many stalls. */
   slowUntil?: number;
+  /** Stalls of calls at once in the current window: since when, and ms in all. */
+  stallSince?: number;
+  stalledMs?: number;
 }
 
 /** The most bytes a call runs at once (a copy this size takes microseconds). */
 export const AT_ONCE_MAX = 128 * 1024;
-/** A call at once slower than this (ms) means the file system made it wait. */
-export const SLOW_MS = 2;
+/** A call at once slower than this (ms) waited for something: a stall of the event loop. */
+export const STALL_MS = 1;
+/** Stalls a file may cost the event loop per STALL_WINDOW_MS before its writes go asynchronous. */
+export const STALL_BUDGET_MS = 20;
+export const STALL_WINDOW_MS = 1000;
 /** How long (ms) a file's writes then go the asynchronous way. */
-export const BACKOFF_MS = 10_000;
+export const BACKOFF_MS = 5000;
 
 /** Whether a call of `bytes` on this file runs at once (see the module comment). */
 export function runsAtOnce(state: NowaitState, write: boolean, bytes: number, now = performance.now()): boolean {
@@ -49,9 +57,18 @@ export function runsAtOnce(state: NowaitState, write: boolean, bytes: number, no
   return write && !!state.localDisk && !(now < (state.slowUntil ?? 0));
 }
 
-/** Notes how long a call at once took: a slow one turns the file's writes asynchronous for a while. */
+/** Notes how long a call at once took: stalls over the budget turn the file's writes asynchronous for a while. */
 export function tookAtOnce(state: NowaitState, ms: number, now = performance.now()): void {
-  if (ms > SLOW_MS && !state.inMemory) state.slowUntil = now + BACKOFF_MS;
+  if (ms <= STALL_MS || state.inMemory) return;
+  if (state.stallSince === undefined || now - state.stallSince > STALL_WINDOW_MS) {
+    state.stallSince = now;
+    state.stalledMs = 0;
+  }
+  state.stalledMs = (state.stalledMs ?? 0) + ms;
+  if (state.stalledMs > STALL_BUDGET_MS) {
+    state.slowUntil = now + BACKOFF_MS;
+    state.stallSince = undefined;
+  }
 }
 
 function atOnce(state: NowaitState, call: () => number): number {
