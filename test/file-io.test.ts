@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { AT_ONCE_MAX, BACKOFF_MS, type NowaitState, readAt, runsAtOnce, STALL_BUDGET_MS, STALL_MS, STALL_WINDOW_MS, syncFile, tookAtOnce, writeAt } from '../src/backends/passthrough/file-io.js';
 import { Uring } from '../src/native/uring.js';
+import { offloadPays } from '../src/util/loop-load.js';
 
 const places = ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p));
 
@@ -75,26 +76,44 @@ for (const place of places) {
 }
 
 test('which calls run at once: small ones that cannot wait; stalls over the budget turn a disk file asynchronous for a while', () => {
+  const atOnce = (st: NowaitState, write: boolean, bytes: number, now = 0) => runsAtOnce(st, write, bytes, now, false);
   const mem: NowaitState = { inMemory: true };
-  assert.ok(runsAtOnce(mem, false, 4096) && runsAtOnce(mem, true, AT_ONCE_MAX), 'memory file system: reads and writes');
-  assert.ok(!runsAtOnce(mem, true, AT_ONCE_MAX + 1), 'but not large ones');
+  assert.ok(atOnce(mem, false, 4096) && atOnce(mem, true, AT_ONCE_MAX), 'memory file system: reads and writes');
+  assert.ok(!atOnce(mem, true, AT_ONCE_MAX + 1), 'but not large ones');
   tookAtOnce(mem, 50, 1000);
-  assert.ok(runsAtOnce(mem, true, 4096, 1001), 'memory never waits for a device: no back-off');
+  assert.ok(atOnce(mem, true, 4096, 1001), 'memory never waits for a device: no back-off');
+  assert.ok(!runsAtOnce(mem, true, 4096, 1001, true), 'a saturated loop with cores to spare: elsewhere');
   const disk: NowaitState = { localDisk: true };
-  assert.ok(runsAtOnce(disk, true, 4096, 0), 'disk: a write goes to the page cache');
-  assert.ok(!runsAtOnce(disk, false, 4096, 0), 'disk: a read that RWF_NOWAIT could not serve waits for the device');
+  assert.ok(atOnce(disk, true, 4096, 0), 'disk: a write goes to the page cache');
+  assert.ok(!atOnce(disk, false, 4096, 0), 'disk: a read that RWF_NOWAIT could not serve waits for the device');
   for (let i = 0; i < 1000; i++) tookAtOnce(disk, STALL_MS / 2, 1000 + i);
-  assert.ok(runsAtOnce(disk, true, 4096, 2000), 'fast writes change nothing');
+  assert.ok(atOnce(disk, true, 4096, 2000), 'fast writes change nothing');
   tookAtOnce(disk, STALL_BUDGET_MS / 2, 2000);
   tookAtOnce(disk, STALL_BUDGET_MS / 2, 2000 + STALL_WINDOW_MS + 1);
-  assert.ok(runsAtOnce(disk, true, 4096, 2000 + STALL_WINDOW_MS + 2), 'stalls now and then, within the budget of each second: still at once');
+  assert.ok(atOnce(disk, true, 4096, 2000 + STALL_WINDOW_MS + 2), 'stalls now and then, within the budget of each second: still at once');
   tookAtOnce(disk, STALL_BUDGET_MS / 2 + 1, 2000 + STALL_WINDOW_MS + 3);
-  assert.ok(!runsAtOnce(disk, true, 4096, 3010), 'over the budget within a second: asynchronous');
-  assert.ok(runsAtOnce(disk, true, 4096, 3010 + BACKOFF_MS), 'until the back-off ends');
+  assert.ok(!atOnce(disk, true, 4096, 3010), 'over the budget within a second: asynchronous');
+  assert.ok(atOnce(disk, true, 4096, 3010 + BACKOFF_MS), 'until the back-off ends');
   const throttled: NowaitState = { localDisk: true };
   tookAtOnce(throttled, 200, 0);
-  assert.ok(!runsAtOnce(throttled, true, 4096, 1), 'one write held back by dirty throttling is enough');
-  assert.ok(!runsAtOnce({}, true, 4096), 'other file systems (network, FUSE): never');
+  assert.ok(!atOnce(throttled, true, 4096, 1), 'one write held back by dirty throttling is enough');
+  assert.ok(!atOnce({}, true, 4096), 'other file systems (network, FUSE): never');
+});
+
+test('the event loop counts as saturated only while it is, and only where cores are spare', async () => {
+  assert.equal(offloadPays(2), false, 'two cores: nothing to spare');
+  offloadPays(16); // starts sampling
+  await new Promise((r) => setTimeout(r, 250));
+  assert.equal(offloadPays(16), false, 'an idle loop');
+  const until = Date.now() + 350;
+  while (Date.now() < until) {
+    // Busy without yielding, then a turn of the loop so the sampler runs, and busy again.
+    const stop = Date.now() + 40;
+    while (Date.now() < stop);
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.equal(offloadPays(16), true, 'a loop busy for the last period');
+  assert.equal(offloadPays(2), false);
 });
 
 test('errors of calls at once come back as errno (EBADF on a closed descriptor)', async () => {

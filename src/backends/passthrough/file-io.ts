@@ -15,6 +15,11 @@
  * 200 ms, on every write). Calls over STALL_MS count as stalls; once a file's stalls add up
  * to STALL_BUDGET_MS within a second, its writes go the asynchronous way for BACKOFF_MS: the
  * event loop loses at most a few per cent of a second to them, never a write's worth each time.
+ *
+ * Calls at once are the event loop's own time, though: where the loop is saturated and the
+ * machine has cores to spare, they go to io_uring instead, whose workers run them in
+ * parallel (16 cores, 4 KiB writes at depth 32 on ext4: 64K/s through io_uring against 42K/s
+ * at once; at depth 1 at once did 18K/s against 13K/s; on 2 cores at once was ahead at both).
  */
 import { fdatasync, fsync as fsFsync, readv as fsReadv, readvSync, writev as fsWritev, writevSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -22,6 +27,7 @@ import { Errno } from '../../fuse/errno.js';
 import { native } from '../../native/native.js';
 import { Uring } from '../../native/uring.js';
 import { iovAfter, iovLength } from '../../util/iov.js';
+import { offloadPays } from '../../util/loop-load.js';
 
 const IOV_MAX = 1024;
 
@@ -50,9 +56,12 @@ export const STALL_WINDOW_MS = 1000;
 /** How long (ms) a file's writes then go the asynchronous way. */
 export const BACKOFF_MS = 5000;
 
-/** Whether a call of `bytes` on this file runs at once (see the module comment). */
-export function runsAtOnce(state: NowaitState, write: boolean, bytes: number, now = performance.now()): boolean {
-  if (bytes > AT_ONCE_MAX) return false;
+/**
+ * Whether a call of `bytes` on this file runs at once (see the module comment); `offload`:
+ * whether the loop is saturated with cores to spare.
+ */
+export function runsAtOnce(state: NowaitState, write: boolean, bytes: number, now = performance.now(), offload = offloadPays()): boolean {
+  if (bytes > AT_ONCE_MAX || offload) return false;
   if (state.inMemory) return true;
   return write && !!state.localDisk && !(now < (state.slowUntil ?? 0));
 }
