@@ -1,8 +1,7 @@
 /**
  * virtio-fs device benchmark without a VM: the guest-driver harness drives dpfs and
  * Debian's virtiofsd (C) over vhost-user, in the same run, over the same directory;
- * then dpfs's null backend (the framework's own cost) on 1 queue and on N queues served by N
- * queue threads.
+ * then dpfs's null backend (the framework's own cost) on 1 queue and on N queues.
  *
  * Per row: ops/s or MiB/s, latency p50/p99/p99.9 (HDR histogram), CPU µs of the serving
  * process per operation (from /proc), and the ratio dpfs/virtiofsd. Writes a JSON result and
@@ -178,9 +177,9 @@ async function main(): Promise<void> {
     else if (TARGETS.has('virtiofsd')) progress(`(no ${VIRTIOFSD}: the C reference is skipped)`);
     if (TARGETS.has('null')) {
       targets.push(['dpfs-null', process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', ...threadArgs], 1, 'null', !TARGETS.has('dpfs')]);
-      // N queues on N queue threads (or --threads), the multi-queue configuration.
-      const t = THREADS || String(QUEUES);
-      if (QUEUES > 1) targets.push([`dpfs-null-${QUEUES}q-${t}t`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES), '-t', t], QUEUES, 'null', true]);
+      // N queues as the daemon serves them by default (or on --threads queue threads). This
+      // harness drives every queue from one thread: npm run bench:scaling drives one per queue.
+      if (QUEUES > 1) targets.push([`dpfs-null-${QUEUES}q${THREADS ? `-${THREADS}t` : ''}`, process.execPath, (s) => [cli, 'vhost-user', s, '-b', 'null', '-q', String(QUEUES), ...threadArgs], QUEUES, 'null', true]);
     }
     for (let round = 1; round <= ROUNDS; round++) {
       if (ROUNDS > 1) progress(`round ${round} of ${ROUNDS}`);
