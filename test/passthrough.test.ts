@@ -1,7 +1,7 @@
 /** The passthrough backend: real programs on a mount, host-side checks, credentials, confinement. */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, lstatSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, lstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -411,4 +411,65 @@ bothSources('the kernel does reads and writes of open files itself (FUSE passthr
     ['--debug'],
     parent,
   );
+});
+
+bothSources('a READ or WRITE on an open FIFO waits off the event loop (a peer may never come)', async (parent) => {
+  const src = mkdtempSync(join(parent, 'dpfs-src-'));
+  try {
+    await sh(`mkfifo "${src}/p"`);
+    await withPassthroughPeer(src, async (p) => {
+      const l = await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'p' });
+      const ino = Number(l.body.readBigUInt64LE(0));
+      // O_RDWR: a FIFO opened so does not wait for the other end (what no kernel client sends,
+      // since kernels serve FIFOs themselves; a hostile peer may).
+      const o = await p.call(Opcode.FUSE_OPEN, ino, { flags: 2 });
+      assert.equal(o.error, 0);
+      const fh = Number(o.body.readBigUInt64LE(0));
+      const read = p.call(Opcode.FUSE_READ, ino, { fh, offset: 0, size: 16 });
+      let ticks = 0;
+      await new Promise<void>((resolve) => {
+        const t = setInterval(() => ++ticks === 5 && (clearInterval(t), resolve()), 10);
+      });
+      assert.equal(ticks, 5, 'the event loop went on while the READ waited for data');
+      const w = openSync(join(src, 'p'), 'w');
+      writeFileSync(w, 'through the pipe');
+      closeSync(w);
+      const r = await read;
+      assert.equal(r.error, 0);
+      assert.equal(r.body.toString(), 'through the pipe');
+      // More than the pipe holds, with nobody reading yet: written as far as there is room (a
+      // short write, as a pipe gives), never waited for on the event loop.
+      const big = Buffer.alloc(100_000, 7);
+      let written: number | undefined;
+      const write = p.call(Opcode.FUSE_WRITE, ino, { fh, offset: 0, size: big.length, data: big }).then((w) => {
+        assert.equal(w.error, 0);
+        written = w.body.readUInt32LE(0);
+      });
+      ticks = 0;
+      await new Promise<void>((resolve) => {
+        const t = setInterval(() => ++ticks === 5 && (clearInterval(t), resolve()), 10);
+      });
+      assert.equal(ticks, 5, 'the event loop went on while the WRITE waited for room');
+      const rfd = openSync(join(src, 'p'), constants.O_RDONLY | constants.O_NONBLOCK);
+      let drained = 0;
+      const chunk = Buffer.alloc(65536);
+      try {
+        for (let tries = 0; (written === undefined || drained < written) && tries < 500; tries++) {
+          try {
+            drained += readSync(rfd, chunk);
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+            await new Promise((res) => setTimeout(res, 5));
+          }
+        }
+      } finally {
+        closeSync(rfd);
+      }
+      await write;
+      assert.ok(written! > 0 && written! <= big.length, `wrote ${written}`);
+      assert.equal(drained, written, 'what the WRITE reported is what came out of the pipe');
+    });
+  } finally {
+    rmSync(src, { recursive: true, force: true });
+  }
 });

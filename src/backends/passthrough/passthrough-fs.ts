@@ -442,7 +442,10 @@ export class PassthroughFs implements FileSystem {
     const fh = this.nextFh++;
     // O_DIRECT I/O waits for the device even with RWF_NOWAIT: always through the pool.
     const direct = (openFlags & O_DIRECT) !== 0;
-    const h: Handle = { fd, node, noNowaitRead: direct, noNowaitWrite: direct, inMemory: node.dev.memory && !direct, localDisk: node.dev.local && !node.dev.memory && !direct };
+    // Calls at once only on regular files: a FIFO or a device may wait for a peer however
+    // the file system holds it.
+    const atOnce = node.type === S_IFREG && !direct;
+    const h: Handle = { fd, node, noNowaitRead: direct, noNowaitWrite: direct, inMemory: atOnce && node.dev.memory, localDisk: atOnce && node.dev.local && !node.dev.memory };
     this.handles.set(fh, h);
     let flags = 0;
     if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
