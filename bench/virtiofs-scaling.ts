@@ -8,7 +8,7 @@
  *
  *   npm run bench:scaling -- --queues 1,2,4,8 --rounds 3
  *   options: --targets null,dpfs,virtiofsd,virtiofsd-pool (its one request queue served by a
- *   thread pool of one thread per CPU)  --virtiofsd-sandbox namespace|chroot  --seconds S  --depth D (per queue)  --threads N (dpfs
+ *   thread pool of one thread per CPU),null-threads (null on a queue thread per queue)  --virtiofsd-sandbox namespace|chroot  --seconds S  --depth D (per queue)  --threads N (dpfs
  *   queue threads; default: the daemon's own choice)  --source-parent DIR  --out DIR  --virtiofsd PATH
  */
 import { availableParallelism } from 'node:os';
@@ -58,6 +58,8 @@ function command(target: string, src: string, queues: number, sock: string): [st
   const cli = join(projectRoot, 'dist/src/cli/main.js');
   const q = ['-q', String(queues), ...(THREADS ? ['-t', THREADS] : [])];
   if (target === 'null') return [process.execPath, [cli, 'vhost-user', sock, '-b', 'null', ...q]];
+  // The queue-thread configuration beside the default: a thread per queue.
+  if (target === 'null-threads') return [process.execPath, [cli, 'vhost-user', sock, '-b', 'null', '-q', String(queues), '-t', String(queues)]];
   if (target === 'dpfs') return [process.execPath, [cli, 'vhost-user', sock, '-b', 'passthrough', '-s', src, ...q]];
   const pool = target === 'virtiofsd-pool' ? [`--thread-pool-size=${availableParallelism()}`] : [];
   return [VIRTIOFSD, virtiofsdArgs(sock, src, pool)];
@@ -165,7 +167,7 @@ async function main(): Promise<void> {
             continue;
           }
           try {
-            rows.push(...(await measure(server, target, queues, target === 'null' ? 'null' : 'data')));
+            rows.push(...(await measure(server, target, queues, target.startsWith('null') ? 'null' : 'data')));
           } catch (e) {
             // virtiofsd offers one request queue: more is a device's refusal, not a failure;
             // nor is a server that hangs or dies (its rows are missing, the others stand).
