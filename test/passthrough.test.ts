@@ -29,6 +29,12 @@ for (const [name, run] of Object.entries(workloads)) {
   bothSources(name, (parent) => withPassthrough((dir) => run(dir), [], parent));
 }
 
+// File data through the daemon rather than the kernel: reads and writes at once on the event
+// loop (tmpfs; writes on a disk file system), page-cache reads and io_uring, under real programs.
+for (const name of ['fio with --verify: random and sequential writes read back intact', 'sqlite3: transactions, rollback journal and WAL, integrity_check']) {
+  bothSources(`${name} (file data served by the daemon)`, (parent) => withPassthrough((dir) => workloads[name]!(dir), ['--no-kernel-passthrough'], parent));
+}
+
 test('passthrough: what the tenant writes is on the host, and the other way round', async () => {
   await withPassthrough(async (dir, src) => {
     await sh(`mkdir -p "${dir}/t/u" && head -c 300000 /dev/urandom > "${dir}/t/u/r" && ln -s u/r "${dir}/t/s" && mkfifo "${dir}/t/p"`);
