@@ -12,6 +12,7 @@ import { parseSize } from '../config/size.js';
 import { createLogger } from '../util/log.js';
 import { runDevices, startDevice } from './daemon.js';
 import { reportDevices } from './devices-report.js';
+import { type FuzzOptions, runFuzz } from './fuzz-command.js';
 
 /** A parser of integers from `min` (1: positive; 0: a count that may be none). */
 function intFrom(min: 0 | 1): (v: string) => number {
@@ -181,6 +182,18 @@ program
     const log = createLogger(cfg.log.level === 'trace' ? 'debug' : cfg.log.level);
     const devices = cfg.log.level === 'trace' ? cfg.device.map((d) => ({ ...d, trace: true })) : cfg.device;
     await runDevices(devices, log);
+  });
+
+program
+  .command('fuzz')
+  .description('send random hostile descriptor chains, FUSE and vhost-user messages to a virtio-fs device and check that it keeps serving')
+  .argument('[socket]', "a running device's socket (default: a daemon started for the run)")
+  .option('-n, --cases <n>', 'cases to send', intArg, 100000)
+  .option('--seed <n>', 'seed of the first case (case i uses seed + i)', countArg, Date.now() % 1_000_000_000)
+  .addOption(new Option('-b, --backend <type>', 'backend of the daemon started for the run').choices(['memory', 'null', 'passthrough']).default('memory'))
+  .option('-t, --threads <n>', 'queue threads of the daemon started for the run', countArg, 0)
+  .action(async (socket: string | undefined, o: FuzzOptions) => {
+    process.exitCode = await runFuzz(socket ? resolve(socket) : undefined, o);
   });
 
 program

@@ -3,7 +3,7 @@
  * descriptor chains, FUSE messages and vhost-user messages. After every case the device
  * must still answer a well-formed GETATTR; a case that breaks it is reported with its seed.
  *
- *   node dist/src/harness/fuzz.js --socket /run/dpfs.sock --cases 100000 --seed 1
+ *   dpfs fuzz [socket] --cases 100000 --seed 1   (src/cli/fuzz-command.ts)
  */
 import { Opcode } from '../fuse/opcodes.js';
 import { encodeRequest } from '../fuse/request-codec.js';
