@@ -203,6 +203,20 @@ test('dpfs devices reports /dev/fuse and vhost-user-fs as usable here', async ()
   assert.ok(rows.some((x) => x.transport.startsWith('DPU')));
 });
 
+test('dpfs fuzz runs its cases against a daemon it starts and stops, and refuses a socket that is not there', async () => {
+  const r = await cli(['fuzz', '--cases', '120', '--seed', '9', '-b', 'null']);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /^120 cases from seed 9 in [\d.]+ s: \d+ reconnects, 0 failures$/m);
+  const dir = tempDir();
+  try {
+    const bad = await cli(['fuzz', join(dir, 'none.sock'), '--cases', '1']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /no device socket at .*none\.sock/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('--debug logs every request and reply', async () => {
   const dir = tempDir();
   const d = startDaemon(['mount', dir, '--debug']);
