@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { AT_ONCE_MAX, BACKOFF_MS, type NowaitState, readAt, runsAtOnce, STALL_BUDGET_MS, STALL_MS, STALL_WINDOW_MS, syncFile, tookAtOnce, writeAt } from '../src/backends/passthrough/file-io.js';
+import { AT_ONCE_MAX, BACKOFF_MS, MAX_BACKOFF_MS, type NowaitState, type StallBudget, readAt, runsAtOnce, STALL_BUDGET_MS, STALL_MS, STALL_WINDOW_MS, syncFile, tookAtOnce, writeAt } from '../src/backends/passthrough/file-io.js';
 import { Uring } from '../src/native/uring.js';
 import { offloadPays } from '../src/util/loop-load.js';
 
@@ -31,7 +31,7 @@ for (const place of places) {
         const content = randomBytes(300_000);
         writeFileSync(path, content);
         const fd = openSync(path, 'r+');
-        const state: NowaitState = now ? (place === '/dev/shm' ? { inMemory: true } : { localDisk: true }) : nowait ? {} : { noNowaitRead: true, noNowaitWrite: true };
+        const state: NowaitState = now ? (place === '/dev/shm' ? { inMemory: true } : { localDisk: {} }) : nowait ? {} : { noNowaitRead: true, noNowaitWrite: true };
         try {
           for (const [offset, sizes] of [
             [0, [4096]],
@@ -83,7 +83,7 @@ test('which calls run at once: small ones that cannot wait; stalls over the budg
   tookAtOnce(mem, 50, 1000);
   assert.ok(atOnce(mem, true, 4096, 1001), 'memory never waits for a device: no back-off');
   assert.ok(!runsAtOnce(mem, true, 4096, 1001, true), 'a saturated loop with cores to spare: elsewhere');
-  const disk: NowaitState = { localDisk: true };
+  const disk: NowaitState = { localDisk: {} };
   assert.ok(atOnce(disk, true, 4096, 0), 'disk: a write goes to the page cache');
   assert.ok(!atOnce(disk, false, 4096, 0), 'disk: a read that RWF_NOWAIT could not serve waits for the device');
   for (let i = 0; i < 1000; i++) tookAtOnce(disk, STALL_MS / 2, 1000 + i);
@@ -94,9 +94,22 @@ test('which calls run at once: small ones that cannot wait; stalls over the budg
   tookAtOnce(disk, STALL_BUDGET_MS / 2 + 1, 2000 + STALL_WINDOW_MS + 3);
   assert.ok(!atOnce(disk, true, 4096, 3010), 'over the budget within a second: asynchronous');
   assert.ok(atOnce(disk, true, 4096, 3010 + BACKOFF_MS), 'until the back-off ends');
-  const throttled: NowaitState = { localDisk: true };
-  tookAtOnce(throttled, 200, 0);
-  assert.ok(!atOnce(throttled, true, 4096, 1), 'one write held back by dirty throttling is enough');
+  const device: StallBudget = {};
+  const [f1, f2]: NowaitState[] = [{ localDisk: device }, { localDisk: device }];
+  tookAtOnce(f1, 200, 0);
+  assert.ok(!atOnce(f1, true, 4096, 1), 'one write held back by dirty throttling is enough');
+  assert.ok(!atOnce(f2, true, 4096, 1), 'and it counts for every file of the device (the kernel throttles the device)');
+  tookAtOnce(f2, 200, BACKOFF_MS + 10);
+  assert.ok(!atOnce(f1, true, 4096, 3 * BACKOFF_MS), 'throttled again right after the back-off: twice as long');
+  assert.ok(atOnce(f1, true, 4096, 3 * BACKOFF_MS + 20));
+  let t = 3 * BACKOFF_MS + 20;
+  for (let i = 0; i < 10; i++) {
+    tookAtOnce(f1, 200, t);
+    t = device.slowUntil! + 1;
+  }
+  assert.equal(device.backoffMs, MAX_BACKOFF_MS, 'growing up to a bound');
+  tookAtOnce(f1, 200, t + 10 * MAX_BACKOFF_MS);
+  assert.equal(device.backoffMs, BACKOFF_MS, 'and back to the start once the device was fine for a while');
   assert.ok(!atOnce({}, true, 4096), 'other file systems (network, FUSE): never');
 });
 
@@ -119,7 +132,7 @@ test('the event loop counts as saturated only while it is, and only where cores 
 test('errors of calls at once come back as errno (EBADF on a closed descriptor)', async () => {
   const err = (e: NodeJS.ErrnoException) => e.code === 'EBADF';
   await assert.rejects(readAt(1 << 20, [Buffer.alloc(16)], 0, { inMemory: true, noNowaitRead: true }), err);
-  await assert.rejects(writeAt(1 << 20, [Buffer.alloc(16)], 0, { localDisk: true, noNowaitWrite: true }), err);
+  await assert.rejects(writeAt(1 << 20, [Buffer.alloc(16)], 0, { localDisk: {}, noNowaitWrite: true }), err);
 });
 
 test('io_uring errors come back as errno (EBADF on a closed descriptor)', { skip: Uring.get() ? false : 'io_uring refused here' }, async () => {

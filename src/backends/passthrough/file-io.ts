@@ -12,9 +12,12 @@
  * 8 µs of CPU through io_uring at depth 32 and 46 µs at depth 1 (the kernel hands each
  * such write to one of its worker threads). A write at once can still wait: on a page under
  * writeback (a few ms, now and then) or when the page cache is over its dirty limit (up to
- * 200 ms, on every write). Calls over STALL_MS count as stalls; once a file's stalls add up
- * to STALL_BUDGET_MS within a second, its writes go the asynchronous way for BACKOFF_MS: the
- * event loop loses at most a few per cent of a second to them, never a write's worth each time.
+ * 200 ms, on every write to that device). Calls over STALL_MS count as stalls, against a
+ * budget of the host device (shared by all its files, as the kernel's throttling is): once
+ * they add up to STALL_BUDGET_MS within a second, that device's writes go the asynchronous
+ * way for BACKOFF_MS, twice as long each time the budget trips again right after a back-off
+ * (up to MAX_BACKOFF_MS). The event loop loses a few per cent of a second to stalls at most,
+ * never a write's worth each time, however many files are written.
  *
  * Calls at once are the event loop's own time, though: where the loop is saturated and the
  * machine has cores to spare, they go to io_uring instead, whose workers run them in
@@ -37,13 +40,22 @@ export interface NowaitState {
   noNowaitWrite?: boolean;
   /** On a memory file system: small reads and writes run at once. */
   inMemory?: boolean;
-  /** On a local disk file system: small writes that RWF_NOWAIT refuses run at once. */
-  localDisk?: boolean;
-  /** Until when (performance.now() ms) writes go the asynchronous way after too many stalls. */
+  /**
+   * On a local disk file system: small writes that RWF_NOWAIT refuses run at once, within
+   * the stall budget of the file's host device.
+   */
+  localDisk?: StallBudget;
+}
+
+/** Stalls of calls at once on one host device (all times performance.now() ms). */
+export interface StallBudget {
+  /** Until when writes go the asynchronous way. */
   slowUntil?: number;
-  /** Stalls of calls at once in the current window: since when, and ms in all. */
+  /** The current window of stalls: since when, and ms in all. */
   stallSince?: number;
   stalledMs?: number;
+  /** The last back-off's length. */
+  backoffMs?: number;
 }
 
 /** The most bytes a call runs at once (a copy this size takes microseconds). */
@@ -53,8 +65,9 @@ export const STALL_MS = 1;
 /** Stalls a file may cost the event loop per STALL_WINDOW_MS before its writes go asynchronous. */
 export const STALL_BUDGET_MS = 20;
 export const STALL_WINDOW_MS = 1000;
-/** How long (ms) a file's writes then go the asynchronous way. */
+/** How long (ms) a device's writes then go the asynchronous way, at first and at most. */
 export const BACKOFF_MS = 5000;
+export const MAX_BACKOFF_MS = 80_000;
 
 /**
  * Whether a call of `bytes` on this file runs at once (see the module comment); `offload`:
@@ -63,21 +76,24 @@ export const BACKOFF_MS = 5000;
 export function runsAtOnce(state: NowaitState, write: boolean, bytes: number, now = performance.now(), offload = offloadPays()): boolean {
   if (bytes > AT_ONCE_MAX || offload) return false;
   if (state.inMemory) return true;
-  return write && !!state.localDisk && !(now < (state.slowUntil ?? 0));
+  return write && !!state.localDisk && !(now < (state.localDisk.slowUntil ?? 0));
 }
 
-/** Notes how long a call at once took: stalls over the budget turn the file's writes asynchronous for a while. */
+/** Notes how long a call at once took: stalls over the budget turn the device's writes asynchronous for a while. */
 export function tookAtOnce(state: NowaitState, ms: number, now = performance.now()): void {
-  if (ms <= STALL_MS || state.inMemory) return;
-  if (state.stallSince === undefined || now - state.stallSince > STALL_WINDOW_MS) {
-    state.stallSince = now;
-    state.stalledMs = 0;
+  const b = state.localDisk;
+  if (ms <= STALL_MS || !b || state.inMemory) return;
+  if (b.stallSince === undefined || now - b.stallSince > STALL_WINDOW_MS) {
+    b.stallSince = now;
+    b.stalledMs = 0;
   }
-  state.stalledMs = (state.stalledMs ?? 0) + ms;
-  if (state.stalledMs > STALL_BUDGET_MS) {
-    state.slowUntil = now + BACKOFF_MS;
-    state.stallSince = undefined;
-  }
+  b.stalledMs = (b.stalledMs ?? 0) + ms;
+  if (b.stalledMs <= STALL_BUDGET_MS) return;
+  // Tripping again within one back-off of the last one's end: the device is still slow.
+  const again = b.slowUntil !== undefined && b.backoffMs !== undefined && now - b.slowUntil < b.backoffMs;
+  b.backoffMs = again ? Math.min(MAX_BACKOFF_MS, 2 * b.backoffMs!) : BACKOFF_MS;
+  b.slowUntil = now + b.backoffMs;
+  b.stallSince = undefined;
 }
 
 function atOnce(state: NowaitState, call: () => number): number {

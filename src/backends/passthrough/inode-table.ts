@@ -12,6 +12,7 @@
 import { Errno, FsError, errnoOf } from '../../fuse/errno.js';
 import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, closeNow, procPath, sys } from '../../native/syscalls.js';
 import { S_IFDIR } from '../../util/mode.js';
+import type { StallBudget } from './file-io.js';
 
 export interface PInode {
   nodeid: number;
@@ -38,6 +39,8 @@ export interface HostDevice {
   local: boolean;
   /** Held wholly in memory (tmpfs, ramfs): no metadata call there waits for a device. */
   memory: boolean;
+  /** How much writes at once have stalled the event loop lately (local disk file systems). */
+  stalls?: StallBudget;
 }
 
 export interface InodeTableOptions {

@@ -445,7 +445,7 @@ export class PassthroughFs implements FileSystem {
     // Calls at once only on regular files: a FIFO or a device may wait for a peer however
     // the file system holds it.
     const atOnce = node.type === S_IFREG && !direct;
-    const h: Handle = { fd, node, noNowaitRead: direct, noNowaitWrite: direct, inMemory: atOnce && node.dev.memory, localDisk: atOnce && node.dev.local && !node.dev.memory };
+    const h: Handle = { fd, node, noNowaitRead: direct, noNowaitWrite: direct, inMemory: atOnce && node.dev.memory, localDisk: atOnce && node.dev.local && !node.dev.memory ? (node.dev.stalls ??= {}) : undefined };
     this.handles.set(fh, h);
     let flags = 0;
     if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
