@@ -1,7 +1,8 @@
 /** The daemon as an operator sees it: signals, stale mounts, configs, device listing, self-access. */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -172,6 +173,7 @@ test('config errors name the bad key and the allowed values', async () => {
     ['[[device]]\nname="x"\ntransport="fuse"\nmount_point="/mnt"\nbogus=1\n[device.backend]\ntype="memory"\n', /device\[0\]: unknown key "bogus"/],
     ['[[device]]\nname="x"\ntransport="fuse"\nmount_point="rel"\n[device.backend]\ntype="memory"\ncapacity="lots"\n', /mount_point: must be an absolute path[\s\S]*capacity: not a size/],
     ['[log]\nlevel="chatty"\n[[device]]\nname="x"\ntransport="fuse"\nmount_point="/m"\n[device.backend]\ntype="memory"\n', /log\.level: "chatty" is not allowed; use one of "trace"/],
+    ['[metrics]\nlisten="everywhere"\n[[device]]\nname="x"\ntransport="fuse"\nmount_point="/m"\n[device.backend]\ntype="memory"\n', /metrics\.listen: must be host:port/],
     ['this is = not toml [', /invalid TOML/],
     ['', /device: required/],
   ];
@@ -213,6 +215,80 @@ test('dpfs fuzz runs its cases against a daemon it starts and stops, and refuses
     assert.notEqual(bad.code, 0);
     assert.match(bad.stderr, /no device socket at .*none\.sock/);
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** A TCP port free on loopback just now. */
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address() as AddressInfo;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+/** Metric lines as a map from "name{labels}" to value. */
+async function scrape(port: number): Promise<Map<string, number>> {
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  assert.equal(res.status, 200);
+  const out = new Map<string, number>();
+  for (const line of (await res.text()).split('\n')) {
+    const m = /^(\S+) (\S+)$/.exec(line);
+    if (m && !line.startsWith('#')) out.set(m[1]!, Number(m[2]));
+  }
+  return out;
+}
+
+test('--metrics exports requests, errors and latency per opcode of the device, in Prometheus form', async () => {
+  const dir = tempDir();
+  const port = await freePort();
+  const d = startDaemon(['mount', dir, '--metrics', `127.0.0.1:${port}`]);
+  try {
+    await waitFor(() => isDpfsMount(dir), 'mount');
+    await sh(`mkdir "${dir}/a" "${dir}/b" && touch "${dir}/a/f" && (rmdir "${dir}/a" 2>/dev/null || true)`);
+    const m = await scrape(port);
+    const op = (name: string, o: string) => m.get(`${name}{device="cli",op="${o}"}`);
+    assert.equal(m.get('dpfs_device_info{device="cli",transport="fuse",backend="memory"}'), 1);
+    assert.equal(op('dpfs_requests_total', 'FUSE_MKDIR'), 2);
+    assert.equal(op('dpfs_requests_total', 'FUSE_RMDIR'), 1);
+    assert.equal(op('dpfs_request_errors_total', 'FUSE_RMDIR'), 1, 'ENOTEMPTY');
+    assert.equal(op('dpfs_request_errors_total', 'FUSE_MKDIR'), 0);
+    // The histogram: cumulative buckets ending in +Inf at the count, and a plausible sum.
+    const buckets = [...m].filter(([k]) => k.startsWith('dpfs_request_duration_seconds_bucket{device="cli",op="FUSE_MKDIR"')).map(([, v]) => v);
+    assert.ok(buckets.length > 10);
+    assert.ok(buckets.every((v, i) => i === 0 || v >= buckets[i - 1]!), 'cumulative');
+    assert.equal(buckets.at(-1), 2);
+    assert.equal(op('dpfs_request_duration_seconds_count', 'FUSE_MKDIR'), 2);
+    const sum = op('dpfs_request_duration_seconds_sum', 'FUSE_MKDIR')!;
+    assert.ok(sum > 0 && sum < 5, `sum ${sum}`);
+    assert.equal(m.get('dpfs_requests_in_flight{device="cli"}'), 0);
+    assert.ok((m.get('dpfs_process_cpu_seconds_total') ?? 0) > 0, 'process metrics too');
+    assert.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
+  } finally {
+    await stopDaemon(d, [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--metrics on a vhost-user device: its counters before and after a VMM connects', async () => {
+  const dir = tempDir();
+  const port = await freePort();
+  const socket = join(dir, 'vfs.sock');
+  const d = startDaemon(['vhost-user', socket, '-b', 'null', '--metrics', `127.0.0.1:${port}`]);
+  try {
+    await waitFor(() => existsSync(socket), 'device socket');
+    let m = await scrape(port);
+    assert.equal(m.get('dpfs_virtio_connections_total{device="cli"}'), 0);
+    assert.equal(m.get('dpfs_virtio_connected{device="cli"}'), 0);
+    const r = await cli(['fuzz', socket, '--cases', '30', '--seed', '3']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    m = await scrape(port);
+    assert.ok(m.get('dpfs_virtio_connections_total{device="cli"}')! >= 1);
+    assert.ok(m.get('dpfs_requests_total{device="cli",op="FUSE_GETATTR"}')! >= 30, 'the fuzzer checks the device after every case');
+    assert.ok(m.get('dpfs_virtio_queue_requests_total{device="cli",queue="1"}')! >= 30);
+  } finally {
+    await stopDaemon(d, []);
     rmSync(dir, { recursive: true, force: true });
   }
 });

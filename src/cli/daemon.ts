@@ -1,17 +1,24 @@
 /** Runs a set of devices until SIGINT/SIGTERM (or until every mount is gone), then stops them cleanly. */
+import type { Server } from 'node:http';
 import { createBackend } from '../backends/registry.js';
 import type { DeviceConfig } from '../config/schema.js';
 import { DevFuseDevice } from '../devices/devfuse/device.js';
 import { VhostUserFsDevice } from '../devices/vhost-user/device.js';
 import type { Logger } from '../util/log.js';
+import { MetricsRegistry, type Sample } from '../metrics/registry.js';
+import { serveMetrics } from '../metrics/server.js';
+import type { OpStats } from '../fuse/op-stats.js';
 
 export interface RunningDevice {
   name: string;
   stop(): Promise<void>;
   ended: Promise<void>;
+  opStats: OpStats;
+  samples(): Sample[];
 }
 
-export async function startDevice(cfg: DeviceConfig, log: Logger): Promise<RunningDevice> {
+/** Starts one device; `metrics`: record per-opcode counts and latencies. */
+export async function startDevice(cfg: DeviceConfig, log: Logger, metrics = false): Promise<RunningDevice> {
   const fs = createBackend(cfg.backend);
   switch (cfg.transport) {
     case 'fuse': {
@@ -28,9 +35,10 @@ export async function startDevice(cfg: DeviceConfig, log: Logger): Promise<Runni
         fsName: `dpfs-${cfg.backend.type}`,
         log: log.child({ name: cfg.name }),
         trace: cfg.trace,
+        metrics,
       });
       await dev.start();
-      return { name: cfg.name, stop: () => dev.stop(), ended: dev.ended };
+      return { name: cfg.name, stop: () => dev.stop(), ended: dev.ended, opStats: dev.opStats, samples: () => dev.samples() };
     }
     case 'vhost-user': {
       const dev = new VhostUserFsDevice({
@@ -40,26 +48,39 @@ export async function startDevice(cfg: DeviceConfig, log: Logger): Promise<Runni
         threads: cfg.threads,
         log: log.child({ name: cfg.name }),
         trace: cfg.trace,
+        metrics,
       });
       dev.start();
       // A vhost-user device serves VMM after VMM: it ends only when stopped.
       let ended!: () => void;
       const done = new Promise<void>((r) => (ended = r));
-      return { name: cfg.name, stop: () => dev.stop().then(ended), ended: done };
+      return { name: cfg.name, stop: () => dev.stop().then(ended), ended: done, opStats: dev.opStats, samples: () => dev.samples() };
     }
   }
 }
 
-export async function runDevices(configs: DeviceConfig[], log: Logger): Promise<void> {
+/** Serves the devices until a signal (or until every one ended); `metricsListen`: where to export metrics. */
+export async function runDevices(configs: DeviceConfig[], log: Logger, metricsListen?: string): Promise<void> {
   const running: RunningDevice[] = [];
   let stopping = false;
+  const metrics = metricsListen ? new MetricsRegistry() : undefined;
+  let server: Server | undefined;
   const stopAll = async () => {
     if (stopping) return;
     stopping = true;
+    server?.close();
     await Promise.allSettled(running.map((d) => d.stop()));
   };
   try {
-    for (const cfg of configs) running.push(await startDevice(cfg, log));
+    if (metrics) {
+      server = await serveMetrics(metrics, metricsListen!);
+      log.info({ metrics: `http://${metricsListen}/metrics` }, 'exporting metrics');
+    }
+    for (const cfg of configs) {
+      const dev = await startDevice(cfg, log, !!metrics);
+      running.push(dev);
+      metrics?.addDevice(cfg.name, { transport: cfg.transport, backend: cfg.backend.type, opStats: dev.opStats, samples: () => dev.samples() });
+    }
   } catch (err) {
     await stopAll();
     throw err;
@@ -79,4 +100,6 @@ export async function runDevices(configs: DeviceConfig[], log: Logger): Promise<
       resolve();
     });
   });
+  server?.close();
+  server?.closeAllConnections();
 }

@@ -10,6 +10,7 @@ import { BACKEND_TYPES } from '../backends/registry.js';
 import { ConfigError, ConfigSchema, parseConfig, type DeviceConfig } from '../config/schema.js';
 import { parseSize } from '../config/size.js';
 import { createLogger } from '../util/log.js';
+import { parseListen } from '../metrics/server.js';
 import { runDevices, startDevice } from './daemon.js';
 import { reportDevices } from './devices-report.js';
 import { type FuzzOptions, runFuzz } from './fuzz-command.js';
@@ -25,6 +26,15 @@ function intFrom(min: 0 | 1): (v: string) => number {
 
 const intArg = intFrom(1);
 const countArg = intFrom(0);
+
+function listenArg(v: string): string {
+  try {
+    parseListen(v);
+    return v;
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
 
 function sizeArg(v: string): number {
   try {
@@ -54,6 +64,7 @@ interface MountOpts {
   allowOther: boolean;
   readOnly: boolean;
   debug: boolean;
+  metrics?: string;
 }
 
 function backendConfig(o: MountOpts): object {
@@ -121,7 +132,8 @@ function backendOptions(cmd: Command): Command {
     .option('--max-fds <n>', 'passthrough: bound on cached O_PATH descriptors', intArg, 4096)
     .option('--no-kernel-passthrough', 'passthrough: serve reads and writes in the daemon, not the kernel')
     .option('--read-only', 'export read-only', false)
-    .option('-d, --debug', 'log every request and reply', false);
+    .option('-d, --debug', 'log every request and reply', false)
+    .option('--metrics <host:port>', 'export Prometheus metrics at http://host:port/metrics', listenArg);
 }
 
 backendOptions(
@@ -138,7 +150,7 @@ backendOptions(
     .option('--no-allow-other', 'only the mounting user may access the mount'),
 ).action(async (mountPoint: string, o: MountOpts) => {
   const log = createLogger(o.debug ? 'debug' : undefined);
-  await runDevices([mountDevice(mountPoint, o)], log);
+  await runDevices([mountDevice(mountPoint, o)], log, o.metrics);
 });
 
 backendOptions(
@@ -159,7 +171,7 @@ backendOptions(
     trace: o.debug,
     backend: backendConfig(o),
   });
-  await runDevices([device], log);
+  await runDevices([device], log, o.metrics);
 });
 
 program
@@ -181,7 +193,7 @@ program
     }
     const log = createLogger(cfg.log.level === 'trace' ? 'debug' : cfg.log.level);
     const devices = cfg.log.level === 'trace' ? cfg.device.map((d) => ({ ...d, trace: true })) : cfg.device;
-    await runDevices(devices, log);
+    await runDevices(devices, log, cfg.metrics?.listen);
   });
 
 program

@@ -4,6 +4,7 @@
  */
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
+import { parseListen } from '../metrics/server.js';
 import { parseIdMap } from '../backends/passthrough/id-map.js';
 import { parseSize } from './size.js';
 
@@ -100,6 +101,23 @@ export const ConfigSchema = z
       .object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') })
       .strict()
       .default({}),
+    /** Prometheus metrics of every device at http://listen/metrics. */
+    metrics: z
+      .object({
+        listen: z.string().refine(
+          (l) => {
+            try {
+              parseListen(l);
+              return true;
+            } catch {
+              return false;
+            }
+          },
+          { message: 'must be host:port (e.g. "127.0.0.1:9464")' },
+        ),
+      })
+      .strict()
+      .optional(),
     device: z.array(DeviceSchema).min(1, 'at least one [[device]] is required'),
   })
   .strict()

@@ -14,6 +14,7 @@ import { runOp, type OpContext } from './ops.js';
 import { Reader, WireError, Writer } from './wire.js';
 import { wantedFlags } from './capabilities.js';
 import { iovLength } from '../util/iov.js';
+import type { OpStats } from './op-stats.js';
 
 /**
  * Sends one reply (or notification) as a single message: the chunks are written together.
@@ -67,6 +68,8 @@ export interface SessionOptions {
   trace?: boolean;
   /** INIT flags to withhold even if both sides support them. */
   disableFlags?: bigint;
+  /** Per-opcode counts and latencies, for metrics (recorded only when given). */
+  opStats?: OpStats;
 }
 
 export type SessionState = 'awaiting-init' | 'running' | 'destroyed' | 'broken';
@@ -129,13 +132,15 @@ export class Session {
       this.malformed(buf, send, err);
       return;
     }
-    const reply = new PendingReply(this, h, send);
+    const reply = new PendingReply(this, h, send, this.options.opStats ? performance.now() : 0);
+    if (this.options.opStats && !needsReply(h.opcode)) this.options.opStats.record(h.opcode, 0, false);
     try {
       this.route(h, buf, reply, target);
     } catch (err) {
       // Decoding errors land here; anything a backend throws is caught in runRequest.
       if (err instanceof WireError) {
         this.stats.malformed++;
+        if (this.options.opStats) this.options.opStats.malformed++;
         this.log.warn({ op: opcodeName(h.opcode), unique: h.unique, err: err.message }, 'malformed request');
         if (needsReply(h.opcode)) reply.error(Errno.EINVAL);
       } else {
@@ -147,6 +152,7 @@ export class Session {
 
   private malformed(buf: Uint8Array, send: SendFn, err: unknown): void {
     this.stats.malformed++;
+    if (this.options.opStats) this.options.opStats.malformed++;
     const msg = err instanceof Error ? err.message : String(err);
     this.log.warn({ bytes: buf.length, err: msg }, 'malformed request header');
     // With at least len/opcode/unique readable, answer so the peer's request does not hang.
@@ -163,8 +169,9 @@ export class Session {
     }
   }
 
-  /** Sends a reply (called once per request by PendingReply). */
-  sendReply(h: InHeader, send: SendFn, error: number, body: Uint8Array[], placed: number): void {
+  /** Sends a reply (called once per request by PendingReply; `started`: performance.now() at arrival). */
+  sendReply(h: InHeader, send: SendFn, error: number, body: Uint8Array[], placed: number, started: number): void {
+    this.options.opStats?.record(h.opcode, (performance.now() - started) / 1000, error !== 0);
     let len = SIZE.out_header + placed;
     for (const b of body) len += b.length;
     const header = outHeader(len, error ? -error : 0, h.unique);
@@ -486,6 +493,7 @@ class PendingReply implements Reply {
     private readonly session: Session,
     private readonly h: InHeader,
     private readonly send: SendFn,
+    private readonly started: number,
   ) {}
 
   ok(body: Uint8Array[] = [], placed = 0): void {
@@ -502,7 +510,7 @@ class PendingReply implements Reply {
       return;
     }
     this.done = true;
-    this.session.sendReply(this.h, this.send, error, body, placed);
+    this.session.sendReply(this.h, this.send, error, body, placed, this.started);
   }
 }
 

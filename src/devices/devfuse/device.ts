@@ -8,6 +8,8 @@ import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import type { FileSystem } from '../../fs/api.js';
 import { Errno, FsError, errnoName, errnoOf } from '../../fuse/errno.js';
+import { OpStats } from '../../fuse/op-stats.js';
+import type { Sample } from '../../metrics/registry.js';
 import { Session } from '../../fuse/session.js';
 import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, native } from '../../native/native.js';
 import type { Logger } from '../../util/log.js';
@@ -47,10 +49,14 @@ export interface DevFuseOptions {
   log?: Logger;
   /** Log each request and reply. */
   trace?: boolean;
+  /** Keep per-opcode counts and latencies for metrics. */
+  metrics?: boolean;
 }
 
 export class DevFuseDevice {
   readonly session: Session;
+  /** Requests by opcode (recorded with `metrics`). */
+  readonly opStats = new OpStats();
   private fd = -1;
   private readonly workers: Worker[] = [];
   private live = 0;
@@ -79,7 +85,12 @@ export class DevFuseDevice {
         await writevAsync(this.fd, chunks);
       },
     };
-    this.session = new Session(options.fs, { transport: this.transport, log: this.log, trace: options.trace });
+    this.session = new Session(options.fs, { transport: this.transport, log: this.log, trace: options.trace, opStats: options.metrics ? this.opStats : undefined });
+  }
+
+  /** The device's own values for metrics. */
+  samples(): Sample[] {
+    return [{ name: 'dpfs_requests_in_flight', help: 'Requests taken and not yet answered', type: 'gauge', value: this.session.stats.inFlight }];
   }
 
   /** Mounts and starts serving; resolves once the kernel's INIT has been answered. */

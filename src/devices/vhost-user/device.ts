@@ -7,6 +7,8 @@
 import { closeSync, unlinkSync } from 'node:fs';
 import type { FileSystem } from '../../fs/api.js';
 import { Opcode } from '../../fuse/opcodes.js';
+import { OpStats } from '../../fuse/op-stats.js';
+import type { Sample } from '../../metrics/registry.js';
 import { Session } from '../../fuse/session.js';
 import { native } from '../../native/native.js';
 import { type Logger, silentLogger } from '../../util/log.js';
@@ -28,6 +30,8 @@ export interface VhostUserFsOptions {
   threads?: number;
   log?: Logger;
   trace?: boolean;
+  /** Keep per-opcode counts and latencies for metrics. */
+  metrics?: boolean;
 }
 
 export class VhostUserFsDevice implements RequestSink {
@@ -47,6 +51,9 @@ export class VhostUserFsDevice implements RequestSink {
     return this.pastZeroCopy + (this.connection?.stats.zeroCopyBytes ?? 0);
   }
   private pastZeroCopy = 0;
+  private pastBadChains = 0;
+  /** Requests by opcode over every session (recorded with `metrics`). */
+  readonly opStats = new OpStats();
 
   constructor(readonly options: VhostUserFsOptions) {
     this.log = (options.log ?? silentLogger).child({ device: 'vhost-user-fs', socket: options.socketPath });
@@ -58,6 +65,7 @@ export class VhostUserFsDevice implements RequestSink {
       transport: { name: 'virtio-fs', maxWrite: 1024 * 1024, virtiofs: true },
       log: this.log,
       trace: this.options.trace,
+      opStats: this.options.metrics ? this.opStats : undefined,
     });
   }
 
@@ -97,11 +105,29 @@ export class VhostUserFsDevice implements RequestSink {
       this.log.info({}, 'VMM connected');
       void conn.ended.then(() => {
         this.pastZeroCopy += conn.stats.zeroCopyBytes;
+        this.pastBadChains += conn.stats.badChains;
         conn.stats.perQueue.forEach((n, i) => (this.perQueue[i] = (this.perQueue[i] ?? 0) + n));
         if (this.connection === conn) this.connection = undefined;
         this.log.info({}, 'VMM disconnected');
       });
     }
+  }
+
+  /** The device's own values for metrics. */
+  samples(): Sample[] {
+    const live = this.connection?.stats;
+    const out: Sample[] = [
+      { name: 'dpfs_requests_in_flight', help: 'Requests taken and not yet answered', type: 'gauge', value: this.session.stats.inFlight },
+      { name: 'dpfs_virtio_connections_total', help: 'VMM connections accepted', type: 'counter', value: this.connections },
+      { name: 'dpfs_virtio_connected', help: 'Whether a VMM is connected', type: 'gauge', value: this.connection && !this.connection.isClosed ? 1 : 0 },
+      { name: 'dpfs_virtio_bad_chains_total', help: 'Descriptor chains returned unanswered (malformed or outside guest memory)', type: 'counter', value: this.pastBadChains + (live?.badChains ?? 0) },
+      { name: 'dpfs_virtio_zero_copy_bytes_total', help: 'READ data written straight into guest memory', type: 'counter', value: this.zeroCopyBytes },
+    ];
+    const queues = Math.max(this.perQueue.length, live?.perQueue.length ?? 0);
+    for (let q = 0; q < queues; q++) {
+      out.push({ name: 'dpfs_virtio_queue_requests_total', help: 'Requests taken from each virtqueue (0: hiprio)', type: 'counter', value: (this.perQueue[q] ?? 0) + (live?.perQueue[q] ?? 0), labels: { queue: String(q) } });
+    }
+    return out;
   }
 
   handle(request: Buffer, reply: (chunks: Uint8Array[], placed?: number) => void, target?: { payload: Uint8Array[] }): void {
