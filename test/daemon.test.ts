@@ -263,6 +263,8 @@ test('--metrics exports requests, errors and latency per opcode of the device, i
     const sum = op('dpfs_request_duration_seconds_sum', 'FUSE_MKDIR')!;
     assert.ok(sum > 0 && sum < 5, `sum ${sum}`);
     assert.equal(m.get('dpfs_requests_in_flight{device="cli"}'), 0);
+    assert.ok(m.get('dpfs_memory_inodes{device="cli"}')! >= 3, 'the backend\'s own values: root, a, b, a/f');
+    assert.equal(m.get('dpfs_memory_capacity_bytes{device="cli"}'), 16 * 1024 ** 3);
     assert.ok((m.get('dpfs_process_cpu_seconds_total') ?? 0) > 0, 'process metrics too');
     assert.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
   } finally {

@@ -5,7 +5,8 @@ import type { DeviceConfig } from '../config/schema.js';
 import { DevFuseDevice } from '../devices/devfuse/device.js';
 import { VhostUserFsDevice } from '../devices/vhost-user/device.js';
 import type { Logger } from '../util/log.js';
-import { MetricsRegistry, type Sample } from '../metrics/registry.js';
+import { MetricsRegistry } from '../metrics/registry.js';
+import type { Sample } from '../metrics/sample.js';
 import { serveMetrics } from '../metrics/server.js';
 import type { OpStats } from '../fuse/op-stats.js';
 
@@ -38,7 +39,7 @@ export async function startDevice(cfg: DeviceConfig, log: Logger, metrics = fals
         metrics,
       });
       await dev.start();
-      return { name: cfg.name, stop: () => dev.stop(), ended: dev.ended, opStats: dev.opStats, samples: () => dev.samples() };
+      return { name: cfg.name, stop: () => dev.stop(), ended: dev.ended, opStats: dev.opStats, samples: () => [...dev.samples(), ...(fs.samples?.() ?? [])] };
     }
     case 'vhost-user': {
       const dev = new VhostUserFsDevice({
@@ -54,7 +55,7 @@ export async function startDevice(cfg: DeviceConfig, log: Logger, metrics = fals
       // A vhost-user device serves VMM after VMM: it ends only when stopped.
       let ended!: () => void;
       const done = new Promise<void>((r) => (ended = r));
-      return { name: cfg.name, stop: () => dev.stop().then(ended), ended: done, opStats: dev.opStats, samples: () => dev.samples() };
+      return { name: cfg.name, stop: () => dev.stop().then(ended), ended: done, opStats: dev.opStats, samples: () => [...dev.samples(), ...(fs.samples?.() ?? [])] };
     }
   }
 }

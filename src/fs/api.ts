@@ -221,6 +221,8 @@ export interface FsCapabilities {
   kernelPassthrough?: boolean;
 }
 
+import type { Sample } from '../metrics/sample.js';
+
 type Ctx = RequestContext;
 type R<T> = Promise<T> | T;
 
@@ -229,6 +231,8 @@ export interface FileSystem {
 
   init?(info: InitInfo): R<void>;
   destroy?(): R<void>;
+  /** The backend's own values for metrics (descriptors held, inodes known…), read when scraped. */
+  samples?(): Sample[];
 
   lookup?(ctx: Ctx, parent: number, name: string): R<Entry>;
   /** Drops `nlookup` references the kernel held on `ino`. No reply is sent. */

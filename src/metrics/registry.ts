@@ -7,14 +7,9 @@ import { Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import { LATENCY_BOUNDS_S, OTHER_OP, type OpStats } from '../fuse/op-stats.js';
 import { opcodeName } from '../fuse/opcodes.js';
 
-/** One value a device reports (a counter or a gauge), with labels beside its device's. */
-export interface Sample {
-  name: string;
-  help: string;
-  type: 'counter' | 'gauge';
-  value: number;
-  labels?: Record<string, string>;
-}
+import type { Sample } from './sample.js';
+
+export type { Sample };
 
 /** What a device gives the registry. */
 export interface MetricsSource {

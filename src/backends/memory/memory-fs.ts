@@ -3,6 +3,7 @@
  * reference every other backend is compared against, so it enforces permissions,
  * ownership and sticky/setgid rules itself rather than relying on the kernel.
  */
+import type { Sample } from '../../metrics/sample.js';
 import type {
   Attr,
   AttrReply,
@@ -813,5 +814,13 @@ export class MemoryFs implements FileSystem {
   /** Number of inodes currently held (for tests and metrics). */
   get inodeCount(): number {
     return this.inodes.size;
+  }
+
+  samples(): Sample[] {
+    return [
+      { name: 'dpfs_memory_inodes', help: 'Inodes the memory backend holds', type: 'gauge', value: this.inodes.size },
+      { name: 'dpfs_memory_used_bytes', help: 'File data the memory backend holds, against its capacity', type: 'gauge', value: this.used },
+      { name: 'dpfs_memory_capacity_bytes', help: 'Capacity of the memory backend', type: 'gauge', value: this.capacity },
+    ];
   }
 }

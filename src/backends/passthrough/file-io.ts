@@ -56,6 +56,8 @@ export interface StallBudget {
   stalledMs?: number;
   /** The last back-off's length. */
   backoffMs?: number;
+  /** Back-offs so far. */
+  trips?: number;
 }
 
 /** The most bytes a call runs at once (a copy this size takes microseconds). */
@@ -94,6 +96,7 @@ export function tookAtOnce(state: NowaitState, ms: number, now = performance.now
   b.backoffMs = again ? Math.min(MAX_BACKOFF_MS, 2 * b.backoffMs!) : BACKOFF_MS;
   b.slowUntil = now + b.backoffMs;
   b.stallSince = undefined;
+  b.trips = (b.trips ?? 0) + 1;
 }
 
 function atOnce(state: NowaitState, call: () => number): number {

@@ -8,6 +8,7 @@
  * except where it cannot wait: lookups in the dentry cache and attributes of open inodes
  * on local file systems, and the metadata calls on file systems held in memory.
  */
+import type { Sample } from '../../metrics/sample.js';
 import type {
   Attr,
   AttrReply,
@@ -170,6 +171,17 @@ export class PassthroughFs implements FileSystem {
   /** Open descriptors held by the backend (for tests and metrics). */
   get openFds(): number {
     return this.table.openFds + this.handles.size;
+  }
+
+  samples(): Sample[] {
+    const out: Sample[] = [
+      { name: 'dpfs_passthrough_open_fds', help: 'Descriptors the passthrough holds (cached O_PATH and open files)', type: 'gauge', value: this.openFds },
+      { name: 'dpfs_passthrough_inodes', help: 'Host inodes the kernel holds references to', type: 'gauge', value: this.inodeCount },
+    ];
+    for (const d of this.devices.values()) {
+      if (d.stalls) out.push({ name: 'dpfs_passthrough_write_backoffs_total', help: 'Times writes at once stalled a host device past its budget and went asynchronous', type: 'counter', value: d.stalls.trips ?? 0, labels: { host_device: `${d.major}:${d.minor}` } });
+    }
+    return out;
   }
 
   get inodeCount(): number {

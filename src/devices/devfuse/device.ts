@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads';
 import type { FileSystem } from '../../fs/api.js';
 import { Errno, FsError, errnoName, errnoOf } from '../../fuse/errno.js';
 import { OpStats } from '../../fuse/op-stats.js';
-import type { Sample } from '../../metrics/registry.js';
+import type { Sample } from '../../metrics/sample.js';
 import { Session } from '../../fuse/session.js';
 import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, native } from '../../native/native.js';
 import type { Logger } from '../../util/log.js';

@@ -8,7 +8,7 @@ import { closeSync, unlinkSync } from 'node:fs';
 import type { FileSystem } from '../../fs/api.js';
 import { Opcode } from '../../fuse/opcodes.js';
 import { OpStats } from '../../fuse/op-stats.js';
-import type { Sample } from '../../metrics/registry.js';
+import type { Sample } from '../../metrics/sample.js';
 import { Session } from '../../fuse/session.js';
 import { native } from '../../native/native.js';
 import { type Logger, silentLogger } from '../../util/log.js';
