@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, ftruncateSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { AT_ONCE_MAX, BACKOFF_MS, MAX_BACKOFF_MS, type NowaitState, type StallBudget, readAt, runsAtOnce, STALL_BUDGET_MS, STALL_MS, STALL_WINDOW_MS, syncFile, tookAtOnce, writeAt } from '../src/backends/passthrough/file-io.js';
@@ -127,6 +127,36 @@ test('the event loop counts as saturated only while it is, and only where cores 
   }
   assert.equal(offloadPays(16), true, 'a loop busy for the last period');
   assert.equal(offloadPays(2), false);
+});
+
+test('offsets from 2^53 on (saturated by the decoder) are past every file, and calls just below it land where asked', { skip: existsSync('/dev/shm') ? false : 'no tmpfs' }, async () => {
+  const dir = mkdtempSync(join('/dev/shm', 'dpfs-fileio-'));
+  try {
+    const path = join(dir, 'f');
+    writeFileSync(path, 'hello');
+    const fd = openSync(path, 'r+');
+    try {
+      for (const state of [{ inMemory: true, noNowaitRead: true, noNowaitWrite: true }, {}] as NowaitState[]) {
+        assert.equal(await readAt(fd, [Buffer.alloc(16)], 2 ** 53, state), 0, 'the end of the file');
+        await assert.rejects(writeAt(fd, [Buffer.from('x')], 2 ** 53, state), (e: { errno?: number }) => e.errno === 27, 'EFBIG');
+        // Just below: a sparse write at the very offset (Node's positional calls would take an
+        // unsafe position for "the current position", i.e. the start of the file).
+        assert.equal(await writeAt(fd, [Buffer.from('abcd')], 2 ** 53 - 10, state), 4);
+        assert.equal(fstatSync(fd).size, 2 ** 53 - 6);
+        const back = Buffer.alloc(4);
+        assert.equal(await readAt(fd, [back], 2 ** 53 - 10, state), 4);
+        assert.equal(back.toString(), 'abcd');
+        const head = Buffer.alloc(5);
+        assert.equal(readSync(fd, head, 0, 5, 0), 5);
+        assert.equal(head.toString(), 'hello', 'the start of the file untouched');
+        ftruncateSync(fd, 5);
+      }
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('errors of calls at once come back as errno (EBADF on a closed descriptor)', async () => {

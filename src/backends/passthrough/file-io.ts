@@ -26,7 +26,7 @@
  */
 import { fdatasync, fsync as fsFsync, readv as fsReadv, readvSync, writev as fsWritev, writevSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { Errno } from '../../fuse/errno.js';
+import { Errno, FsError } from '../../fuse/errno.js';
 import { native } from '../../native/native.js';
 import { Uring } from '../../native/uring.js';
 import { iovAfter, iovLength } from '../../util/iov.js';
@@ -107,8 +107,16 @@ function atOnce(state: NowaitState, call: () => number): number {
   return n;
 }
 
+/**
+ * Offsets from 2^53 on arrive saturated (see Reader.u64), so they cannot be served at the
+ * offset asked for; no real file reaches them (8 PiB): reads there find the end of the file,
+ * writes are too large (EFBIG, as the kernel answers past a file system's limit).
+ */
+const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
+
 /** Reads into `bufs` at `offset` until they are full or the file ends; returns the bytes read. */
 export async function readAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): Promise<number> {
+  if (offset > MAX_OFFSET) return 0;
   let done = 0;
   const fits = bufs.length <= IOV_MAX; // what preadv2 and io_uring take in one call
   if (!state.noNowaitRead && fits) {
@@ -119,13 +127,14 @@ export async function readAt(fd: number, bufs: Uint8Array[], offset: number, sta
   }
   // The rest waits for I/O; a short read there means the end of the file.
   const rest = done ? iovAfter(bufs, done) : bufs;
-  if (fits && runsAtOnce(state, false, iovLength(rest))) return done + atOnce(state, () => readvSync(fd, rest, offset + done));
+  if (fits && Number.isSafeInteger(offset + done) && runsAtOnce(state, false, iovLength(rest))) return done + atOnce(state, () => readvSync(fd, rest, offset + done));
   const ring = fits ? Uring.get() : null;
   return done + (await (ring ? ring.readv(fd, rest, offset + done) : poolv(fsReadv, fd, rest, offset + done)));
 }
 
 /** Writes `bufs` at `offset`; returns the bytes written. */
 export async function writeAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): Promise<number> {
+  if (offset > MAX_OFFSET) throw new FsError(Errno.EFBIG);
   let done = 0;
   const fits = bufs.length <= IOV_MAX;
   if (!state.noNowaitWrite && fits) {
@@ -135,7 +144,7 @@ export async function writeAt(fd: number, bufs: Uint8Array[], offset: number, st
     else if (n !== -Errno.EAGAIN) state.noNowaitWrite = true;
   }
   const rest = done ? iovAfter(bufs, done) : bufs;
-  if (fits && runsAtOnce(state, true, iovLength(rest))) return done + atOnce(state, () => writevSync(fd, rest, offset + done));
+  if (fits && Number.isSafeInteger(offset + done) && runsAtOnce(state, true, iovLength(rest))) return done + atOnce(state, () => writevSync(fd, rest, offset + done));
   const ring = fits ? Uring.get() : null;
   return done + (await (ring ? ring.writev(fd, rest, offset + done) : poolv(fsWritev, fd, rest, offset + done)));
 }
