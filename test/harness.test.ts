@@ -4,13 +4,15 @@
  * descriptor chains after each of which the device must still serve a well-formed request.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import { MemoryFs } from '../src/backends/memory/memory-fs.js';
 import { NullFs } from '../src/backends/null/null-fs.js';
+import { PassthroughFs } from '../src/backends/passthrough/passthrough-fs.js';
 import { VhostUserFsDevice } from '../src/devices/vhost-user/device.js';
 import type { FileSystem } from '../src/fs/api.js';
 import { Opcode } from '../src/fuse/opcodes.js';
@@ -172,6 +174,91 @@ test('request queues handed to worker threads are driven from each at once, ever
       await Promise.all(workers.map((w) => new Promise((r) => (w.once('exit', r), w.postMessage('stop')))));
     }
   });
+});
+
+for (const parent of ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p))) {
+  test(`READ and WRITE on open files are served by the queue threads themselves, byte for byte (passthrough over ${parent})`, async () => {
+    const src = mkdtempSync(join(parent, 'dpfs-qio-'));
+    const content = randomBytes(300_000);
+    writeFileSync(join(src, 'f'), content);
+    writeFileSync(join(src, 'w'), 'write-only');
+    const fs = new PassthroughFs({ root: src });
+    try {
+      await withHarness(fs, { queues: 2, threads: 2, slotBytes: 256 * 1024 }, async (c, drv, dev) => {
+        const ino = await c.lookup(1, 'f');
+        const fh = await c.open(ino, 2);
+        const before = [...dev.connection!.stats.perQueue];
+        const expected = Buffer.from(content);
+        const q2 = new FuseClient(drv, 2, 1n << 40n);
+        for (let i = 0; i < 60; i++) {
+          const client = i % 2 ? q2 : c;
+          const at = (i * 7919) % 290_000;
+          const chunk = randomBytes(1 + ((i * 131) % 9000));
+          assert.equal((await client.write(ino, fh, at, chunk)).error, 0);
+          chunk.copy(expected, at);
+          const r = await client.read(ino, fh, at, chunk.length);
+          assert.equal(r.error, 0);
+          assert.ok(r.body.equals(chunk), `read back at ${at}`);
+        }
+        // Across the end of the file: a short read; past it: nothing.
+        const tail = await c.read(ino, fh, content.length - 100, 4096);
+        assert.ok(tail.body.equals(expected.subarray(content.length - 100)));
+        assert.equal((await c.read(ino, fh, content.length + 10, 4096)).body.length, 0);
+        assert.ok(readFileSync(join(src, 'f')).equals(expected), 'the host file holds what was written');
+        const byMain = (dev.connection!.stats.perQueue[1] ?? 0) + (dev.connection!.stats.perQueue[2] ?? 0) - (before[1] ?? 0) - (before[2] ?? 0);
+        const here = dev.threads!.served[1]! + dev.threads!.served[2]!;
+        assert.ok(here >= 100, `served on the queue threads: ${here}`);
+        assert.ok(byMain <= 10, `left to the main thread: ${byMain}`);
+        // What a thread may not do goes to the backend, which answers it: a write on a file
+        // opened read-only, a read on one opened write-only.
+        const ro = await c.open(ino, 0);
+        assert.equal((await c.write(ino, ro, 0, Buffer.from('x'))).error, -9, 'EBADF');
+        const wIno = await c.lookup(1, 'w');
+        const wo = await c.open(wIno, 1);
+        assert.equal((await c.read(wIno, wo, 0, 16)).error, -9, 'EBADF');
+        // A released handle is gone for the threads too.
+        assert.equal((await c.call(Opcode.FUSE_RELEASE, ino, { fh, flags: 2, release_flags: 0, lock_owner: 0n })).error, 0);
+        assert.equal((await c.read(ino, fh, 0, 16)).error, -9, 'EBADF after RELEASE');
+      });
+    } finally {
+      rmSync(src, { recursive: true, force: true });
+    }
+  });
+}
+
+test('a READ racing the RELEASE of its handle never reads another file that took the descriptor', async () => {
+  const src = mkdtempSync(join('/dev/shm', 'dpfs-qrace-'));
+  writeFileSync(join(src, 'a'), Buffer.alloc(4096, 0x61));
+  writeFileSync(join(src, 'b'), Buffer.alloc(4096, 0x62));
+  const fs = new PassthroughFs({ root: src });
+  try {
+    await withHarness(fs, { queues: 2, threads: 2, slotBytes: 64 * 1024 }, async (c, drv, dev) => {
+      const a = await c.lookup(1, 'a');
+      const b = await c.lookup(1, 'b');
+      const q2 = new FuseClient(drv, 2, 1n << 40n);
+      let servedA = 0;
+      for (let i = 0; i < 150; i++) {
+        const fh = await c.open(a, 0);
+        // Reads of A on queue 2 while queue 1 releases A and opens B (which may get A's
+        // descriptor number): each read is A's content or an error, never B's.
+        const reads = Array.from({ length: 6 }, () => q2.read(a, fh, 0, 64));
+        const release = c.call(Opcode.FUSE_RELEASE, a, { fh, flags: 0, release_flags: 0, lock_owner: 0n });
+        const fhB = await c.open(b, 0);
+        for (const r of await Promise.all(reads)) {
+          if (r.error === 0) {
+            assert.ok(r.body.equals(Buffer.alloc(64, 0x61)), `read of A returned ${JSON.stringify(r.body.subarray(0, 8).toString())}`);
+            servedA++;
+          } else assert.equal(r.error, -9);
+        }
+        assert.equal((await release).error, 0);
+        await c.call(Opcode.FUSE_RELEASE, b, { fh: fhB, flags: 0, release_flags: 0, lock_owner: 0n });
+      }
+      assert.ok(servedA > 0, 'some reads came before the release');
+      assert.ok(dev.threads!.served[2]! > 0, 'and the thread served them');
+    });
+  } finally {
+    rmSync(src, { recursive: true, force: true });
+  }
 });
 
 test('a second VMM gets the queue threads after the first went away', async () => {

@@ -222,6 +222,7 @@ export interface FsCapabilities {
 }
 
 import type { Sample } from '../metrics/sample.js';
+import type { SharedHandles } from './shared-handles.js';
 
 type Ctx = RequestContext;
 type R<T> = Promise<T> | T;
@@ -233,6 +234,11 @@ export interface FileSystem {
   destroy?(): R<void>;
   /** The backend's own values for metrics (descriptors held, inodes known…), read when scraped. */
   samples?(): Sample[];
+  /**
+   * Open files whose READ and WRITE another thread may serve itself on the descriptor the
+   * table names (virtio-fs queue threads); the backend withdraws a handle before closing it.
+   */
+  readonly sharedHandles?: SharedHandles;
 
   lookup?(ctx: Ctx, parent: number, name: string): R<Entry>;
   /** Drops `nlookup` references the kernel held on `ino`. No reply is sent. */

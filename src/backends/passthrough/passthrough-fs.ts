@@ -9,6 +9,7 @@
  * on local file systems, and the metadata calls on file systems held in memory.
  */
 import type { Sample } from '../../metrics/sample.js';
+import { SH_READ, SH_READ_AT_ONCE, SH_WRITE, SH_WRITE_AT_ONCE, SharedHandles } from '../../fs/shared-handles.js';
 import type {
   Attr,
   AttrReply,
@@ -84,6 +85,7 @@ export interface PassthroughOptions {
 }
 
 const O_ACCMODE = 3;
+const O_RDONLY = 0;
 const O_WRONLY = 1;
 const O_RDWR = 2;
 
@@ -98,6 +100,8 @@ interface Handle extends NowaitState {
   node: PInode;
   /** This handle holds a reference on its inode's kernel passthrough backing file. */
   backed?: boolean;
+  /** Published in sharedHandles (queue threads may do its I/O). */
+  shared?: boolean;
   /** Directory handles: serialises getdents on the shared file position. */
   dirQueue?: Promise<unknown>;
   /**
@@ -167,6 +171,9 @@ export class PassthroughFs implements FileSystem {
     const root = await sys.lookup(null, AT_FDCWD, this.opts.root, O_DIRECTORY);
     await this.table.addRoot(root.fd, key(root.st), root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
   }
+
+  /** Open regular files whose I/O virtio-fs queue threads may do themselves. */
+  readonly sharedHandles = new SharedHandles();
 
   /** Open descriptors held by the backend (for tests and metrics). */
   get openFds(): number {
@@ -465,7 +472,10 @@ export class PassthroughFs implements FileSystem {
     // The kernel writes a backing file with our credentials, which would keep setuid/setgid
     // bits that an unprivileged write must clear: such files are served by us, uncached.
     const privileged = this.kernelIo && node.type === S_IFREG && !this.backing.get(node.nodeid) && hasPrivBits(mode ?? (await this.statFd(fd)).mode);
-    if (privileged) return { fh, flags: flags | FOPEN_DIRECT_IO };
+    if (privileged) {
+      this.share(fh, h, openFlags);
+      return { fh, flags: flags | FOPEN_DIRECT_IO };
+    }
     const b = this.kernelIo && node.type === S_IFREG ? this.backingOf(node, fd) : undefined;
     if (b) {
       // The kernel reads and writes this file itself from now on: no round trips through us.
@@ -473,7 +483,23 @@ export class PassthroughFs implements FileSystem {
       h.backed = true;
       return { fh, flags: FOPEN_PASSTHROUGH | (flags & FOPEN_KEEP_CACHE), backingId: b.id };
     }
+    this.share(fh, h, openFlags);
     return { fh, flags };
+  }
+
+  /**
+   * Publishes an open regular file for virtio-fs queue threads, which then serve its READs
+   * and WRITEs themselves (what they cannot do at once comes back here).
+   */
+  private share(fh: number, h: Handle, openFlags: number): void {
+    if (h.node.type !== S_IFREG || h.noNowaitRead) return; // O_DIRECT: always the pool
+    const acc = openFlags & O_ACCMODE;
+    let flags = 0;
+    if (acc !== O_WRONLY) flags |= SH_READ;
+    if (acc !== O_RDONLY && !this.opts.readOnly) flags |= SH_WRITE;
+    if (h.inMemory) flags |= SH_READ_AT_ONCE | SH_WRITE_AT_ONCE;
+    if (h.localDisk) flags |= SH_WRITE_AT_ONCE;
+    if (flags) h.shared = this.sharedHandles.publish(fh, h.fd, flags);
   }
 
   /** The backing file of `node`, registered from `fd` (an open of it) if it has none yet; undefined: served by us. */
@@ -548,6 +574,7 @@ export class PassthroughFs implements FileSystem {
     const h = this.handles.get(fh);
     if (!h) return;
     this.handles.delete(fh);
+    if (h.shared) this.sharedHandles.withdraw(fh); // no queue thread uses the descriptor after this
     if (info.flockUnlock) this.locks.get(ino)?.releaseOwner(info.lockOwner, 'flock');
     if (h.backed) this.dropBacking(h.node.nodeid);
     await this.io(h.node).close(h.fd);
@@ -695,6 +722,7 @@ export class PassthroughFs implements FileSystem {
   }
 
   async destroy(): Promise<void> {
+    this.sharedHandles.withdrawAll();
     for (const h of this.handles.values()) await sys.close(h.fd).catch(() => undefined);
     this.handles.clear();
   }

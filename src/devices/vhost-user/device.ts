@@ -81,7 +81,11 @@ export class VhostUserFsDevice implements RequestSink {
   start(): void {
     const requestQueues = this.requestQueues;
     const threads = Math.min(this.options.threads ?? 0, requestQueues);
-    if (threads > 0) this.threads = new QueueThreads(threads, this.log);
+    if (threads > 0) {
+      this.threads = new QueueThreads(threads, this.log);
+      // READ and WRITE on the backend's shared open files are served on the queue threads.
+      if (this.options.fs.sharedHandles) this.threads.setHandles(this.options.fs.sharedHandles.buffer);
+    }
     this.listenFd = native().listenUnix(this.options.socketPath);
     this.listenWatch = native().watch(this.listenFd, () => this.onAcceptable());
     this.log.info({ queues: 1 + requestQueues, threads }, 'listening for a VMM');
@@ -123,9 +127,10 @@ export class VhostUserFsDevice implements RequestSink {
       { name: 'dpfs_virtio_bad_chains_total', help: 'Descriptor chains returned unanswered (malformed or outside guest memory)', type: 'counter', value: this.pastBadChains + (live?.badChains ?? 0) },
       { name: 'dpfs_virtio_zero_copy_bytes_total', help: 'READ data written straight into guest memory', type: 'counter', value: this.zeroCopyBytes },
     ];
-    const queues = Math.max(this.perQueue.length, live?.perQueue.length ?? 0);
+    const queues = Math.max(this.perQueue.length, live?.perQueue.length ?? 0, this.threads ? 1 + this.requestQueues : 0);
     for (let q = 0; q < queues; q++) {
-      out.push({ name: 'dpfs_virtio_queue_requests_total', help: 'Requests taken from each virtqueue (0: hiprio)', type: 'counter', value: (this.perQueue[q] ?? 0) + (live?.perQueue[q] ?? 0), labels: { queue: String(q) } });
+      const here = this.threads?.served[q] ?? 0; // served by the queue thread itself
+      out.push({ name: 'dpfs_virtio_queue_requests_total', help: 'Requests taken from each virtqueue (0: hiprio)', type: 'counter', value: (this.perQueue[q] ?? 0) + (live?.perQueue[q] ?? 0) + here, labels: { queue: String(q) } });
     }
     return out;
   }

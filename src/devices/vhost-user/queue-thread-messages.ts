@@ -17,6 +17,8 @@ export interface RingStart {
 /** To a queue thread. All but `done` are answered through the control block before the sender goes on. */
 export type ToQueueThread =
   | { t: 'memory'; regions: SharedRegion[] | null }
+  /** The backend's shared open files, whose READs and WRITEs the thread serves itself. */
+  | { t: 'handles'; buffer: SharedArrayBuffer }
   | ({ t: 'start' } & RingStart)
   | { t: 'call'; q: number; callFd: number }
   | { t: 'stop'; q: number }

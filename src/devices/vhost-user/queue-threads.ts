@@ -37,6 +37,9 @@ const CONTROL_TIMEOUT_MS = 5000;
 
 export class QueueThreads {
   private readonly threads: QueueThread[] = [];
+  /** Requests the threads served themselves, per queue (READ/WRITE on shared handles). */
+  readonly served = new Float64Array(new SharedArrayBuffer(8 * 1024));
+  private handles?: SharedArrayBuffer;
   private nextGen = 1;
   private terminating = false;
   sink?: QueueThreadSink;
@@ -51,7 +54,7 @@ export class QueueThreads {
   private spawn(i: number): QueueThread {
     const ctl = new Int32Array(new SharedArrayBuffer(CTL_SLOTS * 4));
     // A clean execArgv: the parent's flags (inspectors, -e) mean nothing to a queue thread.
-    const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { ctl: ctl.buffer }, execArgv: [] });
+    const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { ctl: ctl.buffer, served: this.served.buffer, handles: this.handles }, execArgv: [] });
     const t: QueueThread = { worker, ctl, done: new Map(), flushScheduled: false };
     worker.on('message', (m: FromQueueThread) => this.onMessage(m));
     const failed = (reason: string) => {
@@ -113,6 +116,12 @@ export class QueueThreads {
     }
     if (Atomics.load(t.ctl, CTL_STATUS) !== 0) throw new Error(`queue thread could not "${m.t}"`);
     return Atomics.load(t.ctl, CTL_VALUE);
+  }
+
+  /** Lets every thread serve READ and WRITE on the backend's shared open files. */
+  setHandles(buffer: SharedArrayBuffer): void {
+    this.handles = buffer;
+    for (const t of this.threads) if (!t.failed) this.control(t, { t: 'handles', buffer });
   }
 
   /** Gives every thread the guest memory (or takes it away). */

@@ -10,11 +10,17 @@ import { WRITE_HEAD, requestHead } from './fuse-request.js';
 import { GuestMemory } from './guest-memory.js';
 import { CTL_SEQ, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
 import { RingRunner } from './ring-runner.js';
+import { serveInThread } from './queue-io.js';
+import { SharedHandles } from '../../fs/shared-handles.js';
 import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
 
 const port = parentPort!;
-const ctl = new Int32Array((workerData as { ctl: SharedArrayBuffer }).ctl);
+const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer };
+const ctl = new Int32Array(data.ctl);
+/** Requests served on this thread, per queue (this thread alone writes its queues' entries). */
+const served = new Float64Array(data.served);
 let mem: GuestMemory | undefined;
+let handles = data.handles ? new SharedHandles(data.handles) : undefined;
 const rings = new Map<number, { runner: RingRunner; gen: number; spec: RingStart }>();
 
 const post = (m: FromQueueThread, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
@@ -25,8 +31,18 @@ function start(s: RingStart): void {
   const vq = new Virtqueue(mem, s.num, ringViews(mem, s.addr, s.num), { eventIdx: s.eventIdx, indirect: s.indirect });
   vq.setBase(s.base);
   let batch: Chain[] = [];
-  const runner = new RingRunner(vq, s.kickFd, s.callFd, {
-    request: (chain) => batch.push(chain),
+  const runner: RingRunner = new RingRunner(vq, s.kickFd, s.callFd, {
+    request: (chain) => {
+      if (handles) {
+        const n = serveInThread(chain, requestHead(chain.readable).head, handles);
+        if (n !== null) {
+          served[s.q]!++;
+          runner.complete(chain.head, n);
+          return;
+        }
+      }
+      batch.push(chain);
+    },
     drained: () => {
       if (batch.length === 0) return;
       const chains = batch;
@@ -87,6 +103,9 @@ port.on('message', (m: ToQueueThread) => {
         break;
       case 'start':
         start(m);
+        break;
+      case 'handles':
+        handles = new SharedHandles(m.buffer);
         break;
       case 'call':
         rings.get(m.q)?.runner.setCallFd(m.callFd);

@@ -1,0 +1,110 @@
+/**
+ * Open files whose reads and writes another thread may do itself: a table in shared memory
+ * from a backend's file handle to the host descriptor behind it. The backend (main thread)
+ * publishes a handle when it opens a regular file and withdraws it before closing the
+ * descriptor; a virtio-fs queue thread serves READ and WRITE on a published handle without
+ * the main thread (see queue-io.ts).
+ *
+ * A descriptor must never be used after it was closed (its number may already name another
+ * file): a thread counts itself in as a slot's user before it checks the slot is live, and
+ * the owner marks the slot dying before it waits for the users to leave, both with
+ * sequentially consistent atomics, so at least one of them sees the other.
+ */
+
+/** What a thread may do with a published handle. */
+export const SH_READ = 1;
+export const SH_WRITE = 2;
+/** Reads may run at once (a memory file system: they never wait for a device). */
+export const SH_READ_AT_ONCE = 4;
+/** Writes may run at once (memory or local disk file system: a copy into the page cache). */
+export const SH_WRITE_AT_ONCE = 8;
+
+const STATE = 0; // 0 empty, 1 live, 2 dying
+const FH_LO = 1;
+const FH_HI = 2;
+const FD = 3;
+const FLAGS = 4;
+const USERS = 5;
+const WORDS = 6;
+const EMPTY = 0;
+const LIVE = 1;
+const DYING = 2;
+
+/** Slots: handles beyond this many at once (or colliding ones) stay with the main thread. */
+export const SHARED_HANDLE_SLOTS = 4096;
+
+export class SharedHandles {
+  readonly buffer: SharedArrayBuffer;
+  private readonly w: Int32Array;
+
+  constructor(buffer?: SharedArrayBuffer) {
+    this.buffer = buffer ?? new SharedArrayBuffer(SHARED_HANDLE_SLOTS * WORDS * 4);
+    this.w = new Int32Array(this.buffer);
+  }
+
+  private static slotOf(lo: number): number {
+    return (lo >>> 0) % SHARED_HANDLE_SLOTS;
+  }
+
+  // ---- the owner's side (the backend, on the main thread) --------------------------------
+
+  /** Publishes handle `fh` (< 2^53) on `fd`; false where its slot is taken (it stays main-only). */
+  publish(fh: number, fd: number, flags: number): boolean {
+    const lo = fh >>> 0;
+    const s = SharedHandles.slotOf(lo) * WORDS;
+    if (Atomics.load(this.w, s + STATE) !== EMPTY) return false;
+    this.w[s + FH_LO] = lo | 0;
+    this.w[s + FH_HI] = Math.floor(fh / 2 ** 32);
+    this.w[s + FD] = fd;
+    this.w[s + FLAGS] = flags;
+    Atomics.store(this.w, s + STATE, LIVE); // publishes the words above
+    return true;
+  }
+
+  /** Withdraws `fh` and returns once no thread uses its descriptor any more. */
+  withdraw(fh: number): void {
+    const lo = fh >>> 0;
+    const s = SharedHandles.slotOf(lo) * WORDS;
+    if (Atomics.load(this.w, s + STATE) !== LIVE || this.w[s + FH_LO] !== (lo | 0) || this.w[s + FH_HI] !== Math.floor(fh / 2 ** 32)) return;
+    Atomics.store(this.w, s + STATE, DYING);
+    // A user is inside one system call (a page-cache copy, or a read that does not wait).
+    for (let n = Atomics.load(this.w, s + USERS); n !== 0; n = Atomics.load(this.w, s + USERS)) Atomics.wait(this.w, s + USERS, n, 10);
+    Atomics.store(this.w, s + STATE, EMPTY);
+  }
+
+  /** Withdraws every handle (the backend closes them all). */
+  withdrawAll(): void {
+    for (let i = 0; i < SHARED_HANDLE_SLOTS; i++) {
+      const s = i * WORDS;
+      if (Atomics.load(this.w, s + STATE) === LIVE) this.withdraw((this.w[s + FH_HI]! >>> 0) * 2 ** 32 + (this.w[s + FH_LO]! >>> 0));
+    }
+  }
+
+  // ---- a user's side (a queue thread) ----------------------------------------------------
+
+  /**
+   * Enters the slot of handle (lo, hi) — its two 32-bit halves as they came in a request —
+   * and returns it, or -1 where the handle is not published. Leave with `leave`.
+   */
+  enter(lo: number, hi: number): number {
+    const slot = SharedHandles.slotOf(lo);
+    const s = slot * WORDS;
+    Atomics.add(this.w, s + USERS, 1);
+    if (Atomics.load(this.w, s + STATE) === LIVE && this.w[s + FH_LO] === (lo | 0) && this.w[s + FH_HI] === (hi | 0)) return slot;
+    this.leave(slot);
+    return -1;
+  }
+
+  fd(slot: number): number {
+    return this.w[slot * WORDS + FD]!;
+  }
+
+  flags(slot: number): number {
+    return this.w[slot * WORDS + FLAGS]!;
+  }
+
+  leave(slot: number): void {
+    const s = slot * WORDS;
+    if (Atomics.sub(this.w, s + USERS, 1) === 1) Atomics.notify(this.w, s + USERS);
+  }
+}
