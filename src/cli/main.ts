@@ -159,7 +159,7 @@ backendOptions(
     .description('serve one backend as a virtio-fs device on a vhost-user socket (QEMU: -device vhost-user-fs-pci)')
     .argument('<socket>', 'unix socket path for the VMM')
     .option('-q, --queues <n>', 'request queues (QEMU num-request-queues)', intArg, 1)
-    .option('-t, --threads <n>', 'queue threads for the request queues\' ring work (default 0: the event loop serves them)', countArg),
+    .option('-t, --threads <n>', 'queue threads for the request queues: ring work, and READ/WRITE on open files (default 0: the event loop serves them)', countArg),
 ).action(async (socket: string, o: MountOpts & { queues: number; threads?: number }) => {
   const log = createLogger(o.debug ? 'debug' : undefined);
   const device = validDevice({

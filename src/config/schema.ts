@@ -86,7 +86,7 @@ export const VhostUserDeviceSchema = z
     tag: z.string().min(1).max(36).optional(),
     /** Request queues offered (QEMU's num-request-queues may not exceed it). */
     queues: z.number().int().min(1).max(64).default(1),
-    /** Queue threads for the request queues' ring work; 0 (the default): all on the event loop. */
+    /** Queue threads for the request queues (ring work, and READ/WRITE on open files); 0 (the default): all on the event loop. */
     threads: z.number().int().min(0).max(64).optional(),
     trace: z.boolean().default(false),
     backend: BackendSchema,

@@ -21,11 +21,12 @@ export interface VhostUserFsOptions {
   /** Request queues (QEMU's num-request-queues); the device also has the hiprio queue. */
   requestQueues?: number;
   /**
-   * Queue threads doing the ring work of the request queues (at most one per queue); 0 (the
-   * default) serves every queue on the event loop. The FUSE session and backend stay on the
-   * main thread either way, and the hand-off to it costs the main thread more than the ring
-   * work it saves: on 16 cores, 8 queues gave 194K null 4 KiB reads/s on the event loop
-   * against 127K on 8 threads (docs/architecture.md).
+   * Queue threads doing the ring work of the request queues (at most one per queue), and
+   * serving READ and WRITE on the backend's shared open files themselves; 0 (the default)
+   * serves every queue on the event loop. Other requests go to the FUSE session on the main
+   * thread, and that hand-off costs the main thread more than the ring work it saves: on 16
+   * cores, 8 queues gave 194K null 4 KiB reads/s on the event loop against 127K on 8 threads
+   * (docs/architecture.md). With the passthrough, data-heavy tenants gain from threads.
    */
   threads?: number;
   log?: Logger;
