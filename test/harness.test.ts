@@ -226,6 +226,43 @@ for (const parent of ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p))) {
   });
 }
 
+test('READ and WRITE in shapes a kernel never sends, on a handle the queue thread serves: answered by the backend, nothing written amiss', async () => {
+  const src = mkdtempSync(join('/dev/shm', 'dpfs-qhostile-'));
+  writeFileSync(join(src, 'f'), Buffer.alloc(4096, 0x61));
+  const fs = new PassthroughFs({ root: src });
+  try {
+    await withHarness(fs, { threads: 1, slotBytes: 64 * 1024 }, async (c, drv) => {
+      const ino = await c.lookup(1, 'f');
+      const fh = await c.open(ino, 2);
+      const raw = (op: number, args: Record<string, unknown>, replyBytes: number) =>
+        drv.request(1, encodeRequest({ opcode: op, unique: 77n, nodeid: ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[op as keyof typeof RequestSpecs] as never, args), replyBytes);
+      const readArgs = { fh, offset: 0, size: 4096, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 };
+      // A reply area smaller than the READ asks for: the backend's reply does not fit (EIO).
+      const small = await raw(Opcode.FUSE_READ, readArgs, 16 + 100);
+      assert.equal(small.readInt32LE(4), -5);
+      // Smaller than a reply header: the chain comes back with nothing written.
+      assert.equal((await raw(Opcode.FUSE_READ, readArgs, 8)).length, 0);
+      // A WRITE whose size disagrees with its data: refused (EINVAL), nothing written.
+      const w = await raw(Opcode.FUSE_WRITE, { fh, offset: 0, size: 100, write_flags: 0, lock_owner: 0n, flags: 0, padding: 0, data: Buffer.alloc(50, 0x7a) }, 16 + 8);
+      assert.equal(w.readInt32LE(4), -22);
+      // Just below 2^53: served (nothing there); at it: the end of the file, or EFBIG.
+      assert.equal((await c.read(ino, fh, 2 ** 53 - 1, 16)).body.length, 0);
+      assert.equal((await c.read(ino, fh, 2 ** 53, 16)).body.length, 0);
+      assert.equal((await c.write(ino, fh, 2 ** 53, Buffer.from('x'))).error, -27);
+      // A write that must drop setuid bits goes to the backend, and lands.
+      const kill = await raw(Opcode.FUSE_WRITE, { fh, offset: 10, size: 3, write_flags: 4, lock_owner: 0n, flags: 0, padding: 0, data: Buffer.from('KIL') }, 16 + 8);
+      assert.equal(kill.readInt32LE(4), 0);
+      assert.equal(kill.readUInt32LE(16), 3);
+      const want = Buffer.alloc(4096, 0x61);
+      want.write('KIL', 10);
+      assert.ok((await c.read(ino, fh, 0, 4096)).body.equals(want));
+      assert.equal((await c.getattr(1)).error, 0, 'and the device goes on');
+    });
+  } finally {
+    rmSync(src, { recursive: true, force: true });
+  }
+});
+
 test('a READ racing the RELEASE of its handle never reads another file that took the descriptor', async () => {
   const src = mkdtempSync(join('/dev/shm', 'dpfs-qrace-'));
   writeFileSync(join(src, 'a'), Buffer.alloc(4096, 0x61));
