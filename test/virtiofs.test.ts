@@ -122,23 +122,40 @@ test('a guest mounts the passthrough backend; the host sees what it wrote', { sk
   }
 });
 
-test('a guest with 2 vCPUs and 2 request queues (spread by kernels that do, 6.11+)', { skip, timeout: 300000 }, async () => {
-  await withDevice(
-    new MemoryFs(),
-    async (socket, dev) => {
-      const work = 'for c in 0 1; do taskset -c $c sh -c "i=0; while [ \\$i -lt 200 ]; do echo \\$i > f$c-\\$i; i=\\$((i + 1)); done" & done; wait; echo "CHECK files $(ls | wc -l)"\n';
-      assert.equal(dev.queueThreads, 2); // one queue thread per request queue
-      const r = await runGuest({ socket, tag: 'dpfs', workload: work, timeoutMs: 240000, cpus: 2, requestQueues: 2 });
-      assert.equal(checks(r.output).get('files'), '400', r.output.slice(-2000));
-      const [, q1 = 0, q2 = 0] = dev.perQueue;
-      assert.ok(q1 + q2 > 400, `requests per queue: ${dev.perQueue.join(', ')}`);
-      // Older guest drivers (Debian 12's 6.1) send every request on the first request queue.
-      const [major, minor] = (findKernel()!.vmlinuz.match(/vmlinuz-(\d+)\.(\d+)/) ?? []).slice(1).map(Number);
-      if (major! > 6 || (major === 6 && minor! >= 11)) assert.ok(q1 > 50 && q2 > 50, `requests per queue: ${dev.perQueue.join(', ')}`);
-    },
-    2,
-    2,
-  );
+test('a guest with 2 vCPUs and 2 request queues on 2 queue threads, which serve its READs and WRITEs (passthrough; spread by kernels that do, 6.11+)', { skip, timeout: 300000 }, async () => {
+  const src = mkdtempSync(join(tmpdir(), 'dpfs-vsrc-'));
+  const umask = process.umask();
+  try {
+    await withDevice(
+      new PassthroughFs({ root: src }),
+      async (socket, dev) => {
+        // Two writers, one per vCPU; then, with the guest's page cache dropped, every file read back.
+        const work =
+          'for c in 0 1; do taskset -c $c sh -c "i=0; while [ \\$i -lt 200 ]; do echo \\$i > f$c-\\$i; i=\\$((i + 1)); done" & done; wait; echo "CHECK files $(ls | wc -l)"\n' +
+          'sync; echo 3 > /proc/sys/vm/drop_caches; echo "CHECK sum $(cat f0-* f1-* | md5sum | cut -c1-32)"\n';
+        assert.equal(dev.queueThreads, 2); // one queue thread per request queue
+        const r = await runGuest({ socket, tag: 'dpfs', workload: work, timeoutMs: 240000, cpus: 2, requestQueues: 2 });
+        const c = checks(r.output);
+        assert.equal(c.get('files'), '400', r.output.slice(-2000));
+        const all = ['f0', 'f1'].flatMap((p) => readdirSync(src).filter((n) => n.startsWith(`${p}-`)).sort().map((n) => readFileSync(join(src, n))));
+        assert.equal(all.length, 400);
+        assert.equal(c.get('sum'), createHash('md5').update(Buffer.concat(all)).digest('hex'), 'what the guest read back is what the host holds');
+        assert.equal(readFileSync(join(src, 'f1-123'), 'utf8'), '123\n');
+        const here = dev.threads!.served[1]! + dev.threads!.served[2]!;
+        assert.ok(here >= 400, `READs and WRITEs served on the queue threads: ${here}`);
+        const [, q1 = 0, q2 = 0] = dev.perQueue;
+        assert.ok(q1 + q2 > 400, `requests per queue: ${dev.perQueue.join(', ')}`);
+        // Older guest drivers (Debian 12's 6.1) send every request on the first request queue.
+        const [major, minor] = (findKernel()!.vmlinuz.match(/vmlinuz-(\d+)\.(\d+)/) ?? []).slice(1).map(Number);
+        if (major! > 6 || (major === 6 && minor! >= 11)) assert.ok(q1 > 50 && q2 > 50, `requests per queue: ${dev.perQueue.join(', ')}`);
+      },
+      2,
+      2,
+    );
+  } finally {
+    process.umask(umask);
+    rmSync(src, { recursive: true, force: true });
+  }
 });
 
 test('the same workload passes against virtiofsd (proves the test)', { skip: skip || (existsSync(VIRTIOFSD) ? false : 'no virtiofsd'), timeout: 300000 }, async () => {
