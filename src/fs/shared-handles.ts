@@ -61,23 +61,25 @@ export class SharedHandles {
     return true;
   }
 
-  /** Withdraws `fh` and returns once no thread uses its descriptor any more. */
-  withdraw(fh: number): void {
+  /**
+   * Withdraws `fh` and returns once no thread uses its descriptor any more: true, and the
+   * descriptor may be closed. False if a user never left (a thread terminated between
+   * entering and leaving): the slot is retired and the descriptor must stay open, since
+   * closing it could hand its number to another file under that user.
+   */
+  withdraw(fh: number, patienceMs = 2000): boolean {
     const lo = fh >>> 0;
     const s = SharedHandles.slotOf(lo) * WORDS;
-    if (Atomics.load(this.w, s + STATE) !== LIVE || this.w[s + FH_LO] !== (lo | 0) || this.w[s + FH_HI] !== Math.floor(fh / 2 ** 32)) return;
+    if (Atomics.load(this.w, s + STATE) !== LIVE || this.w[s + FH_LO] !== (lo | 0) || this.w[s + FH_HI] !== Math.floor(fh / 2 ** 32)) return true;
     Atomics.store(this.w, s + STATE, DYING);
     // A user is inside one system call (a page-cache copy, or a read that does not wait).
-    for (let n = Atomics.load(this.w, s + USERS); n !== 0; n = Atomics.load(this.w, s + USERS)) Atomics.wait(this.w, s + USERS, n, 10);
-    Atomics.store(this.w, s + STATE, EMPTY);
-  }
-
-  /** Withdraws every handle (the backend closes them all). */
-  withdrawAll(): void {
-    for (let i = 0; i < SHARED_HANDLE_SLOTS; i++) {
-      const s = i * WORDS;
-      if (Atomics.load(this.w, s + STATE) === LIVE) this.withdraw((this.w[s + FH_HI]! >>> 0) * 2 ** 32 + (this.w[s + FH_LO]! >>> 0));
+    const until = Date.now() + patienceMs;
+    for (let n = Atomics.load(this.w, s + USERS); n !== 0; n = Atomics.load(this.w, s + USERS)) {
+      if (Date.now() > until) return false; // stays DYING: never published into again
+      Atomics.wait(this.w, s + USERS, n, 10);
     }
+    Atomics.store(this.w, s + STATE, EMPTY);
+    return true;
   }
 
   // ---- a user's side (a queue thread) ----------------------------------------------------

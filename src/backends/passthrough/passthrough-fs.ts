@@ -574,10 +574,11 @@ export class PassthroughFs implements FileSystem {
     const h = this.handles.get(fh);
     if (!h) return;
     this.handles.delete(fh);
-    if (h.shared) this.sharedHandles.withdraw(fh); // no queue thread uses the descriptor after this
+    // No queue thread uses the descriptor after this (or it stays open: see withdraw).
+    const closable = !h.shared || this.sharedHandles.withdraw(fh);
     if (info.flockUnlock) this.locks.get(ino)?.releaseOwner(info.lockOwner, 'flock');
     if (h.backed) this.dropBacking(h.node.nodeid);
-    await this.io(h.node).close(h.fd);
+    if (closable) await this.io(h.node).close(h.fd);
   }
 
   async fsync(_ctx: RequestContext, _ino: number, fh: number, datasync: boolean): Promise<void> {
@@ -722,8 +723,10 @@ export class PassthroughFs implements FileSystem {
   }
 
   async destroy(): Promise<void> {
-    this.sharedHandles.withdrawAll();
-    for (const h of this.handles.values()) await sys.close(h.fd).catch(() => undefined);
+    for (const [fh, h] of this.handles) {
+      if (h.shared && !this.sharedHandles.withdraw(fh)) continue;
+      await sys.close(h.fd).catch(() => undefined);
+    }
     this.handles.clear();
   }
 }
