@@ -1,13 +1,15 @@
 /** The daemon as an operator sees it: signals, stale mounts, configs, device listing, self-access. */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { mountAt } from '../src/devices/devfuse/mounts.js';
+import { FuseClient } from '../src/harness/fuse-client.js';
+import { GuestDriver } from '../src/harness/guest-driver.js';
 import { CLI, isDpfsMount, sh, startDaemon, startDaemonScript, stopDaemon, waitFor, withPassthrough } from './helpers/daemon.js';
 
 const execFileP = promisify(execFile);
@@ -289,6 +291,36 @@ test('--metrics on a vhost-user device: its counters before and after a VMM conn
     assert.ok(m.get('dpfs_virtio_connections_total{device="cli"}')! >= 1);
     assert.ok(m.get('dpfs_requests_total{device="cli",op="FUSE_GETATTR"}')! >= 30, 'the fuzzer checks the device after every case');
     assert.ok(m.get('dpfs_virtio_queue_requests_total{device="cli",queue="1"}')! >= 30);
+  } finally {
+    await stopDaemon(d, []);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--metrics counts the READs and WRITEs queue threads serve themselves', async () => {
+  const dir = tempDir();
+  const src = join(dir, 'src');
+  mkdirSync(src);
+  const port = await freePort();
+  const socket = join(dir, 'vfs.sock');
+  const d = startDaemon(['vhost-user', socket, '-b', 'passthrough', '-s', src, '-t', '1', '--metrics', `127.0.0.1:${port}`]);
+  try {
+    await waitFor(() => existsSync(socket), 'device socket');
+    const drv = new GuestDriver({ socket, depth: 4, queueSize: 64, slotBytes: 64 * 1024 });
+    try {
+      await drv.connect();
+      const c = new FuseClient(drv);
+      await c.init();
+      const { ino, fh } = await c.create(1, 'f', 0o100644, 2);
+      for (let i = 0; i < 10; i++) assert.equal((await c.write(ino, fh, i * 4096, Buffer.alloc(4096, i))).error, 0);
+      for (let i = 0; i < 10; i++) assert.ok((await c.read(ino, fh, i * 4096, 4096)).body.equals(Buffer.alloc(4096, i)));
+    } finally {
+      drv.close();
+    }
+    const m = await scrape(port);
+    assert.ok(m.get('dpfs_requests_total{device="cli",op="FUSE_WRITE"}')! >= 10);
+    assert.ok(m.get('dpfs_requests_total{device="cli",op="FUSE_READ"}')! >= 10);
+    assert.ok(m.get('dpfs_virtio_queue_requests_total{device="cli",queue="1"}')! >= 22, 'INIT, CREATE, and the reads and writes');
   } finally {
     await stopDaemon(d, []);
     rmSync(dir, { recursive: true, force: true });

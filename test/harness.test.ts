@@ -206,7 +206,7 @@ for (const parent of ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p))) {
         assert.equal((await c.read(ino, fh, content.length + 10, 4096)).body.length, 0);
         assert.ok(readFileSync(join(src, 'f')).equals(expected), 'the host file holds what was written');
         const byMain = (dev.connection!.stats.perQueue[1] ?? 0) + (dev.connection!.stats.perQueue[2] ?? 0) - (before[1] ?? 0) - (before[2] ?? 0);
-        const here = dev.threads!.served[1]! + dev.threads!.served[2]!;
+        const here = dev.threads!.servedOn(1) + dev.threads!.servedOn(2);
         assert.ok(here >= 100, `served on the queue threads: ${here}`);
         assert.ok(byMain <= 10, `left to the main thread: ${byMain}`);
         // What a thread may not do goes to the backend, which answers it: a write on a file
@@ -291,7 +291,7 @@ test('a READ racing the RELEASE of its handle never reads another file that took
         await c.call(Opcode.FUSE_RELEASE, b, { fh: fhB, flags: 0, release_flags: 0, lock_owner: 0n });
       }
       assert.ok(servedA > 0, 'some reads came before the release');
-      assert.ok(dev.threads!.served[2]! > 0, 'and the thread served them');
+      assert.ok(dev.threads!.servedOn(2) > 0, 'and the thread served them');
     });
   } finally {
     rmSync(src, { recursive: true, force: true });

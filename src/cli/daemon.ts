@@ -15,6 +15,7 @@ export interface RunningDevice {
   stop(): Promise<void>;
   ended: Promise<void>;
   opStats: OpStats;
+  servedElsewhere?(): [op: number, count: number][];
   samples(): Sample[];
 }
 
@@ -55,7 +56,7 @@ export async function startDevice(cfg: DeviceConfig, log: Logger, metrics = fals
       // A vhost-user device serves VMM after VMM: it ends only when stopped.
       let ended!: () => void;
       const done = new Promise<void>((r) => (ended = r));
-      return { name: cfg.name, stop: () => dev.stop().then(ended), ended: done, opStats: dev.opStats, samples: () => [...dev.samples(), ...(fs.samples?.() ?? [])] };
+      return { name: cfg.name, stop: () => dev.stop().then(ended), ended: done, opStats: dev.opStats, servedElsewhere: () => dev.servedByThreads(), samples: () => [...dev.samples(), ...(fs.samples?.() ?? [])] };
     }
   }
 }
@@ -80,7 +81,7 @@ export async function runDevices(configs: DeviceConfig[], log: Logger, metricsLi
     for (const cfg of configs) {
       const dev = await startDevice(cfg, log, !!metrics);
       running.push(dev);
-      metrics?.addDevice(cfg.name, { transport: cfg.transport, backend: cfg.backend.type, opStats: dev.opStats, samples: () => dev.samples() });
+      metrics?.addDevice(cfg.name, { transport: cfg.transport, backend: cfg.backend.type, opStats: dev.opStats, servedElsewhere: dev.servedElsewhere, samples: () => dev.samples() });
     }
   } catch (err) {
     await stopAll();

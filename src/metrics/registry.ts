@@ -17,6 +17,8 @@ export interface MetricsSource {
   backend: string;
   /** Requests by opcode over the device's life (every session of it). */
   opStats: OpStats;
+  /** Requests answered without the session (virtio-fs queue threads): counted, not timed. */
+  servedElsewhere?(): [op: number, count: number][];
   samples(): Sample[];
 }
 
@@ -47,7 +49,16 @@ export class MetricsRegistry {
     this.add('dpfs_device_info', 'Devices served: transport and backend', 'gauge', () =>
       [...this.devices].map(([device, s]) => ({ value: 1, labels: { device, transport: s.transport, backend: s.backend } })),
     );
-    this.add('dpfs_requests_total', 'FUSE requests served, by opcode', 'counter', perOp((s, i) => s.count[i]!));
+    this.add('dpfs_requests_total', 'FUSE requests served, by opcode (with those queue threads served themselves)', 'counter', () => {
+      const out: Value[] = [];
+      for (const [device, src] of this.devices) {
+        const counts = new Map<number, number>();
+        for (let i = 0; i <= OTHER_OP; i++) if (src.opStats.count[i]) counts.set(i, src.opStats.count[i]!);
+        for (const [op, n] of src.servedElsewhere?.() ?? []) if (n) counts.set(op, (counts.get(op) ?? 0) + n);
+        for (const [i, n] of counts) out.push({ value: n, labels: { device, op: opName(i) } });
+      }
+      return out;
+    });
     this.add('dpfs_request_errors_total', 'FUSE requests answered with an error, by opcode', 'counter', perOp((s, i) => s.errors[i]!));
     this.add('dpfs_malformed_requests_total', 'Requests that could not be decoded', 'counter', () =>
       [...this.devices].map(([device, s]) => ({ value: s.opStats.malformed, labels: { device } })),

@@ -118,6 +118,22 @@ export class VhostUserFsDevice implements RequestSink {
     }
   }
 
+  /** READs and WRITEs the queue threads served themselves (the session never saw them). */
+  servedByThreads(): [op: number, count: number][] {
+    const t = this.threads;
+    if (!t) return [];
+    let reads = 0;
+    let writes = 0;
+    for (let q = 1; q <= this.requestQueues; q++) {
+      reads += t.served[2 * q]!;
+      writes += t.served[2 * q + 1]!;
+    }
+    return [
+      [Opcode.FUSE_READ, reads],
+      [Opcode.FUSE_WRITE, writes],
+    ];
+  }
+
   /** The device's own values for metrics. */
   samples(): Sample[] {
     const live = this.connection?.stats;
@@ -130,7 +146,7 @@ export class VhostUserFsDevice implements RequestSink {
     ];
     const queues = Math.max(this.perQueue.length, live?.perQueue.length ?? 0, this.threads ? 1 + this.requestQueues : 0);
     for (let q = 0; q < queues; q++) {
-      const here = this.threads?.served[q] ?? 0; // served by the queue thread itself
+      const here = this.threads?.servedOn(q) ?? 0; // served by the queue thread itself
       out.push({ name: 'dpfs_virtio_queue_requests_total', help: 'Requests taken from each virtqueue (0: hiprio)', type: 'counter', value: (this.perQueue[q] ?? 0) + (live?.perQueue[q] ?? 0) + here, labels: { queue: String(q) } });
     }
     return out;

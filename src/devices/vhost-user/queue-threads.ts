@@ -37,8 +37,13 @@ const CONTROL_TIMEOUT_MS = 5000;
 
 export class QueueThreads {
   private readonly threads: QueueThread[] = [];
-  /** Requests the threads served themselves, per queue (READ/WRITE on shared handles). */
-  readonly served = new Float64Array(new SharedArrayBuffer(8 * 1024));
+  /** Requests the threads served themselves (on shared handles): READs at 2q, WRITEs at 2q + 1. */
+  readonly served = new Float64Array(new SharedArrayBuffer(16 * 1024));
+
+  /** Requests queue q's thread served itself. */
+  servedOn(q: number): number {
+    return (this.served[2 * q] ?? 0) + (this.served[2 * q + 1] ?? 0);
+  }
   private handles?: SharedArrayBuffer;
   private nextGen = 1;
   private terminating = false;

@@ -10,6 +10,7 @@ import { WRITE_HEAD, requestHead } from './fuse-request.js';
 import { GuestMemory } from './guest-memory.js';
 import { CTL_SEQ, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
 import { RingRunner } from './ring-runner.js';
+import { Opcode } from '../../fuse/opcodes.js';
 import { serveInThread } from './queue-io.js';
 import { SharedHandles } from '../../fs/shared-handles.js';
 import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
@@ -17,7 +18,7 @@ import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
 const port = parentPort!;
 const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer };
 const ctl = new Int32Array(data.ctl);
-/** Requests served on this thread, per queue (this thread alone writes its queues' entries). */
+/** Requests served on this thread: READs at 2q, WRITEs at 2q + 1 (this thread alone writes its queues' entries). */
 const served = new Float64Array(data.served);
 let mem: GuestMemory | undefined;
 let handles = data.handles ? new SharedHandles(data.handles) : undefined;
@@ -34,9 +35,10 @@ function start(s: RingStart): void {
   const runner: RingRunner = new RingRunner(vq, s.kickFd, s.callFd, {
     request: (chain) => {
       if (handles) {
-        const n = serveInThread(chain, requestHead(chain.readable).head, handles);
+        const head = requestHead(chain.readable).head;
+        const n = serveInThread(chain, head, handles);
         if (n !== null) {
-          served[s.q]!++;
+          served[2 * s.q + (head.readUInt32LE(4) === Opcode.FUSE_WRITE ? 1 : 0)]!++;
           runner.complete(chain.head, n);
           return;
         }
