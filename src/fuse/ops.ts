@@ -20,6 +20,7 @@ import {
 } from './reply-codec.js';
 import type { ReplyTarget, Session } from './session.js';
 import { Writer } from './wire.js';
+import { iovUpTo } from '../util/iov.js';
 
 export interface OpContext {
   fs: FileSystem;
@@ -30,17 +31,6 @@ export interface OpContext {
   session: Session;
   /** Where READ data may be written in place, when the transport offers it. */
   target?: ReplyTarget;
-}
-
-/** The first `size` bytes of a list of buffers. */
-function limit(bufs: Uint8Array[], size: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  for (const b of bufs) {
-    if (size <= 0) break;
-    out.push(b.length > size ? b.subarray(0, size) : b);
-    size -= b.length;
-  }
-  return out;
 }
 
 /** Largest READ/READDIR/GETXATTR size honoured; the kernel never asks for more than max_pages. */
@@ -190,7 +180,7 @@ export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | { 
       const info = { flags: a.flags as number, lockOwner };
       if (o.target && fs.readInto) {
         // Straight into the transport's buffers (guest memory): no copy on our side.
-        const dest = limit(o.target.payload, size);
+        const dest = iovUpTo(o.target.payload, size);
         let room = 0;
         for (const d of dest) room += d.length;
         if (room >= size) return { placed: Math.min(size, await fs.readInto(ctx, ino, a.fh as number, a.offset as number, dest, info)) };

@@ -21,6 +21,17 @@ export function iovAfter(bufs: readonly Uint8Array[], n: number): Uint8Array[] {
   return out;
 }
 
+/** The first `n` bytes (views, no copy). */
+export function iovUpTo(bufs: readonly Uint8Array[], n: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of bufs) {
+    if (n <= 0) break;
+    out.push(b.length > n ? b.subarray(0, n) : b);
+    n -= b.length;
+  }
+  return out;
+}
+
 /** A copy of the first `n` bytes (fewer if there are not so many). */
 export function iovHead(bufs: readonly Uint8Array[], n: number): Buffer {
   const out = Buffer.allocUnsafe(Math.min(n, iovLength(bufs)));

@@ -25,7 +25,7 @@ import {
   u64Payload,
 } from './protocol.js';
 import type { QueueThreadSink, QueueThreads } from './queue-threads.js';
-import { splitRequest } from './fuse-request.js';
+import { scatter, splitRequest } from './fuse-request.js';
 import { RingRunner } from './ring-runner.js';
 import { Virtqueue, ringViews } from './virtqueue.js';
 
@@ -500,39 +500,6 @@ function readTarget(writable: Uint8Array[]): { payload: Uint8Array[] } | undefin
   const payload = first.length > 16 ? [first.subarray(16)] : [];
   for (let i = 1; i < writable.length; i++) if (writable[i]!.length > 0) payload.push(writable[i]!);
   return { payload };
-}
-
-/** Copies a reply into the chain's writable buffers; a reply that does not fit becomes EIO. */
-function scatter(chunks: Uint8Array[], writable: Uint8Array[]): number {
-  let total = 0;
-  for (const c of chunks) total += c.length;
-  let capacity = 0;
-  for (const w of writable) capacity += w.length;
-  if (total > capacity) {
-    if (capacity < 16 || chunks[0]!.length < 16) return 0;
-    const hdr = Buffer.from(chunks[0]!.subarray(0, 16));
-    hdr.writeUInt32LE(16, 0);
-    hdr.writeInt32LE(-5, 4); // EIO
-    chunks = [hdr];
-    total = 16;
-  }
-  let wi = 0;
-  let wo = 0;
-  for (const c of chunks) {
-    let co = 0;
-    while (co < c.length) {
-      const w = writable[wi]!;
-      const n = Math.min(w.length - wo, c.length - co);
-      w.set(co === 0 && n === c.length ? c : c.subarray(co, co + n), wo);
-      co += n;
-      wo += n;
-      if (wo === w.length) {
-        wi++;
-        wo = 0;
-      }
-    }
-  }
-  return total;
 }
 
 function closeFd(fd: number): void {

@@ -1,4 +1,4 @@
-/** What of a FUSE request taken from a descriptor chain is copied out of guest memory. */
+/** What of a FUSE request taken from a descriptor chain is copied out of guest memory, and how its reply is copied in. */
 import { Opcode } from '../../fuse/opcodes.js';
 import { iovAfter, iovHead, iovLength } from '../../util/iov.js';
 
@@ -28,4 +28,37 @@ export function splitRequest(readable: Uint8Array[]): { request: Buffer; writeSr
   const { head, dataInPlace } = requestHead(readable);
   if (dataInPlace) return { request: head, writeSrc: iovAfter(readable, WRITE_HEAD) };
   return { request: head.length === WRITE_HEAD ? Buffer.concat(readable) : head };
+}
+
+/** Copies a reply into the chain's writable buffers; a reply that does not fit becomes EIO. */
+export function scatter(chunks: Uint8Array[], writable: Uint8Array[]): number {
+  let total = 0;
+  for (const c of chunks) total += c.length;
+  let capacity = 0;
+  for (const w of writable) capacity += w.length;
+  if (total > capacity) {
+    if (capacity < 16 || chunks[0]!.length < 16) return 0;
+    const hdr = Buffer.from(chunks[0]!.subarray(0, 16));
+    hdr.writeUInt32LE(16, 0);
+    hdr.writeInt32LE(-5, 4); // EIO
+    chunks = [hdr];
+    total = 16;
+  }
+  let wi = 0;
+  let wo = 0;
+  for (const c of chunks) {
+    let co = 0;
+    while (co < c.length) {
+      const w = writable[wi]!;
+      const n = Math.min(w.length - wo, c.length - co);
+      w.set(co === 0 && n === c.length ? c : c.subarray(co, co + n), wo);
+      co += n;
+      wo += n;
+      if (wo === w.length) {
+        wi++;
+        wo = 0;
+      }
+    }
+  }
+  return total;
 }

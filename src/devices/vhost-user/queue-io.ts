@@ -10,7 +10,8 @@ import { readvSync, writevSync } from 'node:fs';
 import { Opcode, FUSE_WRITE_KILL_SUIDGID } from '../../fuse/opcodes.js';
 import { SH_READ, SH_READ_AT_ONCE, SH_WRITE, SH_WRITE_AT_ONCE, type SharedHandles } from '../../fs/shared-handles.js';
 import { native } from '../../native/native.js';
-import { iovAfter, iovLength } from '../../util/iov.js';
+import { iovAfter, iovLength, iovUpTo } from '../../util/iov.js';
+import { scatter } from './fuse-request.js';
 import type { Chain } from './virtqueue.js';
 
 const IN_HEADER = 40;
@@ -36,7 +37,7 @@ export function serveInThread(chain: Chain, head: Buffer, handles: SharedHandles
   let src: Uint8Array[] | undefined;
   if (op === Opcode.FUSE_READ) {
     if (len !== IN_HEADER + IO_IN || readable !== len || capacity < OUT_HEADER + size) return null;
-    dst = cut(iovAfter(chain.writable, OUT_HEADER), size);
+    dst = iovUpTo(iovAfter(chain.writable, OUT_HEADER), size);
   } else {
     if (len !== IN_HEADER + IO_IN + size || readable !== len || capacity < OUT_HEADER + WRITE_OUT) return null;
     if (head.readUInt32LE(60) & FUSE_WRITE_KILL_SUIDGID) return null; // as the caller: the backend
@@ -75,28 +76,6 @@ export function serveInThread(chain: Chain, head: Buffer, handles: SharedHandles
   reply.writeInt32LE(0, 4);
   head.copy(reply, 8, 8, 16); // unique
   if (src) reply.writeUInt32LE(n, OUT_HEADER);
-  put(reply, chain.writable);
+  scatter([reply], chain.writable); // fits: checked above; READ data follows, already in place
   return total;
-}
-
-/** The first `n` bytes of `bufs` (views). */
-function cut(bufs: Uint8Array[], n: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  for (const b of bufs) {
-    if (n <= 0) break;
-    out.push(b.length > n ? b.subarray(0, n) : b);
-    n -= b.length;
-  }
-  return out;
-}
-
-/** Copies `data` to the start of the writable buffers (it fits: checked above). */
-function put(data: Uint8Array, writable: Uint8Array[]): void {
-  let at = 0;
-  for (const w of writable) {
-    if (at === data.length) return;
-    const k = Math.min(w.length, data.length - at);
-    w.set(data.subarray(at, at + k));
-    at += k;
-  }
 }
