@@ -32,27 +32,31 @@ function start(s: RingStart): void {
   const vq = new Virtqueue(mem, s.num, ringViews(mem, s.addr, s.num), { eventIdx: s.eventIdx, indirect: s.indirect });
   vq.setBase(s.base);
   let batch: Chain[] = [];
+  // The start of each request, copied once: the guest cannot change it under us. It decides
+  // whether this thread serves the request and, if not, is the header posted.
+  let heads: ReturnType<typeof requestHead>[] = [];
   const runner: RingRunner = new RingRunner(vq, s.kickFd, s.callFd, {
     request: (chain) => {
+      const start = requestHead(chain.readable);
       if (handles) {
-        const head = requestHead(chain.readable).head;
-        const n = serveInThread(chain, head, handles);
+        const n = serveInThread(chain, start.head, handles);
         if (n !== null) {
-          served[2 * s.q + (head.readUInt32LE(4) === Opcode.FUSE_WRITE ? 1 : 0)]!++;
+          served[2 * s.q + (start.head.readUInt32LE(4) === Opcode.FUSE_WRITE ? 1 : 0)]!++;
           runner.complete(chain.head, n);
           return;
         }
       }
       batch.push(chain);
+      heads.push(start);
     },
     drained: () => {
       if (batch.length === 0) return;
       const chains = batch;
+      const starts = heads;
       batch = [];
-      // One private copy of every request of the batch: the guest cannot change it under us.
-      // A WRITE's data is not parsed: it stays in guest memory (see splitRequest), and the
-      // header checked is the one posted.
-      const starts = chains.map((c) => requestHead(c.readable));
+      heads = [];
+      // One private copy of every request of the batch. A WRITE's data is not parsed: it
+      // stays in guest memory (see splitRequest), and the header checked is the one posted.
       const wsrc = chains.map((c, i) => (starts[i]!.dataInPlace ? rangesAfter(c.readableGpa, WRITE_HEAD) : null));
       let total = 0;
       for (let i = 0; i < chains.length; i++) total += wsrc[i] ? WRITE_HEAD : iovLength(chains[i]!.readable);
