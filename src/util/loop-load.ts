@@ -9,6 +9,8 @@ import { availableParallelism } from 'node:os';
 import { type EventLoopUtilization, performance } from 'node:perf_hooks';
 
 const PERIOD_MS = 100;
+/** Asked once: it is a system call, and this is asked on every small read and write. */
+const CORES = availableParallelism();
 /** Utilization above which the loop counts as saturated. */
 export const SATURATED = 0.85;
 /** Fewer cores than this leave none to spare for work moved off the loop. */
@@ -28,7 +30,7 @@ function sample(): void {
  * True when the loop was saturated over the last period and other cores could take work off
  * it. Starts sampling on first use.
  */
-export function offloadPays(cores = availableParallelism()): boolean {
+export function offloadPays(cores = CORES): boolean {
   if (cores < SPARE_CORES_FROM) return false;
   if (!timer) {
     last = performance.eventLoopUtilization();
