@@ -36,29 +36,26 @@ function family(name: string, help: string, type: 'counter' | 'gauge' | 'histogr
 export class MetricsRegistry {
   readonly registry = new Registry();
   private readonly devices = new Map<string, MetricsSource>();
+  /** The devices' own samples of the scrape in progress. */
+  private snapshot = new Map<string, Sample[]>();
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'dpfs_' });
-    const perOp = (pick: (s: OpStats, i: number) => number) => () => {
+    /** Per device and opcode seen; `elsewhere`: with the requests queue threads served themselves. */
+    const perOp = (pick: (s: OpStats, i: number) => number, elsewhere = false) => () => {
       const out: Value[] = [];
       for (const [device, src] of this.devices) {
-        for (let i = 0; i <= OTHER_OP; i++) if (src.opStats.count[i]) out.push({ value: pick(src.opStats, i), labels: { device, op: opName(i) } });
+        const values = new Map<number, number>();
+        for (let i = 0; i <= OTHER_OP; i++) if (src.opStats.count[i]) values.set(i, pick(src.opStats, i));
+        if (elsewhere) for (const [op, n] of src.servedElsewhere?.() ?? []) if (n) values.set(op, (values.get(op) ?? 0) + n);
+        for (const [i, v] of values) out.push({ value: v, labels: { device, op: opName(i) } });
       }
       return out;
     };
     this.add('dpfs_device_info', 'Devices served: transport and backend', 'gauge', () =>
       [...this.devices].map(([device, s]) => ({ value: 1, labels: { device, transport: s.transport, backend: s.backend } })),
     );
-    this.add('dpfs_requests_total', 'FUSE requests served, by opcode (with those queue threads served themselves)', 'counter', () => {
-      const out: Value[] = [];
-      for (const [device, src] of this.devices) {
-        const counts = new Map<number, number>();
-        for (let i = 0; i <= OTHER_OP; i++) if (src.opStats.count[i]) counts.set(i, src.opStats.count[i]!);
-        for (const [op, n] of src.servedElsewhere?.() ?? []) if (n) counts.set(op, (counts.get(op) ?? 0) + n);
-        for (const [i, n] of counts) out.push({ value: n, labels: { device, op: opName(i) } });
-      }
-      return out;
-    });
+    this.add('dpfs_requests_total', 'FUSE requests served, by opcode (with those queue threads served themselves)', 'counter', perOp((s, i) => s.count[i]!, true));
     this.add('dpfs_request_errors_total', 'FUSE requests answered with an error, by opcode', 'counter', perOp((s, i) => s.errors[i]!));
     this.add('dpfs_malformed_requests_total', 'Requests that could not be decoded', 'counter', () =>
       [...this.devices].map(([device, s]) => ({ value: s.opStats.malformed, labels: { device } })),
@@ -86,8 +83,8 @@ export class MetricsRegistry {
     if (this.registry.getSingleMetric(sample.name)) return;
     this.add(sample.name, sample.help, sample.type, () => {
       const out: Value[] = [];
-      for (const [device, src] of this.devices) {
-        for (const s of src.samples()) if (s.name === sample.name) out.push({ value: s.value, labels: { device, ...s.labels } });
+      for (const [device, samples] of this.snapshot) {
+        for (const s of samples) if (s.name === sample.name) out.push({ value: s.value, labels: { device, ...s.labels } });
       }
       return out;
     });
@@ -104,8 +101,10 @@ export class MetricsRegistry {
 
   /** The Prometheus text exposition. */
   async text(): Promise<string> {
-    // Families a device reports only later (a queue seen once a VMM connects) join here.
-    for (const src of this.devices.values()) for (const s of src.samples()) this.ensureSampleFamily(s);
+    // Each device's samples, read once per scrape for all their families; families a device
+    // reports only later (a queue seen once a VMM connects) join here.
+    this.snapshot = new Map([...this.devices].map(([name, src]) => [name, src.samples()]));
+    for (const samples of this.snapshot.values()) for (const s of samples) this.ensureSampleFamily(s);
     return this.registry.metrics();
   }
 
