@@ -7,6 +7,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as hdr from 'hdr-histogram-js';
 import { DriverRing, type RingLayout } from '../src/harness/driver-ring.js';
 import { FuseClient, type FuseReply } from '../src/harness/fuse-client.js';
+import { latencyHistogram } from './latency.js';
 
 export type Workload = 'read4k' | 'write4k' | 'getattr';
 
@@ -51,7 +52,7 @@ const ops: Record<Workload, (i: number) => Promise<void>> = {
 };
 
 async function runPhase(p: Phase): Promise<PhaseResult> {
-  const h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
+  const h = latencyHistogram();
   const op = ops[p.workload];
   let n = 0;
   const t0 = process.hrtime.bigint();

@@ -16,13 +16,13 @@
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as hdr from 'hdr-histogram-js';
 import { projectRoot } from '../src/native/native.js';
 import { FuseClient } from '../src/harness/fuse-client.js';
 import { GuestDriver } from '../src/harness/guest-driver.js';
 import { CLK_TCK, cpuTicks, type Server, startServer, stopServer, VIRTIOFSD, virtiofsdArgs } from './servers.js';
 import { formatRatio, formatTable, medianRows, ratioOf, roundsOption } from './rounds.js';
 import { option } from './options.js';
+import { latencyHistogram } from './latency.js';
 
 const SECONDS = Number(option('seconds', '3'));
 const QUEUES = Number(option('queues', '2'));
@@ -51,7 +51,7 @@ interface Row {
 
 /** Runs `op` from `depth` concurrent loops for SECONDS over `queues` queues; returns the row. */
 async function run(server: Server, clients: FuseClient[], workload: string, unit: 'IOPS' | 'MiB/s' | 'ops/s', depth: number, bytesPerOp: number, op: (c: FuseClient, i: number) => Promise<void>): Promise<Row> {
-  const h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
+  const h = latencyHistogram();
   let ops = 0;
   const until = Date.now() + SECONDS * 1000;
   const cpu0 = cpuTicks(server.proc.pid!);

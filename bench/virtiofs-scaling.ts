@@ -23,6 +23,7 @@ import type { LoadSetup, Phase, PhaseResult, Workload } from './ring-load-worker
 import { option } from './options.js';
 import { formatTable, median, roundsOption } from './rounds.js';
 import { CLK_TCK, cpuTicks, type Server, startServer, stopServer, threadTicks, VIRTIOFSD, virtiofsdArgs } from './servers.js';
+import { latencyHistogram } from './latency.js';
 
 const SECONDS = Number(option('seconds', '3'));
 const DEPTH = Number(option('depth', '32'));
@@ -118,7 +119,7 @@ async function measure(server: Server, target: string, queues: number, fileName:
     const rows: Row[] = [];
     for (const workload of WORKLOADS) {
       const { results, cpu, mainBusy } = await phase(workload, SECONDS);
-      const h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
+      const h = latencyHistogram();
       for (const r of results) h.add(hdr.decodeFromCompressedBase64(r.histogram));
       const total = results.reduce((s, r) => s + r.ops, 0);
       const secs = Math.max(...results.map((r) => r.secs));
