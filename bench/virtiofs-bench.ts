@@ -12,7 +12,7 @@
  *   options: --targets dpfs,virtiofsd,null  --threads N (dpfs queue threads)  --source-parent DIR
  *   (where the served directory is made; default /var/tmp, a disk file system)  --rounds N
  *   (every server measured N times, interleaved: medians, and each ratio's range)
- *   --virtiofsd PATH  --virtiofsd-sandbox namespace|chroot
+ *   --virtiofsd PATH  --virtiofsd-sandbox namespace|chroot  --busy-poll US (dpfs's spin limit)
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -34,7 +34,9 @@ const TARGETS = new Set(option('targets', 'dpfs,virtiofsd,null').split(','));
 /** dpfs queue threads (-t); unset: the daemon's default. */
 const THREADS = option('threads', '');
 const ROUNDS = roundsOption(option('rounds', '1'));
-const threadArgs = THREADS ? ['-t', THREADS] : [];
+/** dpfs's busy polling limit in µs (--busy-poll); unset: the daemon's default. */
+const BUSY_POLL = option('busy-poll', '');
+const threadArgs = [...(THREADS ? ['-t', THREADS] : []), ...(BUSY_POLL ? ['--busy-poll', BUSY_POLL] : [])];
 const FILE_BYTES = 64 * 1024 * 1024;
 
 const progress = (m: string) => process.stderr.write(`${m}\n`);

@@ -50,6 +50,8 @@ uint32_t get_iovecs(napi_env env, napi_value array, struct iovec *iov, uint32_t 
 napi_value js_mount(napi_env env, napi_callback_info info);
 napi_value js_umount2(napi_env env, napi_callback_info info);
 napi_value js_watch(napi_env env, napi_callback_info info);
+napi_value js_busy_poll(napi_env env, napi_callback_info info);
+napi_value js_busy_poll_stats(napi_env env, napi_callback_info info);
 napi_value js_unwatch(napi_env env, napi_callback_info info);
 napi_value js_fsop(napi_env env, napi_callback_info info);
 napi_value js_fsop_now(napi_env env, napi_callback_info info);

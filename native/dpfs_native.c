@@ -2,6 +2,7 @@
  * dpfs native primitives: only what Node cannot do itself (see each file).
  *   mount.c  mount(2), umount2(2)
  *   poll.c   fd readiness on the calling thread's event loop
+ *   busy_poll.c  adaptive spinning before the event loop sleeps
  *   fsops.c  *at() system calls run on libuv's pool with the caller's credentials
  *   vhost.c  unix sockets with descriptor passing, memfd, eventfd
  *   fusedev.c  /dev/fuse reads and writes, kernel FUSE passthrough backing files (ioctls)
@@ -19,6 +20,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"umount2", NULL, js_umount2, NULL, NULL, NULL, napi_default, NULL},
       {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},
       {"unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_default, NULL},
+      {"busyPoll", NULL, js_busy_poll, NULL, NULL, NULL, napi_default, NULL},
+      {"busyPollStats", NULL, js_busy_poll_stats, NULL, NULL, NULL, napi_default, NULL},
       {"fsop", NULL, js_fsop, NULL, NULL, NULL, napi_default, NULL},
       {"fsopNow", NULL, js_fsop_now, NULL, NULL, NULL, napi_default, NULL},
       {"listenUnix", NULL, js_listen_unix, NULL, NULL, NULL, napi_default, NULL},

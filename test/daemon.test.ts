@@ -176,6 +176,7 @@ test('config errors name the bad key and the allowed values', async () => {
     ['[[device]]\nname="x"\ntransport="fuse"\nmount_point="rel"\n[device.backend]\ntype="memory"\ncapacity="lots"\n', /mount_point: must be an absolute path[\s\S]*capacity: not a size/],
     ['[log]\nlevel="chatty"\n[[device]]\nname="x"\ntransport="fuse"\nmount_point="/m"\n[device.backend]\ntype="memory"\n', /log\.level: "chatty" is not allowed; use one of "trace"/],
     ['[metrics]\nlisten="everywhere"\n[[device]]\nname="x"\ntransport="fuse"\nmount_point="/m"\n[device.backend]\ntype="memory"\n', /metrics\.listen: must be host:port/],
+    ['[daemon]\nbusy_poll_us=5000\n[[device]]\nname="x"\ntransport="fuse"\nmount_point="/m"\n[device.backend]\ntype="memory"\n', /daemon\.busy_poll_us: .*1000/],
     ['this is = not toml [', /invalid TOML/],
     ['', /device: required/],
   ];
@@ -249,7 +250,12 @@ test('--metrics exports requests, errors and latency per opcode of the device, i
   try {
     await waitFor(() => isDpfsMount(dir), 'mount');
     await sh(`mkdir "${dir}/a" "${dir}/b" && touch "${dir}/a/f" && (rmdir "${dir}/a" 2>/dev/null || true)`);
+    // Requests that follow their predecessors' replies closely (one open: LOOKUP, CREATE,
+    // ...): the loop's spin before sleeping (on by default) catches some.
+    await sh(`for i in $(seq 100); do echo x > "${dir}/b/f$i"; done`);
     const m = await scrape(port);
+    assert.ok(m.get('dpfs_busy_poll_waits_total{result="caught"}')! > 0, 'busy polling caught requests');
+    assert.ok(m.get('dpfs_busy_poll_seconds_total')! > 0);
     const op = (name: string, o: string) => m.get(`${name}{device="cli",op="${o}"}`);
     assert.equal(m.get('dpfs_device_info{device="cli",transport="fuse",backend="memory"}'), 1);
     assert.equal(op('dpfs_requests_total', 'FUSE_MKDIR'), 2);
@@ -279,7 +285,7 @@ test('--metrics on a vhost-user device: its counters before and after a VMM conn
   const dir = tempDir();
   const port = await freePort();
   const socket = join(dir, 'vfs.sock');
-  const d = startDaemon(['vhost-user', socket, '-b', 'null', '--metrics', `127.0.0.1:${port}`]);
+  const d = startDaemon(['vhost-user', socket, '-b', 'null', '--metrics', `127.0.0.1:${port}`, '--busy-poll', '0']);
   try {
     await waitFor(() => existsSync(socket), 'device socket');
     let m = await scrape(port);
@@ -291,6 +297,7 @@ test('--metrics on a vhost-user device: its counters before and after a VMM conn
     assert.ok(m.get('dpfs_virtio_connections_total{device="cli"}')! >= 1);
     assert.ok(m.get('dpfs_requests_total{device="cli",op="FUSE_GETATTR"}')! >= 30, 'the fuzzer checks the device after every case');
     assert.ok(m.get('dpfs_virtio_queue_requests_total{device="cli",queue="1"}')! >= 30);
+    assert.equal(m.get('dpfs_busy_poll_waits_total{result="caught"}')! + m.get('dpfs_busy_poll_waits_total{result="missed"}')!, 0, '--busy-poll 0: never spins');
   } finally {
     await stopDaemon(d, []);
     rmSync(dir, { recursive: true, force: true });

@@ -8,6 +8,7 @@ import type { Logger } from '../util/log.js';
 import { MetricsRegistry } from '../metrics/registry.js';
 import type { Sample } from '../metrics/sample.js';
 import { serveMetrics } from '../metrics/server.js';
+import { setBusyPoll } from '../util/busy-poll.js';
 import type { OpStats } from '../fuse/op-stats.js';
 
 export interface RunningDevice {
@@ -61,8 +62,17 @@ export async function startDevice(cfg: DeviceConfig, log: Logger, metrics = fals
   }
 }
 
-/** Serves the devices until a signal (or until every one ended); `metricsListen`: where to export metrics. */
-export async function runDevices(configs: DeviceConfig[], log: Logger, metricsListen?: string): Promise<void> {
+export interface DaemonOptions {
+  /** Where to export metrics (host:port). */
+  metricsListen?: string;
+  /** Longest spin of the event loops before they sleep, in µs (0: none); see util/busy-poll.ts. */
+  busyPollUs: number;
+}
+
+/** Serves the devices until a signal (or until every one ended). */
+export async function runDevices(configs: DeviceConfig[], log: Logger, opts: DaemonOptions): Promise<void> {
+  const { metricsListen } = opts;
+  setBusyPoll(opts.busyPollUs);
   const running: RunningDevice[] = [];
   let stopping = false;
   const metrics = metricsListen ? new MetricsRegistry() : undefined;

@@ -10,6 +10,7 @@ import { BACKEND_TYPES } from '../backends/registry.js';
 import { ConfigError, ConfigSchema, parseConfig, type DeviceConfig } from '../config/schema.js';
 import { parseSize } from '../config/size.js';
 import { createLogger } from '../util/log.js';
+import { DEFAULT_BUSY_POLL_US, MAX_BUSY_POLL_US } from '../util/busy-poll.js';
 import { parseListen } from '../metrics/server.js';
 import { runDevices, startDevice } from './daemon.js';
 import { reportDevices } from './devices-report.js';
@@ -34,6 +35,12 @@ function listenArg(v: string): string {
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message);
   }
+}
+
+function busyPollArg(v: string): number {
+  const n = countArg(v);
+  if (n > MAX_BUSY_POLL_US) throw new InvalidArgumentError(`at most ${MAX_BUSY_POLL_US}`);
+  return n;
 }
 
 function sizeArg(v: string): number {
@@ -65,6 +72,7 @@ interface MountOpts {
   readOnly: boolean;
   debug: boolean;
   metrics?: string;
+  busyPoll: number;
 }
 
 function backendConfig(o: MountOpts): object {
@@ -133,7 +141,8 @@ function backendOptions(cmd: Command): Command {
     .option('--no-kernel-passthrough', 'passthrough: serve reads and writes in the daemon, not the kernel')
     .option('--read-only', 'export read-only', false)
     .option('-d, --debug', 'log every request and reply', false)
-    .option('--metrics <host:port>', 'export Prometheus metrics at http://host:port/metrics', listenArg);
+    .option('--metrics <host:port>', 'export Prometheus metrics at http://host:port/metrics', listenArg)
+    .option('--busy-poll <us>', 'spin up to this many µs for the next request before sleeping, adaptively (0: never)', busyPollArg, DEFAULT_BUSY_POLL_US);
 }
 
 backendOptions(
@@ -150,7 +159,7 @@ backendOptions(
     .option('--no-allow-other', 'only the mounting user may access the mount'),
 ).action(async (mountPoint: string, o: MountOpts) => {
   const log = createLogger(o.debug ? 'debug' : undefined);
-  await runDevices([mountDevice(mountPoint, o)], log, o.metrics);
+  await runDevices([mountDevice(mountPoint, o)], log, { metricsListen: o.metrics, busyPollUs: o.busyPoll });
 });
 
 backendOptions(
@@ -171,7 +180,7 @@ backendOptions(
     trace: o.debug,
     backend: backendConfig(o),
   });
-  await runDevices([device], log, o.metrics);
+  await runDevices([device], log, { metricsListen: o.metrics, busyPollUs: o.busyPoll });
 });
 
 program
@@ -193,7 +202,7 @@ program
     }
     const log = createLogger(cfg.log.level === 'trace' ? 'debug' : cfg.log.level);
     const devices = cfg.log.level === 'trace' ? cfg.device.map((d) => ({ ...d, trace: true })) : cfg.device;
-    await runDevices(devices, log, cfg.metrics?.listen);
+    await runDevices(devices, log, { metricsListen: cfg.metrics?.listen, busyPollUs: cfg.daemon.busy_poll_us });
   });
 
 program
@@ -228,7 +237,7 @@ program
   .action(async () => {
     const log = createLogger('warn');
     const dir = mkdtempSync(join(tmpdir(), 'dpfs-demo-'));
-    const dev = await startDevice(mountDevice(dir, { backend: 'memory', cache: 'auto', writeback: false, directIo: false, xattr: true, uidMap: '', gidMap: '', maxFds: 4096, kernelPassthrough: true, io: 'poll', readers: 4, ringDepth: 16, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false }), log);
+    const dev = await startDevice(mountDevice(dir, { backend: 'memory', cache: 'auto', writeback: false, directIo: false, xattr: true, uidMap: '', gidMap: '', maxFds: 4096, kernelPassthrough: true, io: 'poll', readers: 4, ringDepth: 16, maxWrite: 1 << 20, capacity: 1 << 30, defaultPermissions: true, allowOther: true, readOnly: false, debug: false, busyPoll: 0 }), log);
     console.log(`memory backend mounted on ${dir}\n`);
     const script = `
       set -e

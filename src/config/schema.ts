@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { parseListen } from '../metrics/server.js';
 import { parseIdMap } from '../backends/passthrough/id-map.js';
 import { parseSize } from './size.js';
+import { DEFAULT_BUSY_POLL_US, MAX_BUSY_POLL_US } from '../util/busy-poll.js';
 
 const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
   try {
@@ -99,6 +100,13 @@ export const ConfigSchema = z
   .object({
     log: z
       .object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') })
+      .strict()
+      .default({}),
+    daemon: z
+      .object({
+        /** Longest spin of the event loops before they sleep, in µs (adaptive; 0: never). */
+        busy_poll_us: z.number().int().min(0).max(MAX_BUSY_POLL_US).default(DEFAULT_BUSY_POLL_US),
+      })
       .strict()
       .default({}),
     /** Prometheus metrics of every device at http://listen/metrics. */

@@ -6,6 +6,7 @@
 import { Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import { LATENCY_BOUNDS_S, OTHER_OP, type OpStats } from '../fuse/op-stats.js';
 import { opcodeName } from '../fuse/opcodes.js';
+import { busyPollCounts } from '../util/busy-poll.js';
 
 import type { Sample } from './sample.js';
 
@@ -52,6 +53,15 @@ export class MetricsRegistry {
       }
       return out;
     };
+    // The main thread's event loop (queue threads spin on their own loops, not counted here).
+    this.add('dpfs_busy_poll_waits_total', 'Waits of the main event loop that spun before sleeping: caught (a descriptor became ready during the spin) or missed', 'counter', () => {
+      const c = busyPollCounts();
+      return [
+        { value: c.hits, labels: { result: 'caught' } },
+        { value: c.misses, labels: { result: 'missed' } },
+      ];
+    });
+    this.add('dpfs_busy_poll_seconds_total', 'CPU time the main event loop spent spinning for the next request', 'counter', () => [{ value: busyPollCounts().spinSeconds, labels: {} }]);
     this.add('dpfs_device_info', 'Devices served: transport and backend', 'gauge', () =>
       [...this.devices].map(([device, s]) => ({ value: 1, labels: { device, transport: s.transport, backend: s.backend } })),
     );

@@ -12,6 +12,13 @@ export interface NativeAddon {
   /** Calls `onReadable` on this thread's event loop whenever non-blocking `fd` is readable. */
   watch(fd: number, onReadable: (status: number, events: number) => void): unknown;
   unwatch(handle: unknown): void;
+  /**
+   * Adaptive busy polling of this thread's event loop before it sleeps, spinning at most
+   * `maxUs` µs (0: off); see native/busy_poll.c.
+   */
+  busyPoll(maxUs: number): void;
+  /** This thread's busy polling so far: [waits caught, spins that ran out, ns spun, spin now in ns]. */
+  busyPollStats(): [number, number, number, number];
   /** A non-blocking listening unix socket at `path` (an old socket file is replaced). */
   listenUnix(path: string): number;
   /** Accepts one connection: its fd, or -1 when none is pending. */

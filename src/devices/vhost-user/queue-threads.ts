@@ -14,6 +14,7 @@ import type { Logger } from '../../util/log.js';
 import type { GuestMemory } from './guest-memory.js';
 import { CTL_SEQ, CTL_SLOTS, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
 
+import { busyPollSetting } from '../../util/busy-poll.js';
 /** What the queue threads hand to the device. */
 export interface QueueThreadSink {
   request(q: number, gen: number, head: number, request: Buffer, writableGpa: number[], writeSrcGpa?: number[]): void;
@@ -59,7 +60,7 @@ export class QueueThreads {
   private spawn(i: number): QueueThread {
     const ctl = new Int32Array(new SharedArrayBuffer(CTL_SLOTS * 4));
     // A clean execArgv: the parent's flags (inspectors, -e) mean nothing to a queue thread.
-    const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { ctl: ctl.buffer, served: this.served.buffer, handles: this.handles }, execArgv: [] });
+    const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { ctl: ctl.buffer, served: this.served.buffer, handles: this.handles, busyPollUs: busyPollSetting() }, execArgv: [] });
     const t: QueueThread = { worker, ctl, done: new Map(), flushScheduled: false };
     worker.on('message', (m: FromQueueThread) => this.onMessage(m));
     const failed = (reason: string) => {

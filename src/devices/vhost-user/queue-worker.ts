@@ -13,10 +13,12 @@ import { RingRunner } from './ring-runner.js';
 import { Opcode } from '../../fuse/opcodes.js';
 import { serveInThread } from './queue-io.js';
 import { SharedHandles } from '../../fs/shared-handles.js';
+import { native } from '../../native/native.js';
 import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
 
 const port = parentPort!;
-const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer };
+const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer; busyPollUs?: number };
+if (data.busyPollUs) native().busyPoll(data.busyPollUs);
 const ctl = new Int32Array(data.ctl);
 /** Requests served on this thread: READs at 2q, WRITEs at 2q + 1 (this thread alone writes its queues' entries). */
 const served = new Float64Array(data.served);

@@ -1,0 +1,66 @@
+/** Adaptive busy polling of the event loop (native/busy_poll.c): catching, backing off, limits. */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { test } from 'node:test';
+import { native } from '../src/native/native.js';
+
+/** A child that answers each byte it reads at once (echo) or after `delayMs`. */
+function responder(delayMs: number) {
+  const code = `import os, time
+while True:
+    b = os.read(0, 1)
+    if not b: break
+    ${delayMs ? `time.sleep(${delayMs / 1000})` : 'pass'}
+    os.write(1, b)`;
+  const child = spawn('python3', ['-c', code], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const ping = () =>
+    new Promise<void>((resolve) => {
+      child.stdout.once('data', () => resolve());
+      child.stdin.write('x');
+    });
+  return { child, ping };
+}
+
+function stats() {
+  const [hits, misses, spinNs, curNs] = native().busyPollStats();
+  return { hits, misses, spinNs, curNs };
+}
+
+test('busy polling catches answers that follow closely, and an idle loop stops spinning', async (t) => {
+  const quick = responder(0);
+  const slow = responder(5);
+  t.after(() => {
+    quick.child.kill();
+    slow.child.kill();
+    native().busyPoll(0);
+  });
+  await quick.ping(); // the child is up
+  await slow.ping();
+  assert.deepEqual(stats(), { hits: 0, misses: 0, spinNs: 0, curNs: 0 }, 'off until asked for');
+
+  native().busyPoll(500);
+  const rounds = 2000;
+  for (let i = 0; i < rounds; i++) await quick.ping();
+  const after = stats();
+  // Each answer comes some tens of µs after the request: the spin grows to catch them.
+  assert.ok(after.hits > rounds / 4, `caught ${after.hits} of ${rounds} answers (missed ${after.misses})`);
+  assert.ok(after.curNs > 0 && after.curNs <= 500_000, `spin limit now ${after.curNs} ns`);
+
+  // Answers 5 ms apart, past the limit: the spin shrinks away instead of burning 500 µs each.
+  for (let i = 0; i < 60; i++) await slow.ping();
+  const idle = stats();
+  assert.equal(idle.curNs, 0, 'no spin left after long waits');
+  const spentMs = (idle.spinNs - after.spinNs) / 1e6;
+  assert.ok(spentMs < 15, `spun ${spentMs.toFixed(1)} ms over 60 waits of 5 ms`);
+
+  native().busyPoll(0);
+  for (let i = 0; i < 200; i++) await quick.ping();
+  const off = stats();
+  assert.equal(off.hits + off.misses, idle.hits + idle.misses, 'off again: no spins');
+});
+
+test('busyPoll refuses limits out of range', () => {
+  assert.throws(() => native().busyPoll(-1), RangeError);
+  assert.throws(() => native().busyPoll(2e6), RangeError);
+  assert.throws(() => native().busyPoll(Number.NaN), RangeError);
+});
