@@ -27,7 +27,8 @@ export function requestHead(readable: Uint8Array[]): { head: Buffer; dataInPlace
 export function splitRequest(readable: Uint8Array[]): { request: Buffer; writeSrc?: Uint8Array[] } {
   const { head, dataInPlace } = requestHead(readable);
   if (dataInPlace) return { request: head, writeSrc: iovAfter(readable, WRITE_HEAD) };
-  return { request: head.length === WRITE_HEAD ? Buffer.concat(readable) : head };
+  // The head is the whole request unless there is more (a READ is exactly WRITE_HEAD long).
+  return { request: head.length === WRITE_HEAD && iovLength(readable) > WRITE_HEAD ? Buffer.concat(readable) : head };
 }
 
 /** Copies a reply into the chain's writable buffers; a reply that does not fit becomes EIO. */
