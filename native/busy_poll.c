@@ -68,6 +68,8 @@ static void before_sleep(uv_prepare_t *h) {
    * epoll_wait then finds the event ready. Same timeout as the loop would have used.
    */
   int r = poll(&p, 1, timeout_ms);
+  /* The loop computes its own wait from its clock: after ours, a due timer must read as due. */
+  uv_update_time(loop);
   if (r <= 0) return; /* a timer is due (or a signal): says nothing of request spacing */
   uint64_t waited = now_ns() - start;
   if (waited > b->max_ns) {

@@ -59,6 +59,19 @@ test('busy polling catches answers that follow closely, and an idle loop stops s
   assert.equal(off.hits + off.misses, idle.hits + idle.misses, 'off again: no spins');
 });
 
+test('timers fire on time while the loop sleeps through busy polling', async (t) => {
+  native().busyPoll(50);
+  t.after(() => native().busyPoll(0));
+  // Idle but for timers: each sleep is the spin's own (it learns how long waits are), bounded
+  // by the loop's next timer, which must be due when that sleep ends.
+  for (const ms of [40, 80]) {
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, ms));
+    const late = performance.now() - t0 - ms;
+    assert.ok(late < ms / 2, `a ${ms} ms timer fired ${late.toFixed(1)} ms late`);
+  }
+});
+
 test('busyPoll refuses limits out of range', () => {
   assert.throws(() => native().busyPoll(-1), RangeError);
   assert.throws(() => native().busyPoll(2e6), RangeError);
