@@ -21,7 +21,7 @@
  * busyPollStats() gives [hits, misses, spinNs, currentNs] for that loop.
  */
 typedef struct {
-  uv_prepare_t prepare;
+  uv_prepare_t prepare; /* first: see busy_cleanup */
   uint64_t max_ns;
   uint64_t cur_ns;
   double hits;   /* waits a spin caught */
@@ -84,17 +84,18 @@ static void before_sleep(uv_prepare_t *h) {
   }
 }
 
-static void busy_closed(uv_handle_t *h) {
-  free(h->data);
-}
-
 /* One per env (the main thread, each worker): stopped with it. */
 static void busy_cleanup(void *arg) {
   busy_t *b = arg;
   if (b->closing) return;
   b->closing = 1;
   uv_prepare_stop(&b->prepare);
-  uv_close((uv_handle_t *)&b->prepare, busy_closed);
+  /*
+   * The close completes after the env's cleanup, when a worker thread's copy of this addon
+   * may be unloaded already: the callback must not be code of ours. The handle is the first
+   * member, so freeing it frees b.
+   */
+  uv_close((uv_handle_t *)&b->prepare, (uv_close_cb)(void (*)(void))free);
 }
 
 static busy_t *busy_of(napi_env env, int create) {

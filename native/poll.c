@@ -9,21 +9,21 @@
  * be non-blocking; reading it is left to JS.
  */
 typedef struct {
-  uv_poll_t poll;
+  /*
+   * Allocated apart and freed by its close callback, which is libc's free: the close may
+   * complete after a worker thread's env is gone and its copy of this addon unloaded, so
+   * no code of ours may run then.
+   */
+  uv_poll_t *poll;
   napi_env env;
   napi_ref callback;
   napi_async_context context;
-  int active;        /* polling and calling back */
-  int closed;        /* uv handle closed */
-  int external_live; /* the JS handle object still exists */
-  int hooked;        /* an env cleanup hook is registered */
+  int active; /* polling and calling back */
+  int hooked; /* an env cleanup hook is registered */
 } watcher_t;
 
-/* Freed once both the uv handle is closed and the JS handle is collected. */
-static void watcher_closed(uv_handle_t *handle) {
-  watcher_t *w = handle->data;
-  w->closed = 1;
-  if (!w->external_live) free(w);
+static void close_poll(uv_poll_t *poll) {
+  uv_close((uv_handle_t *)poll, (uv_close_cb)(void (*)(void))free);
 }
 
 static void env_cleanup(void *arg);
@@ -39,8 +39,9 @@ static void watcher_stop(watcher_t *w) {
   napi_async_destroy(w->env, w->context);
   if (w->hooked) napi_remove_env_cleanup_hook(w->env, env_cleanup, w);
   w->hooked = 0;
-  uv_poll_stop(&w->poll);
-  uv_close((uv_handle_t *)&w->poll, watcher_closed);
+  uv_poll_stop(w->poll);
+  close_poll(w->poll);
+  w->poll = NULL;
 }
 
 /* A worker thread ending with watches still active: stop them before its env goes. */
@@ -63,13 +64,13 @@ static void watcher_event(uv_poll_t *poll, int status, int events) {
   napi_close_handle_scope(env, scope);
 }
 
+/* The JS handle is collected (or its env torn down): stop watching if still, and free. */
 static void watcher_finalize(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   watcher_t *w = data;
-  w->external_live = 0;
-  if (w->closed) free(w);
-  else watcher_stop(w); /* collected while still watching: the close callback frees */
+  watcher_stop(w);
+  free(w);
 }
 
 napi_value js_watch(napi_env env, napi_callback_info info) {
@@ -84,26 +85,33 @@ napi_value js_watch(napi_env env, napi_callback_info info) {
   uv_loop_t *loop;
   CHECK(napi_get_uv_event_loop(env, &loop));
   watcher_t *w = calloc(1, sizeof *w);
-  if (!w) return throw_errno(env, ENOMEM, "watch");
+  uv_poll_t *poll = malloc(sizeof *poll);
+  if (!w || !poll) {
+    free(w);
+    free(poll);
+    return throw_errno(env, ENOMEM, "watch");
+  }
   w->env = env;
-  int rc = uv_poll_init(loop, &w->poll, fd);
+  int rc = uv_poll_init(loop, poll, fd);
   if (rc != 0) {
     free(w);
+    free(poll);
     return throw_errno(env, -rc, "uv_poll_init");
   }
-  w->poll.data = w;
+  w->poll = poll;
+  poll->data = w;
   napi_value name;
   napi_create_string_utf8(env, "dpfs:watch", NAPI_AUTO_LENGTH, &name);
   napi_async_init(env, NULL, name, &w->context);
   napi_create_reference(env, argv[1], 1, &w->callback);
   w->active = 1;
   w->hooked = napi_add_env_cleanup_hook(env, env_cleanup, w) == napi_ok;
-  rc = uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, watcher_event);
+  rc = uv_poll_start(poll, UV_READABLE | UV_DISCONNECT, watcher_event);
   if (rc != 0) {
     watcher_stop(w);
+    free(w);
     return throw_errno(env, -rc, "uv_poll_start");
   }
-  w->external_live = 1;
   napi_value handle;
   CHECK(napi_create_external(env, w, watcher_finalize, NULL, &handle));
   return handle;

@@ -1,6 +1,6 @@
 /** Adaptive busy polling of the event loop (native/busy_poll.c): catching, backing off, limits. */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { native } from '../src/native/native.js';
 
@@ -70,6 +70,34 @@ test('timers fire on time while the loop sleeps through busy polling', async (t)
     const late = performance.now() - t0 - ms;
     assert.ok(late < ms / 2, `a ${ms} ms timer fired ${late.toFixed(1)} ms late`);
   }
+});
+
+test('worker threads that busy-poll and watch descriptors end, or are terminated, without harm', () => {
+  // In a process of its own whose main thread never loads the addon: a worker's copy is
+  // then unloaded as the worker ends, and nothing of it may run after (handle closes do).
+  const mod = new URL('../src/native/native.js', import.meta.url).href;
+  const script = `
+    import { Worker } from 'node:worker_threads';
+    const body = \`const { workerData: d } = require('node:worker_threads');
+      import(d.mod).then(({ native }) => {
+        native().busyPoll(50);
+        const fd = native().eventfd();
+        const h = native().watch(fd, () => native().eventfdDrain(fd));
+        const t = setInterval(() => native().eventfdSignal(fd), 1);
+        setTimeout(() => { clearInterval(t); if (d.unwatch) native().unwatch(h); if (d.quiet) native().busyPoll(0); }, 15);
+      });\`;
+    for (let i = 0; i < 16; i++) {
+      const w = new Worker(body, { eval: true, execArgv: [], workerData: { mod: ${JSON.stringify(mod)}, unwatch: i % 2 === 0, quiet: i % 4 === 0 } });
+      await new Promise((r) => setTimeout(r, 25));
+      // Those that unwatch end by themselves; the others are terminated while watching.
+      if (i % 2 === 0) await new Promise((r) => w.once('exit', r));
+      else await w.terminate();
+    }
+    console.log('done');`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr}`);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /done/);
 });
 
 test('busyPoll refuses limits out of range', () => {
