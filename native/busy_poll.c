@@ -11,9 +11,9 @@
  * (poll-max-ns): just before the loop would sleep, spin for a while asking whether any of
  * its descriptors became ready, so that a request arriving soon after the last reply is
  * taken without the sleep and wake-up (in a VM, an IPI and a halt exit on each side, several
- * µs apiece). The spin is sized by what waits have been lately: it grows while the loop's
- * waits end within the maximum and shrinks to nothing while they do not, so an idle daemon
- * sleeps at once. The spin asks poll(2) about the loop's epoll descriptor, which consumes no
+ * µs apiece). The spin is sized by what waits have been lately (the loop's own idle time
+ * measures them): it grows while the loop's waits end within the maximum and shrinks to
+ * nothing while they do not, so an idle daemon sleeps at once. The spin asks poll(2) about the loop's epoll descriptor, which consumes no
  * event, and never runs when the loop has work due now (immediates, pending callbacks) or
  * past its next timer.
  *
@@ -28,6 +28,10 @@ typedef struct {
   double misses; /* spins that ran out and slept */
   double spin_ns;
   int closing;
+  /* The loop is (or was) in its own wait after a spin of spun_before_wait ns. */
+  int waiting;
+  uint64_t spun_before_wait;
+  uint64_t idle_before_wait; /* the loop's idle time (ns) then */
 } busy_t;
 
 /* Below this a spin is not worth a system call per turn: stop spinning. */
@@ -39,39 +43,8 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void before_sleep(uv_prepare_t *h) {
-  busy_t *b = h->data;
-  uv_loop_t *loop = h->loop;
-  int timeout_ms = uv_backend_timeout(loop);
-  if (timeout_ms == 0 || b->max_ns == 0) return; /* work due now, or off */
-  struct pollfd p = {.fd = uv_backend_fd(loop), .events = POLLIN};
-  uint64_t start = now_ns();
-  if (b->cur_ns > 0) {
-    uint64_t limit = b->cur_ns;
-    if (timeout_ms > 0 && (uint64_t)timeout_ms * 1000000u < limit) limit = (uint64_t)timeout_ms * 1000000u;
-    uint64_t t = start;
-    for (;;) {
-      if (poll(&p, 1, 0) > 0) {
-        b->hits++;
-        b->spin_ns += (double)(now_ns() - start);
-        return; /* the loop's own wait returns at once */
-      }
-      t = now_ns();
-      if (t - start >= limit) break;
-      sched_yield(); /* a thread waiting for this CPU (maybe the one we wait for) runs first */
-    }
-    b->misses++;
-    b->spin_ns += (double)(t - start);
-  }
-  /*
-   * Sleep here rather than in the loop's wait, to learn how long the wait was: the loop's
-   * epoll_wait then finds the event ready. Same timeout as the loop would have used.
-   */
-  int r = poll(&p, 1, timeout_ms);
-  /* The loop computes its own wait from its clock: after ours, a due timer must read as due. */
-  uv_update_time(loop);
-  if (r <= 0) return; /* a timer is due (or a signal): says nothing of request spacing */
-  uint64_t waited = now_ns() - start;
+/* Sizes the next spin from how long the last wait was, spin included. */
+static void adapt(busy_t *b, uint64_t waited) {
   if (waited > b->max_ns) {
     b->cur_ns /= 2; /* idle stretches: spin less */
     if (b->cur_ns < MIN_SPIN_NS) b->cur_ns = 0;
@@ -82,6 +55,45 @@ static void before_sleep(uv_prepare_t *h) {
     if (grown < need) grown = need;
     b->cur_ns = grown < b->max_ns ? grown : b->max_ns;
   }
+}
+
+static void before_sleep(uv_prepare_t *h) {
+  busy_t *b = h->data;
+  uv_loop_t *loop = h->loop;
+  if (b->waiting) {
+    /*
+     * The last turn slept in the loop's own wait (never in ours: a descriptor the loop starts
+     * watching joins its epoll set only in that wait, so a sleep of ours could miss it). The
+     * loop counts the time it spent there.
+     */
+    b->waiting = 0;
+    adapt(b, b->spun_before_wait + (uv_metrics_idle_time(loop) - b->idle_before_wait));
+  }
+  int timeout_ms = uv_backend_timeout(loop);
+  if (timeout_ms == 0 || b->max_ns == 0) return; /* work due now, or off */
+  uint64_t spun = 0;
+  if (b->cur_ns > 0) {
+    struct pollfd p = {.fd = uv_backend_fd(loop), .events = POLLIN};
+    uint64_t limit = b->cur_ns;
+    if (timeout_ms > 0 && (uint64_t)timeout_ms * 1000000u < limit) limit = (uint64_t)timeout_ms * 1000000u;
+    uint64_t start = now_ns();
+    for (;;) {
+      int ready = poll(&p, 1, 0) > 0;
+      spun = now_ns() - start;
+      if (ready) {
+        b->hits++;
+        b->spin_ns += (double)spun;
+        return; /* the loop's own wait returns at once */
+      }
+      if (spun >= limit) break;
+      sched_yield(); /* a thread waiting for this CPU (maybe the one we wait for) runs first */
+    }
+    b->misses++;
+    b->spin_ns += (double)spun;
+  }
+  b->waiting = 1;
+  b->spun_before_wait = spun;
+  b->idle_before_wait = uv_metrics_idle_time(loop);
 }
 
 /* One per env (the main thread, each worker): stopped with it. */
@@ -106,6 +118,8 @@ static busy_t *busy_of(napi_env env, int create) {
   if (napi_get_uv_event_loop(env, &loop) != napi_ok) return NULL;
   b = calloc(1, sizeof *b);
   if (!b) return NULL;
+  /* The loop's idle time measures the waits (Node turns this on too, for its loop utilization). */
+  uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
   uv_prepare_init(loop, &b->prepare);
   b->prepare.data = b;
   uv_unref((uv_handle_t *)&b->prepare); /* never keeps the loop alive by itself */

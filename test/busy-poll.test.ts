@@ -1,6 +1,7 @@
 /** Adaptive busy polling of the event loop (native/busy_poll.c): catching, backing off, limits. */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { closeSync } from 'node:fs';
 import { test } from 'node:test';
 import { native } from '../src/native/native.js';
 
@@ -70,6 +71,32 @@ test('timers fire on time while the loop sleeps through busy polling', async (t)
     const late = performance.now() - t0 - ms;
     assert.ok(late < ms / 2, `a ${ms} ms timer fired ${late.toFixed(1)} ms late`);
   }
+});
+
+test('a descriptor the loop starts watching during a turn, already readable, is served at once', async (t) => {
+  native().busyPoll(50);
+  const fd = native().eventfd();
+  t.after(() => {
+    native().busyPoll(0);
+    closeSync(fd);
+  });
+  // The only other thing that would wake the loop, much later.
+  const guard = setTimeout(() => {}, 3000);
+  const t0 = performance.now();
+  const at = await new Promise<number>((resolve) => {
+    // From a timer: the loop's next step is its wait (no immediates pending).
+    setTimeout(() => {
+      native().eventfdSignal(fd);
+      // libuv adds the descriptor to its epoll set in its next wait: a spin or sleep of the
+      // busy poller on that set alone would not see it.
+      const h = native().watch(fd, () => {
+        native().unwatch(h);
+        resolve(performance.now());
+      });
+    }, 1);
+  });
+  clearTimeout(guard);
+  assert.ok(at - t0 < 1000, `served after ${(at - t0).toFixed(0)} ms`);
 });
 
 test('worker threads that busy-poll and watch descriptors end, or are terminated, without harm', () => {
