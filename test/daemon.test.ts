@@ -328,6 +328,14 @@ test('--metrics counts the READs and WRITEs queue threads serve themselves', asy
     assert.ok(m.get('dpfs_requests_total{device="cli",op="FUSE_WRITE"}')! >= 10);
     assert.ok(m.get('dpfs_requests_total{device="cli",op="FUSE_READ"}')! >= 10);
     assert.ok(m.get('dpfs_virtio_queue_requests_total{device="cli",queue="1"}')! >= 22, 'INIT, CREATE, and the reads and writes');
+    // The queue thread's own busy polling (refreshed every second): each request followed its
+    // predecessor's reply closely, so its spins caught some.
+    let caught = 0;
+    for (let i = 0; i < 40 && !(caught > 0); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      caught = (await scrape(port)).get('dpfs_queue_threads_busy_poll_waits_total{device="cli",result="caught"}') ?? 0;
+    }
+    assert.ok(caught > 0, 'the queue thread\'s spins are exported');
   } finally {
     await stopDaemon(d, []);
     rmSync(dir, { recursive: true, force: true });

@@ -144,6 +144,13 @@ export class VhostUserFsDevice implements RequestSink {
       { name: 'dpfs_virtio_bad_chains_total', help: 'Descriptor chains returned unanswered (malformed or outside guest memory)', type: 'counter', value: this.pastBadChains + (live?.badChains ?? 0) },
       { name: 'dpfs_virtio_zero_copy_bytes_total', help: 'READ data written straight into guest memory', type: 'counter', value: this.zeroCopyBytes },
     ];
+    if (this.threads) {
+      const [caught, missed, seconds] = this.threads.busyPollTotals();
+      const help = 'Waits of the queue threads\' event loops that spun before sleeping: caught or missed (refreshed every second)';
+      out.push({ name: 'dpfs_queue_threads_busy_poll_waits_total', help, type: 'counter', value: caught, labels: { result: 'caught' } });
+      out.push({ name: 'dpfs_queue_threads_busy_poll_waits_total', help, type: 'counter', value: missed, labels: { result: 'missed' } });
+      out.push({ name: 'dpfs_queue_threads_busy_poll_seconds_total', help: 'CPU time the queue threads spent spinning for the next request', type: 'counter', value: seconds });
+    }
     const queues = Math.max(this.perQueue.length, live?.perQueue.length ?? 0, this.threads ? 1 + this.requestQueues : 0);
     for (let q = 0; q < queues; q++) {
       const here = this.threads?.servedOn(q) ?? 0; // served by the queue thread itself

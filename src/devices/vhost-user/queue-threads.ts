@@ -41,6 +41,26 @@ export class QueueThreads {
   /** Requests the threads served themselves (on shared handles): READs at 2q, WRITEs at 2q + 1. */
   readonly served = new Float64Array(new SharedArrayBuffer(16 * 1024));
 
+  /**
+   * Each thread's busy polling so far, refreshed by the thread every second: waits caught
+   * at 3i, spins that ran out at 3i + 1, ns spun at 3i + 2 (thread i; a replaced thread
+   * starts again from 0).
+   */
+  readonly busyPoll = new Float64Array(new SharedArrayBuffer(8 * 3 * 64));
+
+  /** The threads' busy polling, summed: [caught, missed, seconds spun]. */
+  busyPollTotals(): [number, number, number] {
+    let caught = 0;
+    let missed = 0;
+    let ns = 0;
+    for (let i = 0; i < this.count; i++) {
+      caught += this.busyPoll[3 * i]!;
+      missed += this.busyPoll[3 * i + 1]!;
+      ns += this.busyPoll[3 * i + 2]!;
+    }
+    return [caught, missed, ns / 1e9];
+  }
+
   /** Requests queue q's thread served itself. */
   servedOn(q: number): number {
     return (this.served[2 * q] ?? 0) + (this.served[2 * q + 1] ?? 0);
@@ -60,7 +80,7 @@ export class QueueThreads {
   private spawn(i: number): QueueThread {
     const ctl = new Int32Array(new SharedArrayBuffer(CTL_SLOTS * 4));
     // A clean execArgv: the parent's flags (inspectors, -e) mean nothing to a queue thread.
-    const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { ctl: ctl.buffer, served: this.served.buffer, handles: this.handles, busyPollUs: busyPollSetting() }, execArgv: [] });
+    const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { ctl: ctl.buffer, served: this.served.buffer, handles: this.handles, busyPollUs: busyPollSetting(), busyPoll: this.busyPoll.buffer, index: i }, execArgv: [] });
     const t: QueueThread = { worker, ctl, done: new Map(), flushScheduled: false };
     worker.on('message', (m: FromQueueThread) => this.onMessage(m));
     const failed = (reason: string) => {

@@ -17,8 +17,13 @@ import { native } from '../../native/native.js';
 import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
 
 const port = parentPort!;
-const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer; busyPollUs?: number };
-if (data.busyPollUs) native().busyPoll(data.busyPollUs);
+const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer; busyPollUs?: number; busyPoll: SharedArrayBuffer; index: number };
+if (data.busyPollUs) {
+  native().busyPoll(data.busyPollUs);
+  // For metrics: this thread's spins, where the main thread can read them.
+  const mine = new Float64Array(data.busyPoll, 8 * 3 * data.index, 3);
+  setInterval(() => mine.set(native().busyPollStats().slice(0, 3)), 1000).unref();
+}
 const ctl = new Int32Array(data.ctl);
 /** Requests served on this thread: READs at 2q, WRITEs at 2q + 1 (this thread alone writes its queues' entries). */
 const served = new Float64Array(data.served);
