@@ -11,11 +11,12 @@
  * (poll-max-ns): just before the loop would sleep, spin for a while asking whether any of
  * its descriptors became ready, so that a request arriving soon after the last reply is
  * taken without the sleep and wake-up (in a VM, an IPI and a halt exit on each side, several
- * µs apiece). The spin is sized by what waits have been lately (the loop's own idle time
- * measures them): it grows while the loop's waits end within the maximum and shrinks to
- * nothing while they do not, so an idle daemon sleeps at once. The spin asks poll(2) about the loop's epoll descriptor, which consumes no
- * event, and never runs when the loop has work due now (immediates, pending callbacks) or
- * past its next timer.
+ * µs apiece). The spin asks poll(2) about the loop's epoll descriptor, which consumes no
+ * event; it never runs when the loop has work due now (immediates, pending callbacks) nor
+ * past its next timer, and it never sleeps itself: the loop does, in its own wait. It is
+ * sized by what waits have been lately (the loop's own idle time measures them): it grows
+ * while the waits end within the maximum and shrinks to nothing while they do not, so an
+ * idle daemon sleeps at once.
  *
  * busyPoll(maxUs) sets the maximum for the calling thread's loop (0: off);
  * busyPollStats() gives [hits, misses, spinNs, currentNs] for that loop.
