@@ -125,7 +125,12 @@ static busy_t *busy_of(napi_env env, int create) {
   b->prepare.data = b;
   uv_unref((uv_handle_t *)&b->prepare); /* never keeps the loop alive by itself */
   uv_prepare_start(&b->prepare, before_sleep);
-  if (napi_set_instance_data(env, b, NULL, NULL) != napi_ok || napi_add_env_cleanup_hook(env, busy_cleanup, b) != napi_ok) {
+  if (napi_add_env_cleanup_hook(env, busy_cleanup, b) != napi_ok) {
+    busy_cleanup(b);
+    return NULL;
+  }
+  if (napi_set_instance_data(env, b, NULL, NULL) != napi_ok) {
+    napi_remove_env_cleanup_hook(env, busy_cleanup, b); /* b is freed once closed */
     busy_cleanup(b);
     return NULL;
   }

@@ -29,8 +29,15 @@ export function busyPollSetting(): number {
   return current;
 }
 
-/** For metrics: this thread's waits caught by a spin, spins that ran out, and seconds spun. */
-export function busyPollCounts(): { hits: number; misses: number; spinSeconds: number } {
+/** Waits caught by a spin, spins that ran out, and seconds spun. */
+export interface BusyPollCounts {
+  hits: number;
+  misses: number;
+  spinSeconds: number;
+}
+
+/** For metrics: this thread's busy polling so far. */
+export function busyPollCounts(): BusyPollCounts {
   const [hits, misses, ns] = native().busyPollStats();
   return { hits, misses, spinSeconds: ns / 1e9 };
 }

@@ -145,7 +145,7 @@ export class VhostUserFsDevice implements RequestSink {
       { name: 'dpfs_virtio_zero_copy_bytes_total', help: 'READ data written straight into guest memory', type: 'counter', value: this.zeroCopyBytes },
     ];
     if (this.threads) {
-      const [caught, missed, seconds] = this.threads.busyPollTotals();
+      const { hits: caught, misses: missed, spinSeconds: seconds } = this.threads.busyPollTotals();
       const help = 'Waits of the queue threads\' event loops that spun before sleeping: caught or missed (refreshed every second)';
       out.push({ name: 'dpfs_queue_threads_busy_poll_waits_total', help, type: 'counter', value: caught, labels: { result: 'caught' } });
       out.push({ name: 'dpfs_queue_threads_busy_poll_waits_total', help, type: 'counter', value: missed, labels: { result: 'missed' } });

@@ -14,7 +14,7 @@ import type { Logger } from '../../util/log.js';
 import type { GuestMemory } from './guest-memory.js';
 import { CTL_SEQ, CTL_SLOTS, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
 
-import { busyPollSetting } from '../../util/busy-poll.js';
+import { type BusyPollCounts, busyPollSetting } from '../../util/busy-poll.js';
 /** What the queue threads hand to the device. */
 export interface QueueThreadSink {
   request(q: number, gen: number, head: number, request: Buffer, writableGpa: number[], writeSrcGpa?: number[]): void;
@@ -48,17 +48,15 @@ export class QueueThreads {
    */
   readonly busyPoll = new Float64Array(new SharedArrayBuffer(8 * 3 * 64));
 
-  /** The threads' busy polling, summed: [caught, missed, seconds spun]. */
-  busyPollTotals(): [number, number, number] {
-    let caught = 0;
-    let missed = 0;
-    let ns = 0;
+  /** The threads' busy polling, summed. */
+  busyPollTotals(): BusyPollCounts {
+    const t: BusyPollCounts = { hits: 0, misses: 0, spinSeconds: 0 };
     for (let i = 0; i < this.count; i++) {
-      caught += this.busyPoll[3 * i]!;
-      missed += this.busyPoll[3 * i + 1]!;
-      ns += this.busyPoll[3 * i + 2]!;
+      t.hits += this.busyPoll[3 * i]!;
+      t.misses += this.busyPoll[3 * i + 1]!;
+      t.spinSeconds += this.busyPoll[3 * i + 2]! / 1e9;
     }
-    return [caught, missed, ns / 1e9];
+    return t;
   }
 
   /** Requests queue q's thread served itself. */
