@@ -8,7 +8,7 @@
  *
  *   npm run bench:scaling -- --queues 1,2,4,8 --rounds 3
  *   options: --targets null,dpfs,virtiofsd,virtiofsd-pool (its one request queue served by a
- *   thread pool of one thread per CPU),null-threads (null on a queue thread per queue)  --virtiofsd-sandbox namespace|chroot  --seconds S  --depth D (per queue)  --threads N (dpfs
+ *   thread pool of one thread per CPU),null-threads (null on a queue thread per queue),dpfs-threads (the passthrough likewise)  --virtiofsd-sandbox namespace|chroot  --seconds S  --depth D (per queue)  --threads N (dpfs
  *   queue threads; default: the daemon's own choice)  --source-parent DIR  --out DIR  --virtiofsd PATH
  */
 import { availableParallelism } from 'node:os';
@@ -62,6 +62,7 @@ function command(target: string, src: string, queues: number, sock: string): [st
   // The queue-thread configuration beside the default: a thread per queue.
   if (target === 'null-threads') return [process.execPath, [cli, 'vhost-user', sock, '-b', 'null', '-q', String(queues), '-t', String(queues)]];
   if (target === 'dpfs') return [process.execPath, [cli, 'vhost-user', sock, '-b', 'passthrough', '-s', src, ...q]];
+  if (target === 'dpfs-threads') return [process.execPath, [cli, 'vhost-user', sock, '-b', 'passthrough', '-s', src, '-q', String(queues), '-t', String(queues)]];
   const pool = target === 'virtiofsd-pool' ? [`--thread-pool-size=${availableParallelism()}`] : [];
   return [VIRTIOFSD, virtiofsdArgs(sock, src, pool)];
 }
