@@ -2,7 +2,7 @@
  * Multi-queue scaling of the virtio-fs device without a VM: the guest driver negotiates N
  * request queues and hands each to its own worker thread (one "guest CPU" per queue); dpfs
  * serves them as it does by default (queue threads where the cores allow). Rows give the
- * aggregate rate and the speed-up over one queue of the same server, for the null backend
+ * aggregate rate and the speed-up over one queue of the same server (each queue on its own file), for the null backend
  * (the framework's own cost) and the passthrough, with Debian's virtiofsd at the queue
  * counts it offers (one request queue) as the reference.
  *
@@ -90,15 +90,22 @@ async function measure(server: Server, target: string, queues: number, fileName:
   try {
     await Promise.race([drv.connect(), lost]);
     const base = new FuseClient(drv, 1);
-    const { ino, fh } = await Promise.race([
+    // Each queue its own file, as fio's jobs would: writes to one file meet the host file
+    // system's per-inode lock (ext4 serializes buffered writes to an inode), not the server.
+    const files = await Promise.race([
       (async () => {
         await base.init();
-        const ino = await base.lookup(1, fileName);
-        return { ino, fh: await base.open(ino, 2 /* O_RDWR */) };
+        const out: { ino: number; fh: number }[] = [];
+        for (let q = 1; q <= queues; q++) {
+          const ino = await base.lookup(1, `${fileName}-${q}`);
+          out.push({ ino, fh: await base.open(ino, 2 /* O_RDWR */) });
+        }
+        return out;
       })(),
       lost,
     ]);
     for (let q = 1; q <= queues; q++) {
+      const { ino, fh } = files[q - 1]!;
       const setup: LoadSetup = { layout: drv.queues[q]!.handOff(), firstUnique: String(BigInt(q) << 40n), ino, fh, fileBytes: FILE_BYTES };
       const w = new Worker(WORKER, { workerData: setup });
       await new Promise((resolve, reject) => (w.once('message', resolve), w.once('error', reject)));
@@ -146,7 +153,8 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(SOURCE_PARENT, 'dpfs-scaling-'));
   const src = join(dir, 'src');
   mkdirSync(src);
-  writeFileSync(join(src, 'data'), Buffer.alloc(FILE_BYTES, 1));
+  const block = Buffer.alloc(FILE_BYTES, 1);
+  for (let q = 1; q <= Math.max(...QUEUE_COUNTS); q++) writeFileSync(join(src, `data-${q}`), block);
   const all: Row[][] = [];
   const skipped = new Set<string>();
   try {
