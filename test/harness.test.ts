@@ -143,8 +143,37 @@ test('two request queues on two queue threads serve requests independently', asy
     const ino = await c1.lookup(1, 'x');
     const fh = await c2.open(ino, 0);
     await Promise.all([...Array.from({ length: 50 }, () => c1.read(ino, fh, 0, 4096)), ...Array.from({ length: 50 }, () => c2.read(ino, fh, 0, 4096))]);
-    const per = dev.connection!.stats.perQueue;
-    assert.ok(per[1]! >= 50 && per[2]! >= 50, `per queue: ${per.join(', ')}`);
+    // Each queue's requests, whether its thread served them or handed them to the main thread.
+    const per = [1, 2].map((q) => (dev.connection!.stats.perQueue[q] ?? 0) + dev.threads!.servedOn(q));
+    assert.ok(per[0]! >= 50 && per[1]! >= 50, `per queue: ${per.join(', ')}`);
+  });
+});
+
+test('the null backend\'s READ and WRITE are served by the queue threads themselves: zeros read, writes dropped', async () => {
+  await withHarness(new NullFs(), { queues: 2, threads: 2, slotBytes: 256 * 1024 }, async (c, drv, dev) => {
+    const q2 = new FuseClient(drv, 2, 1n << 40n);
+    const ino = await c.lookup(1, 'x');
+    const fh = await c.open(ino, 2);
+    const before = [1, 2].map((q) => dev.connection!.stats.perQueue[q] ?? 0);
+    for (let i = 0; i < 40; i++) {
+      const client = i % 2 ? q2 : c;
+      const size = 1 + ((i * 7919) % 200_000);
+      const w = await client.write(ino, fh, i * 4096, randomBytes(size));
+      assert.equal(w.error, 0);
+      assert.equal(w.body.readUInt32LE(0), size, 'the whole write taken');
+      const r = await client.read(ino, fh, i * 4096, size);
+      assert.equal(r.error, 0);
+      assert.ok(r.body.equals(Buffer.alloc(size)), `${size} zeros read`);
+    }
+    const here = dev.threads!.servedOn(1) + dev.threads!.servedOn(2);
+    const byMain = [1, 2].reduce((n, q, i) => n + (dev.connection!.stats.perQueue[q] ?? 0) - before[i]!, 0);
+    assert.ok(here >= 80, `served on the queue threads: ${here}`);
+    assert.equal(byMain, 0, 'none left to the main thread');
+    // Released: the threads no longer take it; the backend answers the same way.
+    assert.equal((await c.call(Opcode.FUSE_RELEASE, ino, { fh, flags: 2, release_flags: 0, lock_owner: 0n })).error, 0);
+    const r = await c.read(ino, fh, 0, 100);
+    assert.ok(r.error === 0 && r.body.equals(Buffer.alloc(100)));
+    assert.equal(dev.threads!.servedOn(1) + dev.threads!.servedOn(2), here, 'by the main thread');
   });
 });
 
