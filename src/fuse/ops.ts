@@ -2,7 +2,7 @@
  * One handler per opcode: turns decoded arguments into a FileSystem call and the
  * call's result into reply bytes. Handlers throw FsError for errno answers.
  */
-import type { DirEntry, DirSink, Entry, FileLock, FileSystem, InitInfo, RequestContext, SetAttr } from '../fs/api.js';
+import type { AttrReply, DirEntry, DirSink, Entry, FileLock, FileSystem, InitInfo, RequestContext, SetAttr } from '../fs/api.js';
 import { Errno, FsError } from './errno.js';
 import * as O from './opcodes.js';
 import { Opcode, SIZE } from './opcodes.js';
@@ -114,31 +114,90 @@ class WireDirSink implements DirSink {
   }
 }
 
-export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | { placed: number } | void> {
+/** A reply body, the bytes a backend placed in the transport's buffers itself, or nothing. */
+export type OpResult = Uint8Array[] | { placed: number } | void;
+
+type Maybe<T> = T | PromiseLike<T>;
+
+function isPromiseLike<T>(v: Maybe<T>): v is PromiseLike<T> {
+  return typeof (v as PromiseLike<T> | null)?.then === 'function';
+}
+
+/** `f` of a backend's answer: at once when the backend answered at once, else when it does. */
+function then<T, U>(r: Maybe<T>, f: (v: T) => U): U | Promise<U> {
+  return isPromiseLike(r) ? Promise.resolve(r).then(f) : f(r);
+}
+
+function has<K extends keyof FileSystem>(fs: FileSystem, name: K): void {
+  if (typeof fs[name] !== 'function') throw new FsError(Errno.ENOSYS);
+}
+
+function attrOut(r: AttrReply): Uint8Array[] {
+  const w = new Writer(SIZE.attr_out);
+  writeAttrOut(w, r.attr, r.timeout);
+  return [w.finish()];
+}
+
+/**
+ * Runs one request against the backend. The requests that dominate a busy device (LOOKUP,
+ * FORGET, GETATTR, READ, WRITE) finish at once when the backend answered at once, with no
+ * trip through the microtask queue; a backend's promise, or any other opcode, gives a promise.
+ * A backend's synchronous throw is thrown here.
+ */
+export function runOp(op: Opcode, o: OpContext): OpResult | Promise<OpResult> {
   const { fs, ctx, args: a, header: h } = o;
   const ino = h.nodeid;
   switch (op) {
     case Opcode.FUSE_LOOKUP:
-      return entry(await method(fs, 'lookup')(ctx, ino, decodeName(a.name as Uint8Array)));
+      has(fs, 'lookup');
+      return then(fs.lookup!(ctx, ino, decodeName(a.name as Uint8Array)), entry);
     case Opcode.FUSE_FORGET:
-      if (fs.forget) await fs.forget(ino, a.nlookup as number);
-      return;
+      return fs.forget ? then(fs.forget(ino, a.nlookup as number), () => undefined) : undefined;
+    case Opcode.FUSE_GETATTR: {
+      has(fs, 'getattr');
+      const fh = (a.getattr_flags as number) & O.FUSE_GETATTR_FH ? (a.fh as number) : undefined;
+      return then(fs.getattr!(ctx, ino, fh), attrOut);
+    }
+    case Opcode.FUSE_READ: {
+      const size = a.size as number;
+      checkSize(size);
+      const lockOwner = (a.read_flags as number) & O.FUSE_READ_LOCKOWNER ? (a.lock_owner as bigint) : undefined;
+      const info = { flags: a.flags as number, lockOwner };
+      if (o.target && fs.readInto) {
+        // Straight into the transport's buffers (guest memory): no copy on our side.
+        const dest = iovUpTo(o.target.payload, size);
+        let room = 0;
+        for (const d of dest) room += d.length;
+        if (room >= size) return then(fs.readInto(ctx, ino, a.fh as number, a.offset as number, dest, info), (n) => ({ placed: Math.min(size, n) }));
+      }
+      has(fs, 'read');
+      return then(fs.read!(ctx, ino, a.fh as number, a.offset as number, size, info), (data) => [data.length > size ? data.subarray(0, size) : data]);
+    }
+    case Opcode.FUSE_WRITE: {
+      const wf = a.write_flags as number;
+      const info = { flags: a.flags as number, writeFlags: wf, lockOwner: wf & O.FUSE_WRITE_LOCKOWNER ? (a.lock_owner as bigint) : undefined };
+      const src = o.target?.writeSrc;
+      const size = a.size as number;
+      const done = (n: number) => u32(Math.min(n, size));
+      // Data held in place by the transport (guest memory): straight from there where the backend can.
+      if (src && fs.writeFrom) return then(fs.writeFrom(ctx, ino, a.fh as number, a.offset as number, src, info), done);
+      has(fs, 'write');
+      return then(fs.write!(ctx, ino, a.fh as number, a.offset as number, src ? Buffer.concat(src) : (a.data as Uint8Array), info), done);
+    }
+    default:
+      return runOpAsync(op, o);
+  }
+}
+
+async function runOpAsync(op: Opcode, o: OpContext): Promise<OpResult> {
+  const { fs, ctx, args: a, header: h } = o;
+  const ino = h.nodeid;
+  switch (op) {
     case Opcode.FUSE_BATCH_FORGET:
       if (fs.forget) for (const f of a.forgets as ForgetOne[]) await fs.forget(f.nodeid, f.nlookup);
       return;
-    case Opcode.FUSE_GETATTR: {
-      const fh = (a.getattr_flags as number) & O.FUSE_GETATTR_FH ? (a.fh as number) : undefined;
-      const r = await method(fs, 'getattr')(ctx, ino, fh);
-      const w = new Writer(SIZE.attr_out);
-      writeAttrOut(w, r.attr, r.timeout);
-      return [w.finish()];
-    }
-    case Opcode.FUSE_SETATTR: {
-      const r = await method(fs, 'setattr')(ctx, ino, decodeSetattr(a));
-      const w = new Writer(SIZE.attr_out);
-      writeAttrOut(w, r.attr, r.timeout);
-      return [w.finish()];
-    }
+    case Opcode.FUSE_SETATTR:
+      return attrOut(await method(fs, 'setattr')(ctx, ino, decodeSetattr(a)));
     case Opcode.FUSE_READLINK:
       return [Buffer.from(await method(fs, 'readlink')(ctx, ino), 'utf8')];
     case Opcode.FUSE_SYMLINK: {
@@ -172,31 +231,6 @@ export async function runOp(op: Opcode, o: OpContext): Promise<Uint8Array[] | { 
       const w = new Writer(SIZE.open_out);
       writeOpenOut(w, r.fh, r.flags ?? 0, r.backingId);
       return [w.finish()];
-    }
-    case Opcode.FUSE_READ: {
-      const size = a.size as number;
-      checkSize(size);
-      const lockOwner = (a.read_flags as number) & O.FUSE_READ_LOCKOWNER ? (a.lock_owner as bigint) : undefined;
-      const info = { flags: a.flags as number, lockOwner };
-      if (o.target && fs.readInto) {
-        // Straight into the transport's buffers (guest memory): no copy on our side.
-        const dest = iovUpTo(o.target.payload, size);
-        let room = 0;
-        for (const d of dest) room += d.length;
-        if (room >= size) return { placed: Math.min(size, await fs.readInto(ctx, ino, a.fh as number, a.offset as number, dest, info)) };
-      }
-      const data = await method(fs, 'read')(ctx, ino, a.fh as number, a.offset as number, size, info);
-      return [data.length > size ? data.subarray(0, size) : data];
-    }
-    case Opcode.FUSE_WRITE: {
-      const wf = a.write_flags as number;
-      const info = { flags: a.flags as number, writeFlags: wf, lockOwner: wf & O.FUSE_WRITE_LOCKOWNER ? (a.lock_owner as bigint) : undefined };
-      const src = o.target?.writeSrc;
-      let n: number;
-      // Data held in place by the transport (guest memory): straight from there where the backend can.
-      if (src && fs.writeFrom) n = await fs.writeFrom(ctx, ino, a.fh as number, a.offset as number, src, info);
-      else n = await method(fs, 'write')(ctx, ino, a.fh as number, a.offset as number, src ? Buffer.concat(src) : (a.data as Uint8Array), info);
-      return u32(Math.min(n, a.size as number));
     }
     case Opcode.FUSE_STATFS: {
       const s = await method(fs, 'statfs')(ctx, ino);

@@ -10,7 +10,7 @@ import { FUSE_INIT_BSWAP_RESERVED, CUSE_INIT_BSWAP_RESERVED, InitFlag, NotifyCod
 import { type InHeader, decodeArgs, decodeExtensions, decodeInHeader } from './request-codec.js';
 import { RequestSpecs, SetxattrExtSpec, WriteInSpec, hasSpec } from './request-specs.js';
 import { outHeader, writeOutHeader } from './reply-codec.js';
-import { runOp, type OpContext } from './ops.js';
+import { runOp, type OpContext, type OpResult } from './ops.js';
 import { Reader, WireError, Writer } from './wire.js';
 import { wantedFlags } from './capabilities.js';
 import { iovLength } from '../util/iov.js';
@@ -250,36 +250,55 @@ export class Session {
     void this.runRequest(h, op, args, ext.groups ?? [], reply, target);
   }
 
-  private async runRequest(h: InHeader, op: Opcode, args: Record<string, unknown>, groups: number[], reply: Reply, target?: ReplyTarget): Promise<void> {
+  private runRequest(h: InHeader, op: Opcode, args: Record<string, unknown>, groups: number[], reply: Reply, target?: ReplyTarget): void {
     const groupsOf = this.options.transport.groupsOf;
     const ctx = new RequestState(h, typeof args.umask === 'number' ? args.umask : 0, groups.length || !groupsOf ? groups : undefined, groupsOf);
     const tracked = needsReply(op);
     if (tracked) this.inflight.set(h.unique, ctx);
     this.stats.inFlight++;
     const octx: OpContext = { fs: this.fs, header: h, args, info: this.info!, ctx, session: this, target };
+    let result: OpResult | Promise<OpResult>;
     try {
-      const body = await runOp(op, octx);
-      if (tracked) {
-        if (body && 'placed' in body) reply.ok([], body.placed);
-        else reply.ok(body ?? []);
-      }
+      result = runOp(op, octx);
     } catch (err) {
-      if (!tracked) {
-        this.log.warn({ op: opcodeName(op), err: (err as Error)?.message }, 'request without reply failed');
-      } else if (err instanceof FsError) {
-        reply.error(err.errno);
-      } else if (err instanceof WireError) {
-        this.stats.malformed++;
-        reply.error(Errno.EINVAL);
-      } else {
-        const errno = errnoOf(err);
-        if (errno === undefined) this.log.error({ op: opcodeName(op), err }, 'backend threw a non-errno error; answering EIO');
-        reply.error(errno ?? Errno.EIO);
-      }
-    } finally {
-      this.stats.inFlight--;
-      if (tracked) this.inflight.delete(h.unique);
+      this.failed(h, op, tracked, reply, err);
+      return;
     }
+    // A backend that answered at once is answered at once (no microtask in between).
+    if (result instanceof Promise) {
+      result.then(
+        (body) => this.succeeded(h, tracked, reply, body),
+        (err: unknown) => this.failed(h, op, tracked, reply, err),
+      );
+    } else this.succeeded(h, tracked, reply, result);
+  }
+
+  private succeeded(h: InHeader, tracked: boolean, reply: Reply, body: OpResult): void {
+    this.settled(h, tracked);
+    if (!tracked) return;
+    if (body && 'placed' in body) reply.ok([], body.placed);
+    else reply.ok(body ?? []);
+  }
+
+  private failed(h: InHeader, op: Opcode, tracked: boolean, reply: Reply, err: unknown): void {
+    this.settled(h, tracked);
+    if (!tracked) {
+      this.log.warn({ op: opcodeName(op), err: (err as Error)?.message }, 'request without reply failed');
+    } else if (err instanceof FsError) {
+      reply.error(err.errno);
+    } else if (err instanceof WireError) {
+      this.stats.malformed++;
+      reply.error(Errno.EINVAL);
+    } else {
+      const errno = errnoOf(err);
+      if (errno === undefined) this.log.error({ op: opcodeName(op), err }, 'backend threw a non-errno error; answering EIO');
+      reply.error(errno ?? Errno.EIO);
+    }
+  }
+
+  private settled(h: InHeader, tracked: boolean): void {
+    this.stats.inFlight--;
+    if (tracked) this.inflight.delete(h.unique);
   }
 
   private handleInit(h: InHeader, buf: Uint8Array, reply: Reply): void {

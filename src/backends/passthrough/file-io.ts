@@ -114,8 +114,11 @@ function atOnce(state: NowaitState, call: () => number): number {
  */
 const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
 
-/** Reads into `bufs` at `offset` until they are full or the file ends; returns the bytes read. */
-export async function readAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): Promise<number> {
+/**
+ * Reads into `bufs` at `offset` until they are full or the file ends; returns the bytes read
+ * — at once when the data was there to take (a number), else a promise.
+ */
+export function readAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): number | Promise<number> {
   if (offset > MAX_OFFSET) return 0;
   let done = 0;
   const fits = bufs.length <= IOV_MAX; // what preadv2 and io_uring take in one call
@@ -129,11 +132,11 @@ export async function readAt(fd: number, bufs: Uint8Array[], offset: number, sta
   const rest = done ? iovAfter(bufs, done) : bufs;
   if (fits && Number.isSafeInteger(offset + done) && runsAtOnce(state, false, iovLength(rest))) return done + atOnce(state, () => readvSync(fd, rest, offset + done));
   const ring = fits ? Uring.get() : null;
-  return done + (await (ring ? ring.readv(fd, rest, offset + done) : poolv(fsReadv, fd, rest, offset + done)));
+  return (ring ? ring.readv(fd, rest, offset + done) : poolv(fsReadv, fd, rest, offset + done)).then((n) => done + n);
 }
 
-/** Writes `bufs` at `offset`; returns the bytes written. */
-export async function writeAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): Promise<number> {
+/** Writes `bufs` at `offset`; returns the bytes written, at once where the call ran at once. */
+export function writeAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): number | Promise<number> {
   if (offset > MAX_OFFSET) throw new FsError(Errno.EFBIG);
   let done = 0;
   const fits = bufs.length <= IOV_MAX;
@@ -146,7 +149,7 @@ export async function writeAt(fd: number, bufs: Uint8Array[], offset: number, st
   const rest = done ? iovAfter(bufs, done) : bufs;
   if (fits && Number.isSafeInteger(offset + done) && runsAtOnce(state, true, iovLength(rest))) return done + atOnce(state, () => writevSync(fd, rest, offset + done));
   const ring = fits ? Uring.get() : null;
-  return done + (await (ring ? ring.writev(fd, rest, offset + done) : poolv(fsWritev, fd, rest, offset + done)));
+  return (ring ? ring.writev(fd, rest, offset + done) : poolv(fsWritev, fd, rest, offset + done)).then((n) => done + n);
 }
 
 /** fsync or fdatasync. */

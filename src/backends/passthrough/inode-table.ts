@@ -89,7 +89,7 @@ export class InodeTable {
    * Adds a freshly looked-up host inode whose O_PATH descriptor is `fd` (ownership passes
    * to the table), or returns the existing one (closing `fd`).
    */
-  async add(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): Promise<PInode> {
+  add(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode | Promise<PInode> {
     const existing = this.byKey.get(key);
     if (existing) {
       closeNow(fd);
@@ -97,13 +97,17 @@ export class InodeTable {
     }
     // An inode on a mount not seen before: reopened by handle only once that mount has a descriptor.
     if (handle && !this.mountFds.has(handle.mountId)) {
-      await this.mountFdFor(fd, type, handle.mountId);
-      const raced = this.byKey.get(key);
-      if (raced) {
+      return this.mountFdFor(fd, type, handle.mountId).then(() => {
+        const raced = this.byKey.get(key);
+        if (!raced) return this.insert(fd, key, type, handle, dev);
         closeNow(fd);
         return raced;
-      }
+      });
     }
+    return this.insert(fd, key, type, handle, dev);
+  }
+
+  private insert(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode {
     const pinned = !handle || !this.mountFds.has(handle.mountId);
     if (pinned && this.pinnedCount >= this.opts.maxPinned) {
       closeNow(fd);

@@ -266,9 +266,12 @@ export class PassthroughFs implements FileSystem {
     return dev;
   }
 
-  /** Registers a looked-up (or created) host inode and answers with its Entry. */
-  private async entryFor(l: Looked): Promise<Entry> {
-    return this.entryOf(await this.table.add(l.fd, key(l.st), l.st.mode & S_IFMT, l.handle, await this.deviceOf(l)), l.st);
+  /** Registers a looked-up (or created) host inode and answers with its Entry (at once where nothing waits). */
+  private entryFor(l: Looked): Entry | Promise<Entry> {
+    const add = (dev: HostDevice) => this.table.add(l.fd, key(l.st), l.st.mode & S_IFMT, l.handle, dev);
+    const dev = this.deviceOf(l);
+    const n = dev instanceof Promise ? dev.then(add) : add(dev);
+    return n instanceof Promise ? n.then((node) => this.entryOf(node, l.st)) : this.entryOf(n, l.st);
   }
 
   /** The Entry of a known inode, counting the kernel's new reference. */
@@ -277,7 +280,7 @@ export class PassthroughFs implements FileSystem {
     return { ino: n.nodeid, attr: this.attr(st), entryTimeout: this.timeout, attrTimeout: this.timeout };
   }
 
-  private async lookupIn(ctx: RequestContext | null, parent: PInode, name: string): Promise<Entry> {
+  private lookupIn(ctx: RequestContext | null, parent: PInode, name: string): Entry | Promise<Entry> {
     const c = ctx ? this.creds(ctx) : null;
     const dev = parent.dev;
     if (parent.fd >= 0 && dev.local) {
@@ -297,7 +300,7 @@ export class PassthroughFs implements FileSystem {
         return this.entryFor(l);
       }
     }
-    return this.entryFor(await this.table.withFd(parent, (pfd) => sys.lookup(c, pfd, name)));
+    return this.table.withFd(parent, (pfd) => sys.lookup(c, pfd, name)).then((l) => this.entryFor(l));
   }
 
   /**
@@ -319,16 +322,21 @@ export class PassthroughFs implements FileSystem {
 
   // ---- FileSystem --------------------------------------------------------------------
 
-  async lookup(ctx: RequestContext, parent: number, name: string): Promise<Entry> {
+  lookup(ctx: RequestContext, parent: number, name: string): Entry | Promise<Entry> {
     // The kernel resolves "." and ".." itself; from anyone else they could climb out.
     if (name === '.' || name === '..') throw new FsError(Errno.EPERM, 'no dot lookups');
-    try {
-      return await this.lookupIn(ctx, this.table.get(parent), name);
-    } catch (err) {
-      // A name that does not exist: the kernel may remember that as long as it remembers names.
+    // A name that does not exist: the kernel may remember that as long as it remembers names.
+    const absent = (err: unknown): Entry => {
       if (this.timeout > 0 && errnoOf(err) === Errno.ENOENT) return negativeEntry(this.timeout);
       throw err;
+    };
+    let e: Entry | Promise<Entry>;
+    try {
+      e = this.lookupIn(ctx, this.table.get(parent), name);
+    } catch (err) {
+      return absent(err);
     }
+    return e instanceof Promise ? e.catch(absent) : e;
   }
 
   forget(ino: number, nlookup: number): void {
@@ -337,14 +345,15 @@ export class PassthroughFs implements FileSystem {
     if (this.table.forget(ino, nlookup) && this.backing.get(ino) === null) this.backing.delete(ino);
   }
 
-  async getattr(_ctx: RequestContext, ino: number, fh?: number): Promise<AttrReply> {
+  getattr(_ctx: RequestContext, ino: number, fh?: number): AttrReply | Promise<AttrReply> {
     const h = fh !== undefined ? this.handles.get(fh) : undefined;
     const n = h ? h.node : this.table.get(ino);
-    let st: Statx;
-    if (h) st = await this.statFd(h.fd, n);
+    const reply = (st: Statx): AttrReply => ({ attr: this.attr(st), timeout: this.timeout });
+    let st: Statx | Promise<Statx>;
+    if (h) st = this.statFd(h.fd, n);
     else if (n.fd >= 0 && n.dev.local) st = sys.fstatxNow(n.fd); // open, and in memory: no trip at all
-    else st = await this.table.withFd(n, async (fd) => this.statFd(fd, n));
-    return { attr: this.attr(st), timeout: this.timeout };
+    else st = this.table.withFd(n, async (fd) => this.statFd(fd, n));
+    return st instanceof Promise ? st.then(reply) : reply(st);
   }
 
   async setattr(ctx: RequestContext, ino: number, s: SetAttr): Promise<AttrReply> {
@@ -547,17 +556,17 @@ export class PassthroughFs implements FileSystem {
   }
 
   /** preadv straight into the destination (guest memory over virtio-fs). */
-  readInto(_ctx: RequestContext, _ino: number, fh: number, offset: number, dest: Uint8Array[], _info: ReadInfo): Promise<number> {
+  readInto(_ctx: RequestContext, _ino: number, fh: number, offset: number, dest: Uint8Array[], _info: ReadInfo): number | Promise<number> {
     const h = this.handle(fh);
     return readAt(h.fd, dest, offset, h);
   }
 
-  write(ctx: RequestContext, ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): Promise<number> {
+  write(ctx: RequestContext, ino: number, fh: number, offset: number, data: Uint8Array, info: WriteInfo): number | Promise<number> {
     return this.writeFrom(ctx, ino, fh, offset, [data], info);
   }
 
   /** pwritev straight from the source (guest memory over virtio-fs). */
-  async writeFrom(ctx: RequestContext, _ino: number, fh: number, offset: number, src: Uint8Array[], info: WriteInfo): Promise<number> {
+  writeFrom(ctx: RequestContext, _ino: number, fh: number, offset: number, src: Uint8Array[], info: WriteInfo): number | Promise<number> {
     this.writable();
     const h = this.handle(fh);
     // An unprivileged writer: write as that user, and the host kernel drops setuid/setgid.
