@@ -174,6 +174,49 @@ test('a backend that throws a plain Error answers EIO; one reply per request', a
   assert.equal(r.error, -Errno.EIO);
 });
 
+test('a backend that answers at once is answered before handle() returns; a promise, later; throws at once or later, as errno', async () => {
+  const fs = new MemoryFs();
+  const p = new SessionPeer(fs);
+  await p.init();
+  const request = (op: number, unique: bigint, nodeid: number, args: Record<string, unknown> = {}) =>
+    encodeRequest({ opcode: op, unique, nodeid }, RequestSpecs[op as keyof typeof RequestSpecs] as never, args);
+  const handled = (buf: Uint8Array) => {
+    const replies: OutMsg[] = [];
+    p.session.handle(buf, (chunks) => replies.push(parseOut(chunks)));
+    return replies;
+  };
+  // The memory backend answers GETATTR and LOOKUP at once.
+  const now = handled(request(Opcode.FUSE_GETATTR, 500n, 1));
+  assert.equal(now.length, 1, 'answered within handle()');
+  assert.equal(now[0]!.error, 0);
+  assert.equal(handled(request(Opcode.FUSE_LOOKUP, 501n, 1, { name: 'nothing-here' })).length, 1, 'a LOOKUP too');
+  assert.equal(p.session.stats.inFlight, 0);
+  // An INTERRUPT naming a request answered at once finds nothing in flight: EAGAIN.
+  const [late] = await p.raw(request(Opcode.FUSE_INTERRUPT, 502n, 0, { unique: 500n }));
+  assert.equal(late!.error, -Errno.EAGAIN);
+  // A backend's promise: answered after handle() returned, in flight meanwhile.
+  const slow = fs as unknown as { getattr: (...a: unknown[]) => unknown };
+  const sync = slow.getattr.bind(fs);
+  slow.getattr = (...a: unknown[]) => new Promise((r) => setTimeout(() => r(sync(...a)), 10));
+  const later = handled(request(Opcode.FUSE_GETATTR, 503n, 1));
+  assert.equal(later.length, 0, 'not yet');
+  assert.equal(p.session.stats.inFlight, 1);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(later.length, 1);
+  assert.equal(later[0]!.error, 0);
+  assert.equal(p.session.stats.inFlight, 0);
+  // Errors thrown at once or rejected later: the same errno reply.
+  slow.getattr = () => {
+    throw Object.assign(new Error('gone'), { errno: -Errno.ESTALE, code: 'ESTALE' });
+  };
+  assert.equal(handled(request(Opcode.FUSE_GETATTR, 504n, 1))[0]!.error, -Errno.ESTALE);
+  slow.getattr = () => Promise.reject(Object.assign(new Error('gone'), { errno: -Errno.ESTALE, code: 'ESTALE' }));
+  const rejected = handled(request(Opcode.FUSE_GETATTR, 505n, 1));
+  await new Promise((r) => setTimeout(r, 5));
+  assert.equal(rejected[0]!.error, -Errno.ESTALE);
+  assert.equal(p.session.stats.inFlight, 0);
+});
+
 test('random bytes never throw and never get two replies (property)', async () => {
   const p = await ready();
   await fc.assert(

@@ -253,36 +253,43 @@ export class Session {
   private runRequest(h: InHeader, op: Opcode, args: Record<string, unknown>, groups: number[], reply: Reply, target?: ReplyTarget): void {
     const groupsOf = this.options.transport.groupsOf;
     const ctx = new RequestState(h, typeof args.umask === 'number' ? args.umask : 0, groups.length || !groupsOf ? groups : undefined, groupsOf);
-    const tracked = needsReply(op);
-    if (tracked) this.inflight.set(h.unique, ctx);
+    const replies = needsReply(op);
     this.stats.inFlight++;
     const octx: OpContext = { fs: this.fs, header: h, args, info: this.info!, ctx, session: this, target };
     let result: OpResult | Promise<OpResult>;
     try {
       result = runOp(op, octx);
     } catch (err) {
-      this.failed(h, op, tracked, reply, err);
+      this.stats.inFlight--;
+      this.failed(op, replies, reply, err);
       return;
     }
-    // A backend that answered at once is answered at once (no microtask in between).
-    if (result instanceof Promise) {
-      result.then(
-        (body) => this.succeeded(h, tracked, reply, body),
-        (err: unknown) => this.failed(h, op, tracked, reply, err),
-      );
-    } else this.succeeded(h, tracked, reply, result);
+    if (!(result instanceof Promise)) {
+      // Answered at once: answered at once (no microtask in between), and never listed as
+      // in flight — no INTERRUPT can name it before its reply.
+      this.stats.inFlight--;
+      this.succeeded(replies, reply, result);
+      return;
+    }
+    if (replies) this.inflight.set(h.unique, ctx);
+    const settled = () => {
+      this.stats.inFlight--;
+      if (replies) this.inflight.delete(h.unique);
+    };
+    result.then(
+      (body) => (settled(), this.succeeded(replies, reply, body)),
+      (err: unknown) => (settled(), this.failed(op, replies, reply, err)),
+    );
   }
 
-  private succeeded(h: InHeader, tracked: boolean, reply: Reply, body: OpResult): void {
-    this.settled(h, tracked);
-    if (!tracked) return;
+  private succeeded(replies: boolean, reply: Reply, body: OpResult): void {
+    if (!replies) return;
     if (body && 'placed' in body) reply.ok([], body.placed);
     else reply.ok(body ?? []);
   }
 
-  private failed(h: InHeader, op: Opcode, tracked: boolean, reply: Reply, err: unknown): void {
-    this.settled(h, tracked);
-    if (!tracked) {
+  private failed(op: Opcode, replies: boolean, reply: Reply, err: unknown): void {
+    if (!replies) {
       this.log.warn({ op: opcodeName(op), err: (err as Error)?.message }, 'request without reply failed');
     } else if (err instanceof FsError) {
       reply.error(err.errno);
@@ -294,11 +301,6 @@ export class Session {
       if (errno === undefined) this.log.error({ op: opcodeName(op), err }, 'backend threw a non-errno error; answering EIO');
       reply.error(errno ?? Errno.EIO);
     }
-  }
-
-  private settled(h: InHeader, tracked: boolean): void {
-    this.stats.inFlight--;
-    if (tracked) this.inflight.delete(h.unique);
   }
 
   private handleInit(h: InHeader, buf: Uint8Array, reply: Reply): void {
