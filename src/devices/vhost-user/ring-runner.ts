@@ -29,9 +29,22 @@ export interface RingEvents {
  */
 const BATCH = 4;
 
+/**
+ * Interrupts are coalesced, as a NIC coalesces its own, by count and by time: one for what a
+ * turn of the event loop completed, except that a completion more than this (ms) after the
+ * last interrupt sent at once is signalled at once. After a long request (a 64 KiB copy) or a
+ * run of short ones the driver then works on what is done while we go on, rather than both
+ * sides taking turns: in the harness on 2 cores, 64 KiB reads at depth 4 ran 1.9x and
+ * LOOKUP+GETATTR+FORGET 1.15x with it; small requests at depth 32 (whose batches take about
+ * that long) about as before.
+ */
+const NOTIFY_WITHIN_MS = 0.01;
+
 export class RingRunner {
   private kickWatch?: unknown;
   private notifyScheduled = false;
+  /** When the driver was last signalled at once (performance.now()). */
+  private lastNotify = 0;
   private continueScheduled = false;
   private stopped = false;
 
@@ -72,7 +85,18 @@ export class RingRunner {
   complete(head: number, len: number): void {
     if (this.stopped) return; // the ring stopped meanwhile: the VMM has moved on
     this.vq.push(head, len);
-    this.scheduleNotify();
+    const now = performance.now();
+    if (now - this.lastNotify > NOTIFY_WITHIN_MS) {
+      this.lastNotify = now;
+      this.notify();
+    } else this.scheduleNotify();
+  }
+
+  /** Signals the driver if event-idx (or its flags) ask for it. */
+  private notify(): void {
+    if (this.stopped || this.callFd < 0 || !this.vq.shouldNotify()) return;
+    const r = native().eventfdSignal(this.callFd);
+    if (r < 0) this.events.notifyFailed(errnoName(-r));
   }
 
   private onKick(): void {
@@ -126,9 +150,7 @@ export class RingRunner {
     // One interrupt for everything completed in this turn of the event loop.
     setImmediate(() => {
       this.notifyScheduled = false;
-      if (this.stopped || this.callFd < 0 || !this.vq.shouldNotify()) return;
-      const r = native().eventfdSignal(this.callFd);
-      if (r < 0) this.events.notifyFailed(errnoName(-r));
+      this.notify();
     });
   }
 }
