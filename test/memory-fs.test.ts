@@ -62,7 +62,7 @@ test('hard links, unlink of open files, and inode lifetime', () => {
   fs.unlink(root, 1, 'f');
   fs.unlink(root, 1, 'g');
   // Still open and still looked up: readable.
-  assert.equal(Buffer.from(fs.read(root, c.entry.ino, c.open.fh, 0, 10, { flags: 0 })).toString(), 'data');
+  assert.equal(Buffer.concat([fs.read(root, c.entry.ino, c.open.fh, 0, 10, { flags: 0 })].flat()).toString(), 'data');
   const before = fs.inodeCount;
   fs.release(root, c.entry.ino, c.open.fh, { flags: 0, flush: false, flockUnlock: false, lockOwner: 0n });
   fs.forget(c.entry.ino, 2); // create and link each returned an entry
@@ -172,7 +172,7 @@ test('capacity is enforced and reported', () => {
   assert.equal(fs.statfs().bfree, 256);
 });
 
-test('file data: reads into any split of buffers match a flat model, holes read as zeros', () => {
+test('file data: reads into any split of buffers, and views of the chunks, match a flat model; holes read as zeros', () => {
   fc.assert(
     fc.property(
       fc.array(fc.record({ at: fc.nat(300_000), len: fc.integer({ min: 1, max: 70_000 }), byte: fc.integer({ min: 1, max: 255 }) }), { maxLength: 6 }),
@@ -193,6 +193,10 @@ test('file data: reads into any split of buffers match a flat model, holes read 
         assert.equal(got, want.length);
         assert.deepEqual(Buffer.concat(dest).subarray(0, got), want);
         assert.deepEqual(data.read(offset, 1 << 20), model.subarray(Math.min(offset, model.length), Math.min(model.length, offset + (1 << 20))));
+        // Views of the chunks (what READ sends without a copy): the same bytes.
+        const size = sizes[0]!;
+        const views = data.views(offset, size);
+        assert.deepEqual(Buffer.concat(views), model.subarray(Math.min(offset, model.length), Math.min(model.length, offset + size)));
       },
     ),
     { numRuns: 300 },

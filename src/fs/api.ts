@@ -256,7 +256,12 @@ export interface FileSystem {
   link?(ctx: Ctx, ino: number, newParent: number, newName: string): R<Entry>;
   /** openFlags: FUSE_OPEN_KILL_SUIDGID when O_TRUNC must also clear setuid/setgid. */
   open?(ctx: Ctx, ino: number, flags: number, openFlags?: number): R<Opened>;
-  read?(ctx: Ctx, ino: number, fh: number, offset: number, size: number, info: ReadInfo): R<Uint8Array>;
+  /**
+   * The data at `offset` (short at the end of the file): one buffer, or several in order —
+   * views of the backend's own storage, say, with no copy; they are sent as they are when the
+   * answer comes, so they must not change before then.
+   */
+  read?(ctx: Ctx, ino: number, fh: number, offset: number, size: number, info: ReadInfo): R<Uint8Array | Uint8Array[]>;
   /**
    * Optional zero-copy READ: fill `dest` (in order; their total is the requested size) and
    * return the bytes read. Transports that can (virtio-fs: guest memory) use it instead of read.

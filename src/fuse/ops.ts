@@ -171,7 +171,7 @@ export function runOp(op: Opcode, o: OpContext): OpResult | Promise<OpResult> {
         if (room >= size) return then(fs.readInto(ctx, ino, a.fh as number, a.offset as number, dest, info), (n) => ({ placed: Math.min(size, n) }));
       }
       has(fs, 'read');
-      return then(fs.read!(ctx, ino, a.fh as number, a.offset as number, size, info), (data) => [data.length > size ? data.subarray(0, size) : data]);
+      return then(fs.read!(ctx, ino, a.fh as number, a.offset as number, size, info), (data) => (Array.isArray(data) ? iovUpTo(data, size) : [data.length > size ? data.subarray(0, size) : data]));
     }
     case Opcode.FUSE_WRITE: {
       const wf = a.write_flags as number;

@@ -3,6 +3,8 @@
  * zeros, costs nothing, and is what SEEK_DATA/SEEK_HOLE report.
  */
 export const CHUNK = 64 * 1024;
+/** What a hole reads as (never written). */
+const HOLE = Buffer.alloc(CHUNK);
 
 export class FileData {
   private readonly chunks = new Map<number, Buffer>();
@@ -18,6 +20,23 @@ export class FileData {
     // Unzeroed: readInto writes every byte (holes as zeros).
     const out = Buffer.allocUnsafe(Math.min(this.size, offset + length) - offset);
     this.readInto(offset, [out]);
+    return out;
+  }
+
+  /**
+   * The bytes at [offset, offset+length) up to the end of the file as views of the chunks
+   * (holes as zeros), with no copy: valid until the file next changes.
+   */
+  views(offset: number, length: number): Uint8Array[] {
+    const end = Math.min(this.size, offset + Math.max(0, length));
+    const out: Uint8Array[] = [];
+    for (let pos = offset; pos < end; ) {
+      const idx = Math.floor(pos / CHUNK);
+      const within = pos - idx * CHUNK;
+      const n = Math.min(CHUNK - within, end - pos);
+      out.push((this.chunks.get(idx) ?? HOLE).subarray(within, within + n));
+      pos += n;
+    }
     return out;
   }
 

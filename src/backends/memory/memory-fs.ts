@@ -528,8 +528,9 @@ export class MemoryFs implements FileSystem {
     return this.openNode(ctx, this.node(ino), flags, openFlags);
   }
 
-  read(_ctx: RequestContext, ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Uint8Array {
-    return this.readable(fh, ino).read(offset, size);
+  /** Views of the file's chunks: answered at once, they are sent before anything can change them. */
+  read(_ctx: RequestContext, ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Uint8Array[] {
+    return this.readable(fh, ino).views(offset, size);
   }
 
   /** Copies straight into the transport's buffers (guest memory, FUSE ring entries). */
