@@ -227,6 +227,12 @@ import type { SharedHandles } from './shared-handles.js';
 type Ctx = RequestContext;
 type R<T> = Promise<T> | T;
 
+/**
+ * A file system served by dpfs. Every method may answer at once (a value) or later (a
+ * promise); an answer at once is sent before the method's caller returns. Byte arguments
+ * (WRITE data, xattr values) are views of the transport's buffers, valid until the request
+ * is answered: a backend copies what it keeps.
+ */
 export interface FileSystem {
   readonly capabilities?: FsCapabilities;
 

@@ -119,9 +119,11 @@ export class Session {
 
   /**
    * Handles one request buffer. `send` is called at most once, with the full reply.
-   * Never throws; never rejects.
+   * Never throws; never rejects. Returns true when the request was answered at once and
+   * nothing holds `buf` any more (a transport may read the next request into it); false
+   * when the request (or a backend) may still use it.
    */
-  handle(buf: Uint8Array, send: SendFn, target?: ReplyTarget): void {
+  handle(buf: Uint8Array, send: SendFn, target?: ReplyTarget): boolean {
     this.stats.requests++;
     const outOfLine = target?.writeSrc ? iovLength(target.writeSrc) : 0;
     let h: InHeader;
@@ -130,12 +132,12 @@ export class Session {
       if (outOfLine && (h.opcode !== Opcode.FUSE_WRITE || h.total_extlen !== 0)) throw new WireError('data out of line for a request other than a plain WRITE');
     } catch (err) {
       this.malformed(buf, send, err);
-      return;
+      return true;
     }
     const reply = new PendingReply(this, h, send, this.options.opStats ? performance.now() : 0);
     if (this.options.opStats && !needsReply(h.opcode)) this.options.opStats.record(h.opcode, 0, false);
     try {
-      this.route(h, buf, reply, target);
+      return this.route(h, buf, reply, target);
     } catch (err) {
       // Decoding errors land here; anything a backend throws is caught in runRequest.
       if (err instanceof WireError) {
@@ -148,6 +150,7 @@ export class Session {
         if (needsReply(h.opcode)) reply.error(Errno.EIO);
       }
     }
+    return true;
   }
 
   private malformed(buf: Uint8Array, send: SendFn, err: unknown): void {
@@ -197,42 +200,43 @@ export class Session {
     }
   }
 
-  private route(h: InHeader, buf: Uint8Array, reply: Reply, target?: ReplyTarget): void {
+  /** Returns whether the request is done with (see handle). */
+  private route(h: InHeader, buf: Uint8Array, reply: Reply, target?: ReplyTarget): boolean {
     const op = h.opcode;
     if (op === FUSE_INIT_BSWAP_RESERVED || op === CUSE_INIT_BSWAP_RESERVED) {
       this.break('peer speaks big-endian FUSE; dpfs supports little-endian peers only');
       reply.error(Errno.EPROTO);
-      return;
+      return true;
     }
     if (this.state === 'broken') {
       if (needsReply(op)) reply.error(Errno.EIO);
-      return;
+      return true;
     }
     if (op === Opcode.FUSE_INIT) {
       this.handleInit(h, buf, reply);
-      return;
+      return false; // a backend's init may still be running
     }
     if (this.state === 'awaiting-init') {
       this.log.warn({ op: opcodeName(op) }, 'request before INIT');
       if (needsReply(op)) reply.error(Errno.EIO);
-      return;
+      return true;
     }
     if (this.state === 'destroyed') {
       if (needsReply(op)) reply.error(Errno.ENOTCONN);
-      return;
+      return true;
     }
     if (op === Opcode.FUSE_INTERRUPT) {
       this.handleInterrupt(h, buf, reply);
-      return;
+      return true;
     }
     if (op === Opcode.FUSE_NOTIFY_REPLY) {
       this.handleNotifyReply(h, buf);
-      return;
+      return false; // its data went to a waiter
     }
     if (!hasSpec(op)) {
       this.log.debug({ op }, 'unknown opcode');
       reply.error(Errno.ENOSYS);
-      return;
+      return true;
     }
     const ext = decodeExtensions(buf, h);
     const outOfLine = h.len - buf.length; // WRITE data held in place (handle checked its length)
@@ -245,12 +249,12 @@ export class Session {
     }
     if (op === Opcode.FUSE_DESTROY) {
       void this.runDestroy(reply);
-      return;
+      return false;
     }
-    void this.runRequest(h, op, args, ext.groups ?? [], reply, target);
+    return this.runRequest(h, op, args, ext.groups ?? [], reply, target);
   }
 
-  private runRequest(h: InHeader, op: Opcode, args: Record<string, unknown>, groups: number[], reply: Reply, target?: ReplyTarget): void {
+  private runRequest(h: InHeader, op: Opcode, args: Record<string, unknown>, groups: number[], reply: Reply, target?: ReplyTarget): boolean {
     const groupsOf = this.options.transport.groupsOf;
     const ctx = new RequestState(h, typeof args.umask === 'number' ? args.umask : 0, groups.length || !groupsOf ? groups : undefined, groupsOf);
     const replies = needsReply(op);
@@ -262,14 +266,14 @@ export class Session {
     } catch (err) {
       this.stats.inFlight--;
       this.failed(op, replies, reply, err);
-      return;
+      return true;
     }
     if (!(result instanceof Promise)) {
       // Answered at once: answered at once (no microtask in between), and never listed as
       // in flight — no INTERRUPT can name it before its reply.
       this.stats.inFlight--;
       this.succeeded(replies, reply, result);
-      return;
+      return true;
     }
     if (replies) this.inflight.set(h.unique, ctx);
     const settled = () => {
@@ -280,6 +284,7 @@ export class Session {
       (body) => (settled(), this.succeeded(replies, reply, body)),
       (err: unknown) => (settled(), this.failed(op, replies, reply, err)),
     );
+    return false;
   }
 
   private succeeded(replies: boolean, reply: Reply, body: OpResult): void {

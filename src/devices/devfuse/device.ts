@@ -53,6 +53,9 @@ export interface DevFuseOptions {
   metrics?: boolean;
 }
 
+/** Requests up to this size are copied out of the read buffer; larger ones are served in it. */
+const SMALL_REQUEST = 4096;
+
 export class DevFuseDevice {
   readonly session: Session;
   /** Requests by opcode (recorded with `metrics`). */
@@ -196,14 +199,21 @@ export class DevFuseDevice {
    * again while more are queued, and reading only once avoids a thrown EAGAIN per wakeup.
    */
   private startPolling(bufSize: number): void {
-    const buf = Buffer.allocUnsafe(bufSize);
+    let buf = Buffer.allocUnsafe(bufSize);
     const onReadable = () => {
       const r = native().devRead(this.fd, buf);
+      if (r > SMALL_REQUEST) {
+        // A big request (WRITE data) is served in place: answered at once, it leaves the
+        // buffer free for the next read; still in flight, it keeps it, and the next read
+        // goes into a new one (no copy either way).
+        if (!this.session.handle(r === buf.length ? buf : buf.subarray(0, r), this.send)) buf = Buffer.allocUnsafe(bufSize);
+        return;
+      }
       if (r > 0) {
-        // A private copy of each request: backends may hold it (write data) past this call.
-        // Small ones come from Node's buffer pool (no allocation of their own).
+        // A small one is copied out (from Node's buffer pool: no allocation of its own), so
+        // the buffer stays free whatever becomes of it.
         const req = Buffer.allocUnsafe(r);
-        req.set(r === buf.length ? buf : buf.subarray(0, r));
+        req.set(buf.subarray(0, r));
         this.session.handle(req, this.send);
         return;
       }
