@@ -11,6 +11,9 @@ import { Opcode } from '../src/fuse/opcodes.js';
 import { AT_EMPTY_PATH, sys, sysNowStats } from '../src/native/syscalls.js';
 import { sh, withPassthrough } from './helpers/daemon.js';
 import { withPassthroughPeer } from './helpers/passthrough-peer.js';
+import { type OutMsg, parseOut } from './helpers/session-peer.js';
+import { encodeRequest } from '../src/fuse/request-codec.js';
+import { RequestSpecs } from '../src/fuse/request-specs.js';
 import { workloads } from './helpers/workloads.js';
 
 const execFileP = promisify(execFile);
@@ -103,6 +106,38 @@ fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
 print('leased', flush=True)
 time.sleep(1.5)
 `;
+
+for (const parent of ['/var/tmp', '/dev/shm']) {
+  test(`passthrough over ${parent}: LOOKUP, GETATTR, READ and WRITE of cached files are answered at once, before the session returns`, async () => {
+    const src = mkdtempSync(join(parent, 'dpfs-src-'));
+    writeFileSync(join(src, 'f'), 'hello');
+    statSync(join(src, 'f')); // in the dentry cache, as a file in use is
+    try {
+      await withPassthroughPeer(src, async (p) => {
+        const ino = Number((await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'f' })).body.readBigUInt64LE(0));
+        const fh = Number((await p.call(Opcode.FUSE_OPEN, ino, { flags: 2 })).body.readBigUInt64LE(0));
+        const atOnce = (op: number, nodeid: number, args: Record<string, unknown>) => {
+          const replies: OutMsg[] = [];
+          const free = p.session.handle(encodeRequest({ opcode: op, unique: 900n, nodeid }, RequestSpecs[op as keyof typeof RequestSpecs] as never, args), (chunks) => replies.push(parseOut(chunks)));
+          assert.equal(replies.length, 1, `${Opcode[op]} answered within handle()`);
+          assert.equal(free, true, `${Opcode[op]}: nothing holds the request`);
+          return replies[0]!;
+        };
+        assert.equal(atOnce(Opcode.FUSE_LOOKUP, 1, { name: 'f' }).error, 0);
+        assert.equal(atOnce(Opcode.FUSE_GETATTR, ino, {}).error, 0);
+        assert.equal(atOnce(Opcode.FUSE_WRITE, ino, { fh, offset: 5, size: 6, write_flags: 0, lock_owner: 0n, flags: 0, padding: 0, data: Buffer.from(', host') }).error, 0);
+        const r = atOnce(Opcode.FUSE_READ, ino, { fh, offset: 0, size: 64, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 });
+        assert.equal(Buffer.from(r.body).toString(), 'hello, host');
+        // A name not there, once the host's dentry cache knows it is not (the first lookup
+        // of it may read the directory from the device): a negative entry, at once too.
+        await p.call(Opcode.FUSE_LOOKUP, 1, { name: 'nothing' });
+        assert.equal(atOnce(Opcode.FUSE_LOOKUP, 1, { name: 'nothing' }).error, 0);
+      });
+    } finally {
+      rmSync(src, { recursive: true, force: true });
+    }
+  });
+}
 
 test('passthrough: on tmpfs, opens and creates run on the event loop; across a mount or with a lease they take the pool', async () => {
   const src = mkdtempSync(join('/dev/shm', 'dpfs-src-'));

@@ -123,10 +123,20 @@ export function readAt(fd: number, bufs: Uint8Array[], offset: number, state: No
   let done = 0;
   const fits = bufs.length <= IOV_MAX; // what preadv2 and io_uring take in one call
   if (!state.noNowaitRead && fits) {
-    const n = native().rwNowait(fd, bufs, offset, false);
-    if (n === 0 || n === iovLength(bufs)) return n; // end of file, or all from the page cache
-    if (n > 0) done = n;
-    else if (n !== -Errno.EAGAIN) state.noNowaitRead = true; // EOPNOTSUPP (or an error the pool will report)
+    // From the page cache while it has the data: a short count is either the end of the file
+    // or the cached part of the range, and the next try tells which (0: the end; EAGAIN: the
+    // rest must be read from the device).
+    const total = iovLength(bufs);
+    for (;;) {
+      const n = native().rwNowait(fd, done ? iovAfter(bufs, done) : bufs, offset + done, false);
+      if (n === 0) return done; // the end of the file
+      if (n < 0) {
+        if (n !== -Errno.EAGAIN) state.noNowaitRead = true; // EOPNOTSUPP (or an error the pool will report)
+        break;
+      }
+      done += n;
+      if (done === total) return done;
+    }
   }
   // The rest waits for I/O; a short read there means the end of the file.
   const rest = done ? iovAfter(bufs, done) : bufs;

@@ -549,10 +549,11 @@ export class PassthroughFs implements FileSystem {
     return await this.openReply(fd, n, flags);
   }
 
-  async read(_ctx: RequestContext, _ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Promise<Uint8Array> {
+  read(_ctx: RequestContext, _ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Uint8Array | Promise<Uint8Array> {
     const h = this.handle(fh);
     const buf = Buffer.allocUnsafe(size);
-    return buf.subarray(0, await readAt(h.fd, [buf], offset, h));
+    const n = readAt(h.fd, [buf], offset, h);
+    return n instanceof Promise ? n.then((got) => buf.subarray(0, got)) : buf.subarray(0, n);
   }
 
   /** preadv straight into the destination (guest memory over virtio-fs). */

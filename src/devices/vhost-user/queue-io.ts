@@ -59,10 +59,16 @@ export function serveInThread(chain: Chain, head: Buffer, handles: SharedHandles
       if (!(flags & SH_READ)) return null;
       if (flags & SH_READ_AT_ONCE) n = size ? readvSync(fd, dst, offset) : 0;
       else {
-        n = size ? native().rwNowait(fd, dst, offset, false) : 0;
-        // All of it, or nothing (the end of the file; a miss is EAGAIN). A short count may
-        // be the cached part of a range, not the end of the file: the backend reads it.
-        if (n !== size && n !== 0) return null;
+        // From the page cache only. A short count is the end of the file or the cached part
+        // of the range; the next try tells (0: the end). A miss goes to the backend, which
+        // reads it all again (positional: harmless).
+        n = 0;
+        while (n < size) {
+          const k = native().rwNowait(fd, n ? iovAfter(dst, n) : dst, offset + n, false);
+          if (k === 0) break;
+          if (k < 0) return null;
+          n += k;
+        }
       }
     }
   } catch {
