@@ -31,6 +31,7 @@ import { native } from '../../native/native.js';
 import { Uring } from '../../native/uring.js';
 import { iovAfter, iovLength } from '../../util/iov.js';
 import { offloadPays } from '../../util/loop-load.js';
+import { readCached } from '../../fs/page-cache.js';
 
 const IOV_MAX = 1024;
 
@@ -120,29 +121,17 @@ const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
  */
 export function readAt(fd: number, bufs: Uint8Array[], offset: number, state: NowaitState): number | Promise<number> {
   if (offset > MAX_OFFSET) return 0;
-  let done = 0;
   const fits = bufs.length <= IOV_MAX; // what preadv2 and io_uring take in one call
   if (!state.noNowaitRead && fits) {
-    // From the page cache while it has the data: a short count is either the end of the file
-    // or the cached part of the range, and the next try tells which (0: the end; EAGAIN: the
-    // rest must be read from the device).
-    const total = iovLength(bufs);
-    for (;;) {
-      const n = native().rwNowait(fd, done ? iovAfter(bufs, done) : bufs, offset + done, false);
-      if (n === 0) return done; // the end of the file
-      if (n < 0) {
-        if (n !== -Errno.EAGAIN) state.noNowaitRead = true; // EOPNOTSUPP (or an error the pool will report)
-        break;
-      }
-      done += n;
-      if (done === total) return done;
-    }
+    const n = readCached(fd, bufs, offset);
+    if (n >= 0) return n; // all from the page cache, or up to the end of the file
+    if (n !== -Errno.EAGAIN) state.noNowaitRead = true; // EOPNOTSUPP (or an error the pool will report)
   }
-  // The rest waits for I/O; a short read there means the end of the file.
-  const rest = done ? iovAfter(bufs, done) : bufs;
-  if (fits && Number.isSafeInteger(offset + done) && runsAtOnce(state, false, iovLength(rest))) return done + atOnce(state, () => readvSync(fd, rest, offset + done));
+  // Waits for I/O (the cached part is read again with the rest); a short read there means
+  // the end of the file.
+  if (fits && runsAtOnce(state, false, iovLength(bufs))) return atOnce(state, () => readvSync(fd, bufs, offset));
   const ring = fits ? Uring.get() : null;
-  return (ring ? ring.readv(fd, rest, offset + done) : poolv(fsReadv, fd, rest, offset + done)).then((n) => done + n);
+  return ring ? ring.readv(fd, bufs, offset) : poolv(fsReadv, fd, bufs, offset);
 }
 
 /** Writes `bufs` at `offset`; returns the bytes written, at once where the call ran at once. */

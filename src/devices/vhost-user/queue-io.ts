@@ -9,6 +9,7 @@
 import { readvSync, writevSync } from 'node:fs';
 import { Opcode, FUSE_WRITE_KILL_SUIDGID } from '../../fuse/opcodes.js';
 import { SH_READ, SH_READ_AT_ONCE, SH_WRITE, SH_WRITE_AT_ONCE, type SharedHandles } from '../../fs/shared-handles.js';
+import { readCached } from '../../fs/page-cache.js';
 import { native } from '../../native/native.js';
 import { iovAfter, iovLength, iovUpTo } from '../../util/iov.js';
 import { scatter } from './fuse-request.js';
@@ -59,16 +60,10 @@ export function serveInThread(chain: Chain, head: Buffer, handles: SharedHandles
       if (!(flags & SH_READ)) return null;
       if (flags & SH_READ_AT_ONCE) n = size ? readvSync(fd, dst, offset) : 0;
       else {
-        // From the page cache only. A short count is the end of the file or the cached part
-        // of the range; the next try tells (0: the end). A miss goes to the backend, which
-        // reads it all again (positional: harmless).
-        n = 0;
-        while (n < size) {
-          const k = native().rwNowait(fd, n ? iovAfter(dst, n) : dst, offset + n, false);
-          if (k === 0) break;
-          if (k < 0) return null;
-          n += k;
-        }
+        // From the page cache only; a miss goes to the backend, which reads it all again
+        // (positional: harmless).
+        n = size ? readCached(fd, dst, offset) : 0;
+        if (n < 0) return null;
       }
     }
   } catch {
