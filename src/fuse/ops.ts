@@ -21,6 +21,7 @@ import {
 import type { ReplyTarget, Session } from './session.js';
 import { Writer } from './wire.js';
 import { iovUpTo } from '../util/iov.js';
+import { then } from '../util/maybe-async.js';
 
 export interface OpContext {
   fs: FileSystem;
@@ -38,10 +39,14 @@ const MAX_REPLY_SIZE = 32 * 1024 * 1024;
 const NAME_MAX = 255;
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
+/** Throws ENOSYS unless the backend implements `name`. */
+function has<K extends keyof FileSystem>(fs: FileSystem, name: K): void {
+  if (typeof fs[name] !== 'function') throw new FsError(Errno.ENOSYS);
+}
+
 function method<K extends keyof FileSystem>(fs: FileSystem, name: K): NonNullable<FileSystem[K]> {
-  const m = fs[name];
-  if (typeof m !== 'function') throw new FsError(Errno.ENOSYS);
-  return (m as (...a: unknown[]) => unknown).bind(fs) as NonNullable<FileSystem[K]>;
+  has(fs, name);
+  return (fs[name] as (...a: unknown[]) => unknown).bind(fs) as NonNullable<FileSystem[K]>;
 }
 
 /** Validates and decodes a path component. */
@@ -116,21 +121,6 @@ class WireDirSink implements DirSink {
 
 /** A reply body, the bytes a backend placed in the transport's buffers itself, or nothing. */
 export type OpResult = Uint8Array[] | { placed: number } | void;
-
-type Maybe<T> = T | PromiseLike<T>;
-
-function isPromiseLike<T>(v: Maybe<T>): v is PromiseLike<T> {
-  return typeof (v as PromiseLike<T> | null)?.then === 'function';
-}
-
-/** `f` of a backend's answer: at once when the backend answered at once, else when it does. */
-function then<T, U>(r: Maybe<T>, f: (v: T) => U): U | Promise<U> {
-  return isPromiseLike(r) ? Promise.resolve(r).then(f) : f(r);
-}
-
-function has<K extends keyof FileSystem>(fs: FileSystem, name: K): void {
-  if (typeof fs[name] !== 'function') throw new FsError(Errno.ENOSYS);
-}
 
 function attrOut(r: AttrReply): Uint8Array[] {
   const w = new Writer(SIZE.attr_out);

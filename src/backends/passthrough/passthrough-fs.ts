@@ -61,6 +61,7 @@ import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, S_ISUID } from '../../util/
 import { type NowaitState, readAt, syncFile, writeAt } from './file-io.js';
 import { IdMap, type IdRange } from './id-map.js';
 import { type HostDevice, InodeTable, type PInode } from './inode-table.js';
+import { then } from '../../util/maybe-async.js';
 
 export type CacheMode = 'never' | 'metadata' | 'auto' | 'always';
 
@@ -269,9 +270,7 @@ export class PassthroughFs implements FileSystem {
   /** Registers a looked-up (or created) host inode and answers with its Entry (at once where nothing waits). */
   private entryFor(l: Looked): Entry | Promise<Entry> {
     const add = (dev: HostDevice) => this.table.add(l.fd, key(l.st), l.st.mode & S_IFMT, l.handle, dev);
-    const dev = this.deviceOf(l);
-    const n = dev instanceof Promise ? dev.then(add) : add(dev);
-    return n instanceof Promise ? n.then((node) => this.entryOf(node, l.st)) : this.entryOf(n, l.st);
+    return then(then(this.deviceOf(l), add), (node) => this.entryOf(node, l.st));
   }
 
   /** The Entry of a known inode, counting the kernel's new reference. */
@@ -353,7 +352,7 @@ export class PassthroughFs implements FileSystem {
     if (h) st = this.statFd(h.fd, n);
     else if (n.fd >= 0 && n.dev.local) st = sys.fstatxNow(n.fd); // open, and in memory: no trip at all
     else st = this.table.withFd(n, async (fd) => this.statFd(fd, n));
-    return st instanceof Promise ? st.then(reply) : reply(st);
+    return then(st, reply);
   }
 
   async setattr(ctx: RequestContext, ino: number, s: SetAttr): Promise<AttrReply> {
@@ -552,8 +551,7 @@ export class PassthroughFs implements FileSystem {
   read(_ctx: RequestContext, _ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Uint8Array | Promise<Uint8Array> {
     const h = this.handle(fh);
     const buf = Buffer.allocUnsafe(size);
-    const n = readAt(h.fd, [buf], offset, h);
-    return n instanceof Promise ? n.then((got) => buf.subarray(0, got)) : buf.subarray(0, n);
+    return then(readAt(h.fd, [buf], offset, h), (got) => buf.subarray(0, got));
   }
 
   /** preadv straight into the destination (guest memory over virtio-fs). */
