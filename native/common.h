@@ -70,6 +70,8 @@ napi_value js_backing_close(napi_env env, napi_callback_info info);
 napi_value js_dev_read(napi_env env, napi_callback_info info);
 napi_value js_dev_writev(napi_env env, napi_callback_info info);
 napi_value js_rw_nowait(napi_env env, napi_callback_info info);
+napi_value js_ring_fast_create(napi_env env, napi_callback_info info);
+napi_value js_ring_fast_serve(napi_env env, napi_callback_info info);
 napi_value js_uring_create(napi_env env, napi_callback_info info);
 napi_value js_uring_submit(napi_env env, napi_callback_info info);
 napi_value js_fuse_uring_create(napi_env env, napi_callback_info info);

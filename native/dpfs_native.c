@@ -8,6 +8,7 @@
  *   fusedev.c  /dev/fuse reads and writes, kernel FUSE passthrough backing files (ioctls)
  *   shared_map.cc  guest memory as a SharedArrayBuffer shared by threads
  *   nowait.c  page-cache reads and writes that never block (RWF_NOWAIT)
+ *   ring_fast.c  READ and WRITE on published open files served straight off a virtqueue
  *   uring.c  io_uring for the reads, writes and fsyncs that may wait
  *   fuse_uring.c  FUSE requests and replies over io_uring instead of /dev/fuse reads and writes
  * Errors are thrown (or rejected) as Errors carrying `code`, `errno` and `syscall`.
@@ -39,6 +40,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"devRead", NULL, js_dev_read, NULL, NULL, NULL, napi_default, NULL},
       {"devWritev", NULL, js_dev_writev, NULL, NULL, NULL, napi_default, NULL},
       {"rwNowait", NULL, js_rw_nowait, NULL, NULL, NULL, napi_default, NULL},
+      {"ringFastCreate", NULL, js_ring_fast_create, NULL, NULL, NULL, napi_default, NULL},
+      {"ringFastServe", NULL, js_ring_fast_serve, NULL, NULL, NULL, napi_default, NULL},
       {"uringCreate", NULL, js_uring_create, NULL, NULL, NULL, napi_default, NULL},
       {"uringSubmit", NULL, js_uring_submit, NULL, NULL, NULL, napi_default, NULL},
       {"fuseUringCreate", NULL, js_fuse_uring_create, NULL, NULL, NULL, napi_default, NULL},

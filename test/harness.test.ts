@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -144,7 +144,7 @@ test('two request queues on two queue threads serve requests independently', asy
     const fh = await c2.open(ino, 0);
     await Promise.all([...Array.from({ length: 50 }, () => c1.read(ino, fh, 0, 4096)), ...Array.from({ length: 50 }, () => c2.read(ino, fh, 0, 4096))]);
     // Each queue's requests, whether its thread served them or handed them to the main thread.
-    const per = [1, 2].map((q) => (dev.connection!.stats.perQueue[q] ?? 0) + dev.threads!.servedOn(q));
+    const per = [1, 2].map((q) => (dev.connection!.stats.perQueue[q] ?? 0) + dev.servedOn(q));
     assert.ok(per[0]! >= 50 && per[1]! >= 50, `per queue: ${per.join(', ')}`);
   });
 });
@@ -165,7 +165,7 @@ test('the null backend\'s READ and WRITE are served by the queue threads themsel
       assert.equal(r.error, 0);
       assert.ok(r.body.equals(Buffer.alloc(size)), `${size} zeros read`);
     }
-    const here = dev.threads!.servedOn(1) + dev.threads!.servedOn(2);
+    const here = dev.servedOn(1) + dev.servedOn(2);
     const byMain = [1, 2].reduce((n, q, i) => n + (dev.connection!.stats.perQueue[q] ?? 0) - before[i]!, 0);
     assert.ok(here >= 80, `served on the queue threads: ${here}`);
     assert.equal(byMain, 0, 'none left to the main thread');
@@ -173,7 +173,7 @@ test('the null backend\'s READ and WRITE are served by the queue threads themsel
     assert.equal((await c.call(Opcode.FUSE_RELEASE, ino, { fh, flags: 2, release_flags: 0, lock_owner: 0n })).error, 0);
     const r = await c.read(ino, fh, 0, 100);
     assert.ok(r.error === 0 && r.body.equals(Buffer.alloc(100)));
-    assert.equal(dev.threads!.servedOn(1) + dev.threads!.servedOn(2), here, 'by the main thread');
+    assert.equal(dev.servedOn(1) + dev.servedOn(2), here, 'by the main thread');
   });
 });
 
@@ -184,7 +184,9 @@ test('request queues handed to worker threads are driven from each at once, ever
     const pending = c.getattr(ino);
     assert.throws(() => drv.queues[1]!.handOff(), /in flight/, 'a ring with a request in flight stays');
     assert.equal((await pending).error, 0);
-    const before = [...dev.connection!.stats.perQueue];
+    // Served by the session or by the ring's native data path.
+    const served = (q: number) => (dev.connection!.stats.perQueue[q] ?? 0) + dev.servedOn(q);
+    const before = [0, 1, 2].map(served);
     const workers = [1, 2].map((q) => {
       const setup: LoadSetup = { layout: drv.queues[q]!.handOff(), firstUnique: String(BigInt(q) << 40n), ino, fh, fileBytes: 1 << 20 };
       return new Worker(new URL('../bench/ring-load-worker.js', import.meta.url), { workerData: setup });
@@ -197,7 +199,7 @@ test('request queues handed to worker threads are driven from each at once, ever
       results.forEach((r, i) => {
         assert.equal(r.error, undefined, `queue ${i + 1}: ${r.error}`);
         assert.ok(r.ops > 50, `queue ${i + 1} served ${r.ops} reads`);
-        assert.equal((dev.connection!.stats.perQueue[i + 1] ?? 0) - (before[i + 1] ?? 0), r.ops, `queue ${i + 1}: every read of its worker, and no other`);
+        assert.equal(served(i + 1) - before[i + 1]!, r.ops, `queue ${i + 1}: every read of its worker, and no other`);
       });
     } finally {
       await Promise.all(workers.map((w) => new Promise((r) => (w.once('exit', r), w.postMessage('stop')))));
@@ -235,7 +237,7 @@ for (const parent of ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p))) {
         assert.equal((await c.read(ino, fh, content.length + 10, 4096)).body.length, 0);
         assert.ok(readFileSync(join(src, 'f')).equals(expected), 'the host file holds what was written');
         const byMain = (dev.connection!.stats.perQueue[1] ?? 0) + (dev.connection!.stats.perQueue[2] ?? 0) - (before[1] ?? 0) - (before[2] ?? 0);
-        const here = dev.threads!.servedOn(1) + dev.threads!.servedOn(2);
+        const here = dev.servedOn(1) + dev.servedOn(2);
         assert.ok(here >= 100, `served on the queue threads: ${here}`);
         assert.ok(byMain <= 10, `left to the main thread: ${byMain}`);
         // What a thread may not do goes to the backend, which answers it: a write on a file
@@ -320,7 +322,7 @@ test('a READ racing the RELEASE of its handle never reads another file that took
         await c.call(Opcode.FUSE_RELEASE, b, { fh: fhB, flags: 0, release_flags: 0, lock_owner: 0n });
       }
       assert.ok(servedA > 0, 'some reads came before the release');
-      assert.ok(dev.threads!.servedOn(2) > 0, 'and the thread served them');
+      assert.ok(dev.servedOn(2) > 0, 'and the thread served them');
     });
   } finally {
     rmSync(src, { recursive: true, force: true });
@@ -428,10 +430,13 @@ for (const threads of [0, 1]) {
   test(`fuzzing: random hostile chains, FUSE and vhost-user messages never stop the daemon (bounded run, ${threads ? 'queue thread' : 'event loop'})`, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dpfs-fuzz-'));
     const socket = join(dir, 'vfs.sock');
-    const d = startDaemon(['vhost-user', socket, '-b', 'memory', '-t', String(threads)]);
+    // The passthrough, with a file whose READs and WRITEs the ring's native data path serves.
+    mkdirSync(join(dir, 'src'));
+    writeFileSync(join(dir, 'src', 'f'), Buffer.alloc(256 * 1024, 0x61));
+    const d = startDaemon(['vhost-user', socket, '-b', 'passthrough', '-s', join(dir, 'src'), '-t', String(threads)]);
     try {
       await waitFor(() => existsSync(socket), 'device socket');
-      const res = await fuzz(socket, { cases: 300, seed: 20261127 + threads });
+      const res = await fuzz(socket, { cases: 300, seed: 20261127 + threads, file: 'f' });
       assert.deepEqual(res.failures, []);
       assert.equal(res.cases, 300);
       assert.equal(d.child.exitCode, null, `daemon still running: ${d.stderr().slice(-500)}`);

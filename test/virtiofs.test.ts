@@ -141,7 +141,7 @@ test('a guest with 2 vCPUs and 2 request queues on 2 queue threads, which serve 
         assert.equal(all.length, 400);
         assert.equal(c.get('sum'), createHash('md5').update(Buffer.concat(all)).digest('hex'), 'what the guest read back is what the host holds');
         assert.equal(readFileSync(join(src, 'f1-123'), 'utf8'), '123\n');
-        const here = dev.threads!.servedOn(1) + dev.threads!.servedOn(2);
+        const here = dev.servedOn(1) + dev.servedOn(2);
         assert.ok(here >= 400, `READs and WRITEs served on the queue threads: ${here}`);
         const [, q1 = 0, q2 = 0] = dev.perQueue;
         assert.ok(q1 + q2 > 400, `requests per queue: ${dev.perQueue.join(', ')}`);

@@ -57,7 +57,7 @@ export async function startDevice(cfg: DeviceConfig, log: Logger, metrics = fals
       // A vhost-user device serves VMM after VMM: it ends only when stopped.
       let ended!: () => void;
       const done = new Promise<void>((r) => (ended = r));
-      return { name: cfg.name, stop: () => dev.stop().then(ended), ended: done, opStats: dev.opStats, servedElsewhere: () => dev.servedByThreads(), samples: () => [...dev.samples(), ...(fs.samples?.() ?? [])] };
+      return { name: cfg.name, stop: () => dev.stop().then(ended), ended: done, opStats: dev.opStats, servedElsewhere: () => dev.servedNatively(), samples: () => [...dev.samples(), ...(fs.samples?.() ?? [])] };
     }
   }
 }

@@ -4,7 +4,7 @@
  * Every case is replayable from its seed: `dpfs fuzz --seed S --cases 1`.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +15,8 @@ export interface FuzzOptions {
   seed: number;
   backend: 'memory' | 'null' | 'passthrough';
   threads: number;
+  /** A file in the device's root to aim READs and WRITEs at (fuzz.ts). */
+  file?: string;
 }
 
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
@@ -30,6 +32,8 @@ export async function runFuzz(socket: string | undefined, o: FuzzOptions): Promi
       const backend = ['-b', o.backend];
       if (o.backend === 'passthrough') {
         mkdirSync(join(dir!, 'src'));
+        // A file whose READs and WRITEs the cases aim at (served off the rings natively).
+        writeFileSync(join(dir!, 'src', 'f'), Buffer.alloc(256 * 1024, 0x61));
         backend.push('-s', join(dir!, 'src'));
       }
       child = spawn(process.execPath, [MAIN, 'vhost-user', socket, ...backend, '-t', String(o.threads)], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DPFS_LOG: 'error' } });
@@ -41,7 +45,7 @@ export async function runFuzz(socket: string | undefined, o: FuzzOptions): Promi
     }
     if (!existsSync(socket)) throw new Error(`no device socket at ${socket}`);
     const t0 = Date.now();
-    const res = await fuzz(socket, { cases: o.cases, seed: o.seed, log: (m) => process.stderr.write(`${m}\n`) });
+    const res = await fuzz(socket, { cases: o.cases, seed: o.seed, file: o.file ?? (child && o.backend !== 'memory' ? 'f' : undefined), log: (m) => process.stderr.write(`${m}\n`) });
     const died = child && child.exitCode !== null ? `the daemon exited (${child.exitCode ?? child.signalCode}): ${stderr}` : '';
     console.log(`${res.cases} cases from seed ${o.seed} in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${res.reconnects} reconnects, ${res.failures.length} failures`);
     for (const f of res.failures) console.log(`  seed ${f.seed} (${f.kind}): ${f.error} — replay: dpfs fuzz --seed ${f.seed} --cases 1`);

@@ -213,6 +213,7 @@ program
   .option('--seed <n>', 'seed of the first case (case i uses seed + i)', countArg, Date.now() % 1_000_000_000)
   .addOption(new Option('-b, --backend <type>', 'backend of the daemon started for the run').choices(['memory', 'null', 'passthrough']).default('memory'))
   .option('-t, --threads <n>', 'queue threads of the daemon started for the run', countArg, 0)
+  .option('--file <name>', "a file in the device's root whose handle hostile READs and WRITEs carry (default, for a daemon started for the run: one made for it)")
   .action(async (socket: string | undefined, o: FuzzOptions) => {
     process.exitCode = await runFuzz(socket ? resolve(socket) : undefined, o);
   });

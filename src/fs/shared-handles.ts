@@ -2,8 +2,8 @@
  * Open files whose reads and writes another thread may do itself: a table in shared memory
  * from a backend's file handle to the host descriptor behind it. The backend (main thread)
  * publishes a handle when it opens a regular file and withdraws it before closing the
- * descriptor; a virtio-fs queue thread serves READ and WRITE on a published handle without
- * the main thread (see queue-io.ts).
+ * descriptor; a virtio-fs ring's native data path (native/ring_fast.c), on a queue thread or
+ * on the main thread, serves READ and WRITE on a published handle without the session.
  *
  * A descriptor must never be used after it was closed (its number may already name another
  * file): a thread counts itself in as a slot's user before it checks the slot is live, and
@@ -37,9 +37,20 @@ export class SharedHandles {
   readonly buffer: SharedArrayBuffer;
   private readonly w: Int32Array;
 
+  /**
+   * The owner's hook for a write at once that waited (ms) on the event loop (see
+   * passthrough/file-io.ts: stalls count against the host device's budget).
+   */
+  onStall?: (fh: number, ms: number) => void;
+
   constructor(buffer?: SharedArrayBuffer) {
     this.buffer = buffer ?? new SharedArrayBuffer(SHARED_HANDLE_SLOTS * WORDS * 4);
     this.w = new Int32Array(this.buffer);
+  }
+
+  /** The table itself, for the native data path (ring_fast.c follows the same protocol). */
+  get table(): Int32Array {
+    return this.w;
   }
 
   private static slotOf(lo: number): number {
@@ -82,7 +93,14 @@ export class SharedHandles {
     return true;
   }
 
-  // ---- a user's side (a queue thread) ----------------------------------------------------
+  /** Changes what threads may do with published handle `fh` (no effect if it is not published). */
+  setFlags(fh: number, flags: number): void {
+    const lo = fh >>> 0;
+    const s = SharedHandles.slotOf(lo) * WORDS;
+    if (Atomics.load(this.w, s + STATE) === LIVE && this.w[s + FH_LO] === (lo | 0) && this.w[s + FH_HI] === Math.floor(fh / 2 ** 32)) Atomics.store(this.w, s + FLAGS, flags);
+  }
+
+  // ---- a user's side (a queue thread, or the native data path) ---------------------------
 
   /**
    * Enters the slot of handle (lo, hi) — its two 32-bit halves as they came in a request —

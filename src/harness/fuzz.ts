@@ -38,16 +38,32 @@ async function alive(c: FuseClient, ms = 3000): Promise<boolean> {
   return r !== 'timeout' && r.error === 0;
 }
 
-export async function fuzz(socket: string, opts: { cases: number; seed: number; log?: (m: string) => void }): Promise<FuzzResult> {
+/** An open file of the device's: hostile READs and WRITEs name its handle, to reach the I/O paths. */
+interface OpenTarget {
+  ino: number;
+  fh: number;
+}
+
+/**
+ * `file`: a regular file in the device's root to open read-write; hostile requests then
+ * often carry its handle (a backend may serve READ and WRITE on open files by other paths
+ * than the session's: those must meet hostile chains too).
+ */
+export async function fuzz(socket: string, opts: { cases: number; seed: number; file?: string; log?: (m: string) => void }): Promise<FuzzResult> {
   const result: FuzzResult = { cases: 0, reconnects: 0, failures: [] };
   let drv: GuestDriver | undefined;
   let c: FuseClient | undefined;
+  let target: OpenTarget | undefined;
   const connect = async () => {
     drv?.close();
     drv = new GuestDriver({ socket, depth: 8, queueSize: 64, slotBytes: 128 * 1024, indirect: true });
     await drv.connect();
     c = new FuseClient(drv);
     await c.init();
+    if (opts.file) {
+      const ino = await c.lookup(1, opts.file);
+      target = { ino, fh: await c.open(ino, 2) };
+    }
   };
   await connect();
   for (let i = 0; i < opts.cases; i++) {
@@ -55,8 +71,8 @@ export async function fuzz(socket: string, opts: { cases: number; seed: number; 
     const r = rng(seed);
     const kind = KINDS[Math.floor(r() * KINDS.length)]!;
     try {
-      if (kind === 'chain') hostileChain(drv!, r);
-      else if (kind === 'fuse') await hostileFuse(c!, r);
+      if (kind === 'chain') hostileChain(drv!, r, target);
+      else if (kind === 'fuse') await hostileFuse(c!, r, target);
       else hostileVhost(drv!, r);
     } catch {
       /* the sending side may refuse nonsense itself; that is fine */
@@ -88,7 +104,25 @@ export async function fuzz(socket: string, opts: { cases: number; seed: number; 
   return result;
 }
 
-function hostileChain(drv: GuestDriver, r: () => number): void {
+/** A READ or WRITE on `t` of random consistency: lengths, sizes and offsets that lie or do not. */
+function ioHeader(view: DataView, r: () => number, t: OpenTarget): number {
+  const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)]!;
+  const write = r() < 0.5;
+  const size = pick([0, 1, 4096, 65536, 0xffffffff, Math.floor(r() * 200_000)]);
+  const len = r() < 0.6 ? 80 + (write ? size : 0) : pick([79, 81, 0, Math.floor(r() * 300_000)]);
+  view.setUint32(0, len >>> 0, true);
+  view.setUint32(4, write ? Opcode.FUSE_WRITE : Opcode.FUSE_READ, true);
+  view.setBigUint64(8, BigInt(Math.floor(r() * 1e9)), true);
+  view.setBigUint64(16, BigInt(t.ino), true);
+  view.setUint16(36, r() < 0.9 ? 0 : Math.floor(r() * 65536), true);
+  view.setBigUint64(40, r() < 0.8 ? BigInt(t.fh) : BigInt(Math.floor(r() * 2 ** 40)), true);
+  view.setBigUint64(48, pick([0n, 4096n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 63n - 1n, 2n ** 64n - 1n, BigInt(Math.floor(r() * 2 ** 32))]), true);
+  view.setUint32(56, size >>> 0, true);
+  view.setUint32(60, pick([0, 0, 4, 0xffffffff]), true);
+  return len;
+}
+
+function hostileChain(drv: GuestDriver, r: () => number, target?: OpenTarget): void {
   const q = 1;
   const { desc, bytes, num, scratch } = drv.raw(q);
   const base = num - 8;
@@ -118,13 +152,31 @@ function hostileChain(drv: GuestDriver, r: () => number): void {
     desc.setUint16(base * 16 + 12, 4, true);
   }
   // A FUSE header of random consistency where the chain starts.
-  const hdr = new DataView(bytes.buffer, scratch, 40);
-  hdr.setUint32(0, pick([40, 41, 0, 0xffffffff, Math.floor(r() * 5000)]), true);
-  hdr.setUint32(4, pick([Opcode.FUSE_GETATTR, Opcode.FUSE_READ, Opcode.FUSE_WRITE, Opcode.FUSE_LOOKUP, 0, 9999, Math.floor(r() * 60)]), true);
+  const hdr = new DataView(bytes.buffer, scratch, 80);
+  if (target && r() < 0.5) {
+    // A READ or WRITE on the open file, often in a plausible first descriptor.
+    const len = ioHeader(hdr, r, target);
+    if (r() < 0.5) {
+      desc.setBigUint64(base * 16, BigInt(scratch), true);
+      desc.setUint32(base * 16 + 8, r() < 0.7 ? Math.min(len, 8192) : len, true);
+      desc.setUint16(base * 16 + 12, r() < 0.8 ? 1 : Math.floor(r() * 8), true);
+    }
+  } else {
+    hdr.setUint32(0, pick([40, 41, 0, 0xffffffff, Math.floor(r() * 5000)]), true);
+    hdr.setUint32(4, pick([Opcode.FUSE_GETATTR, Opcode.FUSE_READ, Opcode.FUSE_WRITE, Opcode.FUSE_LOOKUP, 0, 9999, Math.floor(r() * 60)]), true);
+  }
   drv.queues[q]!.publish(base);
 }
 
-async function hostileFuse(c: FuseClient, r: () => number): Promise<void> {
+async function hostileFuse(c: FuseClient, r: () => number, target?: OpenTarget): Promise<void> {
+  if (target && r() < 0.4) {
+    // A READ or WRITE on the open file in well-formed descriptors, its data as long as it is.
+    const req = Buffer.alloc(80 + Math.floor(r() * 9000));
+    ioHeader(new DataView(req.buffer, req.byteOffset, 80), r, target);
+    const t = new Promise((res) => setTimeout(res, 1000).unref());
+    await Promise.race([c.driver.request(1, req, r() < 0.5 ? 16 + 4096 : Math.floor(r() * 70000)), t]);
+    return;
+  }
   const ops = Object.keys(RequestSpecs).map(Number).filter((o) => o !== Opcode.FUSE_INIT && o !== Opcode.FUSE_DESTROY);
   const op = r() < 0.1 ? Math.floor(r() * 70000) : ops[Math.floor(r() * ops.length)]!;
   const body = Buffer.alloc(Math.floor(r() * 300));

@@ -37,6 +37,14 @@ export interface NativeAddon {
   eventfdDrain(fd: number): number;
   /** preadv2/pwritev2 with RWF_NOWAIT, synchronously: bytes moved, or -errno. */
   rwNowait(fd: number, bufs: Uint8Array[], offset: number, write: boolean): number;
+  /**
+   * A virtqueue's data path in native code (ring_fast.c): the rings, guest memory as
+   * [guest-physical address, bytes, ...], the SharedHandles table, and `report`: READs and
+   * WRITEs served (added to), and the handle and ms of the last write at once that waited.
+   */
+  ringFastCreate(desc: Uint8Array, avail: Uint8Array, used: Uint8Array, num: number, indirect: boolean, regions: (number | Uint8Array)[], handles: Int32Array, report: Float64Array): unknown;
+  /** Serves up to `max` READ/WRITE chains from `lastAvail` on; returns how many (both indices advance by it). */
+  ringFastServe(ctx: unknown, lastAvail: number, usedIdx: number, max: number, writesAtOnce: boolean): number;
   /** read(2) of one request from /dev/fuse into `scratch`: its bytes, 0 at end of file, or -errno. */
   devRead(devFd: number, scratch: Buffer): number;
   /** writev(2) of a reply to /dev/fuse; throws on failure. */

@@ -27,7 +27,8 @@ import {
 import type { QueueThreadSink, QueueThreads } from './queue-threads.js';
 import { scatter, splitRequest } from './fuse-request.js';
 import { RingRunner } from './ring-runner.js';
-import { Virtqueue, ringViews } from './virtqueue.js';
+import { type FastPathSpec, Virtqueue, ringViews } from './virtqueue.js';
+import { offloadPays } from '../../util/loop-load.js';
 
 /** What a connection asks of the device that owns it. */
 export interface RequestSink {
@@ -36,6 +37,8 @@ export interface RequestSink {
    * `placed` payload bytes were already written into `target` (the guest's buffers).
    */
   handle(request: Buffer, reply: (chunks: Uint8Array[], placed?: number) => void, target?: ReplyTarget): void;
+  /** What request queue q's native data path may serve, if it has one. */
+  fastPath?(q: number): FastPathSpec | undefined;
 }
 
 interface Vring {
@@ -364,6 +367,8 @@ export class VhostUserConnection implements QueueThreadSink {
       return;
     }
     vq.setBase(r.base);
+    const fast = index > 0 ? this.sink.fastPath?.(index) : undefined;
+    if (fast) vq.enableFastPath(fast);
     const runner: RingRunner = new RingRunner(vq, r.kickFd, r.callFd, {
       request: (chain) => {
         const { request, writeSrc } = splitRequest(chain.readable);
@@ -372,6 +377,9 @@ export class VhostUserConnection implements QueueThreadSink {
       badChain: (head, message) => this.badChain(index, head, message),
       broken: (message) => this.ringBroken(index, message),
       notifyFailed: (message) => this.notifyFailed(index, message),
+      // Writes at once are the event loop's time: not where the loop is saturated and
+      // io_uring's workers can run them on cores to spare (see passthrough/file-io.ts).
+      writesAtOnce: () => !offloadPays(),
     });
     r.runner = runner;
     runner.start();

@@ -14,6 +14,7 @@ import { native } from '../../native/native.js';
 import { type Logger, silentLogger } from '../../util/log.js';
 import { type RequestSink, VhostUserConnection } from './connection.js';
 import { QueueThreads } from './queue-threads.js';
+import type { FastPathSpec } from './virtqueue.js';
 
 export interface VhostUserFsOptions {
   socketPath: string;
@@ -45,6 +46,11 @@ export class VhostUserFsDevice implements RequestSink {
   /** The queue threads, when the request queues have them. */
   threads?: QueueThreads;
   connections = 0;
+  /**
+   * READs and WRITEs the rings' native data path served (the session never saw them): READs
+   * at 2q, WRITEs at 2q + 1; in shared memory, since queue threads add theirs.
+   */
+  readonly served = new Float64Array(new SharedArrayBuffer(16 * 1024));
   /** Requests served per queue (0: hiprio), over all connections. */
   readonly perQueue: number[] = [];
   /** READ payload bytes written straight into guest memory, over all connections. */
@@ -83,7 +89,7 @@ export class VhostUserFsDevice implements RequestSink {
     const requestQueues = this.requestQueues;
     const threads = Math.min(this.options.threads ?? 0, requestQueues);
     if (threads > 0) {
-      this.threads = new QueueThreads(threads, this.log);
+      this.threads = new QueueThreads(threads, this.log, this.served);
       // READ and WRITE on the backend's shared open files are served on the queue threads.
       if (this.options.fs.sharedHandles) this.threads.setHandles(this.options.fs.sharedHandles.buffer);
     }
@@ -118,15 +124,25 @@ export class VhostUserFsDevice implements RequestSink {
     }
   }
 
-  /** READs and WRITEs the queue threads served themselves (the session never saw them). */
-  servedByThreads(): [op: number, count: number][] {
-    const t = this.threads;
-    if (!t) return [];
+  /** Requests of queue q the native data path served. */
+  servedOn(q: number): number {
+    return (this.served[2 * q] ?? 0) + (this.served[2 * q + 1] ?? 0);
+  }
+
+  /** The native data path's share of each queue's requests (see `served`). */
+  fastPath(q: number): FastPathSpec | undefined {
+    const handles = this.options.fs.sharedHandles;
+    if (!handles || 2 * q + 2 > this.served.length) return undefined;
+    return { handles, counts: this.served.subarray(2 * q, 2 * q + 2), onStall: (fh, ms) => handles.onStall?.(fh, ms) };
+  }
+
+  /** READs and WRITEs the native data path served (the session never saw them). */
+  servedNatively(): [op: number, count: number][] {
     let reads = 0;
     let writes = 0;
     for (let q = 1; q <= this.requestQueues; q++) {
-      reads += t.served[2 * q]!;
-      writes += t.served[2 * q + 1]!;
+      reads += this.served[2 * q]!;
+      writes += this.served[2 * q + 1]!;
     }
     return [
       [Opcode.FUSE_READ, reads],
@@ -153,7 +169,7 @@ export class VhostUserFsDevice implements RequestSink {
     }
     const queues = Math.max(this.perQueue.length, live?.perQueue.length ?? 0, this.threads ? 1 + this.requestQueues : 0);
     for (let q = 0; q < queues; q++) {
-      const here = this.threads?.servedOn(q) ?? 0; // served by the queue thread itself
+      const here = this.servedOn(q); // served by the native data path
       out.push({ name: 'dpfs_virtio_queue_requests_total', help: 'Requests taken from each virtqueue (0: hiprio)', type: 'counter', value: (this.perQueue[q] ?? 0) + (live?.perQueue[q] ?? 0) + here, labels: { queue: String(q) } });
     }
     return out;

@@ -61,6 +61,11 @@ export class GuestMemory {
     return this.regions.map(({ bytes: _bytes, ...r }) => r);
   }
 
+  /** [guest-physical address, bytes] of every region, flat (for the native data path). */
+  regionList(): (number | Uint8Array)[] {
+    return this.regions.flatMap((r) => [r.guestPhysAddr, r.bytes]);
+  }
+
   /** A view of guest-physical [gpa, gpa + len). */
   slice(gpa: number, len: number): Uint8Array {
     return this.view(gpa, len, 'guestPhysAddr', 'guest');

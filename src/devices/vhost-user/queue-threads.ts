@@ -38,8 +38,6 @@ const CONTROL_TIMEOUT_MS = 5000;
 
 export class QueueThreads {
   private readonly threads: QueueThread[] = [];
-  /** Requests the threads served themselves (on shared handles): READs at 2q, WRITEs at 2q + 1. */
-  readonly served = new Float64Array(new SharedArrayBuffer(16 * 1024));
 
   /**
    * Each thread's busy polling so far, refreshed by the thread every second: waits caught
@@ -59,10 +57,6 @@ export class QueueThreads {
     return t;
   }
 
-  /** Requests queue q's thread served itself. */
-  servedOn(q: number): number {
-    return (this.served[2 * q] ?? 0) + (this.served[2 * q + 1] ?? 0);
-  }
   private handles?: SharedArrayBuffer;
   private nextGen = 1;
   private terminating = false;
@@ -71,6 +65,8 @@ export class QueueThreads {
   constructor(
     readonly count: number,
     private readonly log: Logger,
+    /** READs and WRITEs served by the threads' native data path: READs at 2q, WRITEs at 2q + 1 (shared memory). */
+    private readonly served: Float64Array,
   ) {
     for (let i = 0; i < count; i++) this.threads.push(this.spawn(i));
   }

@@ -10,8 +10,6 @@ import { WRITE_HEAD, requestHead } from './fuse-request.js';
 import { GuestMemory } from './guest-memory.js';
 import { CTL_SEQ, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, type ToQueueThread } from './queue-thread-messages.js';
 import { RingRunner } from './ring-runner.js';
-import { Opcode } from '../../fuse/opcodes.js';
-import { serveInThread } from './queue-io.js';
 import { SharedHandles } from '../../fs/shared-handles.js';
 import { native } from '../../native/native.js';
 import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
@@ -38,23 +36,17 @@ function start(s: RingStart): void {
   stop(s.q);
   const vq = new Virtqueue(mem, s.num, ringViews(mem, s.addr, s.num), { eventIdx: s.eventIdx, indirect: s.indirect });
   vq.setBase(s.base);
+  // READ and WRITE on the backend's published files: served here, by native code. A write
+  // that waits holds up only this thread's queues, so writes at once always may.
+  if (handles) vq.enableFastPath({ handles, counts: served.subarray(2 * s.q, 2 * s.q + 2) });
   let batch: Chain[] = [];
   // The start of each request, copied once: the guest cannot change it under us. It decides
   // whether this thread serves the request and, if not, is the header posted.
   let heads: ReturnType<typeof requestHead>[] = [];
   const runner: RingRunner = new RingRunner(vq, s.kickFd, s.callFd, {
     request: (chain) => {
-      const start = requestHead(chain.readable);
-      if (handles) {
-        const n = serveInThread(chain, start.head, handles);
-        if (n !== null) {
-          served[2 * s.q + (start.head.readUInt32LE(4) === Opcode.FUSE_WRITE ? 1 : 0)]!++;
-          runner.complete(chain.head, n);
-          return;
-        }
-      }
       batch.push(chain);
-      heads.push(start);
+      heads.push(requestHead(chain.readable));
     },
     drained: () => {
       if (batch.length === 0) return;
@@ -83,6 +75,7 @@ function start(s: RingStart): void {
     badChain: (head, message) => post({ t: 'badChain', q: s.q, head, message }),
     broken: (message) => post({ t: 'broken', q: s.q, gen: s.gen, message }),
     notifyFailed: (message) => post({ t: 'notifyFailed', q: s.q, message }),
+    writesAtOnce: () => true,
   });
   rings.set(s.q, { gen: s.gen, runner, spec: s });
   runner.start();
