@@ -13,6 +13,7 @@
  *   (where the served directory is made; default /var/tmp, a disk file system)  --rounds N
  *   (every server measured N times, interleaved: medians, and each ratio's range)
  *   --virtiofsd PATH  --virtiofsd-sandbox namespace|chroot  --busy-poll US (dpfs's spin limit)
+ *   --rows 'QD32,64 KiB' (only the rows whose names contain one of these)
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -37,6 +38,8 @@ const ROUNDS = roundsOption(option('rounds', '1'));
 /** dpfs's busy polling limit in µs (--busy-poll); unset: the daemon's default. */
 const BUSY_POLL = option('busy-poll', '');
 const threadArgs = [...(THREADS ? ['-t', THREADS] : []), ...(BUSY_POLL ? ['--busy-poll', BUSY_POLL] : [])];
+/** Only the rows whose names contain one of these (comma-separated); unset: every row. */
+const ROW_FILTER = option('rows', '').split(',').filter(Boolean);
 const FILE_BYTES = 64 * 1024 * 1024;
 
 const progress = (m: string) => process.stderr.write(`${m}\n`);
@@ -52,7 +55,8 @@ interface Row {
 }
 
 /** Runs `op` from `depth` concurrent loops for SECONDS over `queues` queues; returns the row. */
-async function run(server: Server, clients: FuseClient[], workload: string, unit: 'IOPS' | 'MiB/s' | 'ops/s', depth: number, bytesPerOp: number, op: (c: FuseClient, i: number) => Promise<void>): Promise<Row> {
+async function run(server: Server, clients: FuseClient[], workload: string, unit: 'IOPS' | 'MiB/s' | 'ops/s', depth: number, bytesPerOp: number, op: (c: FuseClient, i: number) => Promise<void>): Promise<Row | undefined> {
+  if (ROW_FILTER.length && !ROW_FILTER.some((f) => workload.includes(f))) return undefined;
   const h = latencyHistogram();
   let ops = 0;
   const until = Date.now() + SECONDS * 1000;
@@ -95,7 +99,7 @@ async function suite(server: Server, queues: number, fileName: string, quick: bo
     const data4k = Buffer.alloc(4096, 7);
     const data64k = Buffer.alloc(65536, 9);
     const data1m = Buffer.alloc(1024 * 1024, 3);
-    const rows: Row[] = [];
+    const rows: (Row | undefined)[] = [];
     const read = (size: number, at: (i: number) => number) => async (c: FuseClient, i: number) => check(await c.read(ino, fh, at(i), size), 'READ');
     const write = (buf: Buffer, at: (i: number) => number) => async (c: FuseClient, i: number) => check(await c.write(ino, fh, at(i), buf), 'WRITE');
     // Warm-up, not measured: a JIT compiles its hot paths in the first second; the rows are
@@ -131,7 +135,7 @@ async function suite(server: Server, queues: number, fileName: string, quick: bo
         }),
       );
     }
-    return rows;
+    return rows.filter((r) => r !== undefined);
   } finally {
     drv.close();
   }

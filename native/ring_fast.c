@@ -14,9 +14,11 @@
  *       memory); handles: the Int32Array of SharedHandles; report: Float64Array(4), see
  *       REPORT_*. The arrays are referenced by the context, so the memory stays mapped.
  *   ringFastServe(context, lastAvail, usedIdx, max, writesAtOnce) -> chains served (0..max)
- *       The caller advances both indices by the count. writesAtOnce: whether writes on
- *       handles marked "at once" may run here (a write that took longer than STALL_NS ends
- *       the call and is reported, so the owner can send that device's writes elsewhere).
+ *       The caller advances both indices by the count and decides on the interrupt; the
+ *       call also ends once it has run BATCH_NS, so that the driver hears of a long copy's
+ *       completion before the next one. writesAtOnce: whether writes on handles marked "at
+ *       once" may run here (a write that took longer than STALL_NS ends the call and is
+ *       reported, so the owner can send that device's writes elsewhere).
  *
  * Guest memory is shared with a guest that may change it at any time: every descriptor is
  * read once into a local copy and checked against the regions before any access, and the
@@ -73,6 +75,8 @@
 
 /* A write at once slower than this waited for something (file-io.ts's STALL_MS). */
 #define STALL_NS 1000000
+/* Chains taken after this long go to the next call (ring-runner.ts's NOTIFY_WITHIN_MS). */
+#define BATCH_NS 10000
 
 struct region {
   uint64_t gpa;
@@ -385,7 +389,8 @@ napi_value js_ring_fast_serve(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_bool(env, argv[4], &writes_at_once));
   static __thread struct chain c; /* 32 KiB: off the stack */
   uint32_t served = 0;
-  while (served < max) {
+  uint64_t t0 = now_ns();
+  while (served < max && (served == 0 || now_ns() - t0 < BATCH_NS)) {
     uint16_t avail_idx = __atomic_load_n(&r->avail[1], __ATOMIC_ACQUIRE);
     uint16_t next = (uint16_t)(last_avail + served);
     uint16_t pending = (uint16_t)(avail_idx - next);
