@@ -13,11 +13,11 @@
  *       desc/avail/used: Uint8Arrays over the rings; regions: [gpa, Uint8Array, ...] (guest
  *       memory); handles: the Int32Array of SharedHandles; report: Float64Array(4), see
  *       REPORT_*. The arrays are referenced by the context, so the memory stays mapped.
- *   ringFastServe(context, lastAvail, usedIdx, max, writesAtOnce) -> chains served (0..max)
+ *   ringFastServe(context, lastAvail, usedIdx, max, writeAtOnceMax) -> chains served (0..max)
  *       The caller advances both indices by the count and decides on the interrupt; the
  *       call also ends once it has run BATCH_NS, so that the driver hears of a long copy's
- *       completion before the next one. writesAtOnce: whether writes on handles marked "at
- *       once" may run here (a write that took longer than STALL_NS ends the call and is
+ *       completion before the next one. writeAtOnceMax: the largest write on a handle marked
+ *       "at once" that may run here (0: none) (a write that took longer than STALL_NS ends the call and is
  *       reported, so the owner can send that device's writes elsewhere).
  *
  * Guest memory is shared with a guest that may change it at any time: every descriptor is
@@ -241,7 +241,7 @@ static int64_t read_cached(int fd, struct iovec *iov, uint32_t n, uint64_t size,
 enum outcome { DECLINED, SERVED, SERVED_STALLED };
 
 /* Serves one chain if it is a plain READ or WRITE on a published handle. */
-static enum outcome serve(struct ring_fast *r, struct chain *c, bool writes_at_once, uint32_t *written) {
+static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_at_once_max, uint32_t *written) {
   if (c->rd_bytes < REQ_HEAD) return DECLINED;
   uint8_t head[REQ_HEAD];
   iov_copy(c->rd, c->nrd, 0, head, REQ_HEAD, false);
@@ -267,7 +267,7 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, bool writes_at_o
     if (write && (flags & SH_WRITE)) {
       uint32_t m = iov_range(c->rd, c->nrd, REQ_HEAD, size, io);
       if (size == 0) n = 0;
-      else if ((flags & SH_WRITE_AT_ONCE) && writes_at_once) {
+      else if ((flags & SH_WRITE_AT_ONCE) && size <= write_at_once_max) {
         uint64_t t0 = now_ns();
         n = pwritev(fd, io, (int)m, (off_t)offset);
         uint64_t took = now_ns() - t0;
@@ -378,15 +378,14 @@ napi_value js_ring_fast_serve(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
   struct ring_fast *r;
-  uint32_t last_avail, used_idx, max;
-  bool writes_at_once;
+  uint32_t last_avail, used_idx, max, write_at_once_max;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 5) return throw_errno(env, EINVAL, "ringFastServe");
   CHECK(napi_get_value_external(env, argv[0], (void **)&r));
   CHECK(napi_get_value_uint32(env, argv[1], &last_avail));
   CHECK(napi_get_value_uint32(env, argv[2], &used_idx));
   CHECK(napi_get_value_uint32(env, argv[3], &max));
-  CHECK(napi_get_value_bool(env, argv[4], &writes_at_once));
+  CHECK(napi_get_value_uint32(env, argv[4], &write_at_once_max));
   static __thread struct chain c; /* 32 KiB: off the stack */
   uint32_t served = 0;
   uint64_t t0 = now_ns();
@@ -398,7 +397,7 @@ napi_value js_ring_fast_serve(napi_env env, napi_callback_info info) {
     uint16_t head = __atomic_load_n(&r->avail[2 + next % r->num], __ATOMIC_RELAXED);
     if (head >= r->num || !walk(r, head, &c)) break;
     uint32_t written = 0;
-    enum outcome o = serve(r, &c, writes_at_once, &written);
+    enum outcome o = serve(r, &c, write_at_once_max, &written);
     if (o == DECLINED) break;
     uint32_t slot = (uint16_t)(used_idx + served) % r->num;
     r->used_ring[2 * slot] = head;

@@ -13,6 +13,7 @@ import { Worker } from 'node:worker_threads';
 import { MemoryFs } from '../src/backends/memory/memory-fs.js';
 import { NullFs } from '../src/backends/null/null-fs.js';
 import { PassthroughFs } from '../src/backends/passthrough/passthrough-fs.js';
+import { SH_WRITE_AT_ONCE } from '../src/fs/shared-handles.js';
 import { VhostUserFsDevice } from '../src/devices/vhost-user/device.js';
 import type { FileSystem } from '../src/fs/api.js';
 import { Opcode } from '../src/fuse/opcodes.js';
@@ -207,15 +208,18 @@ test('request queues handed to worker threads are driven from each at once, ever
   });
 });
 
-for (const parent of ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p))) {
-  test(`READ and WRITE on open files are served by the queue threads themselves, byte for byte (passthrough over ${parent})`, async () => {
+/** Where a ring is served: on the event loop (0 threads) or on queue threads. */
+const where = (threads: number) => (threads ? 'queue threads' : 'event loop');
+
+for (const [parent, threads] of ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p)).flatMap((p) => [0, 2].map((t) => [p, t] as const))) {
+  test(`READ and WRITE on open files are served by the rings' native data path, byte for byte (passthrough over ${parent}, ${where(threads)})`, async () => {
     const src = mkdtempSync(join(parent, 'dpfs-qio-'));
     const content = randomBytes(300_000);
     writeFileSync(join(src, 'f'), content);
     writeFileSync(join(src, 'w'), 'write-only');
     const fs = new PassthroughFs({ root: src });
     try {
-      await withHarness(fs, { queues: 2, threads: 2, slotBytes: 256 * 1024 }, async (c, drv, dev) => {
+      await withHarness(fs, { queues: 2, threads, slotBytes: 256 * 1024 }, async (c, drv, dev) => {
         const ino = await c.lookup(1, 'f');
         const fh = await c.open(ino, 2);
         const before = [...dev.connection!.stats.perQueue];
@@ -238,8 +242,8 @@ for (const parent of ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p))) {
         assert.ok(readFileSync(join(src, 'f')).equals(expected), 'the host file holds what was written');
         const byMain = (dev.connection!.stats.perQueue[1] ?? 0) + (dev.connection!.stats.perQueue[2] ?? 0) - (before[1] ?? 0) - (before[2] ?? 0);
         const here = dev.servedOn(1) + dev.servedOn(2);
-        assert.ok(here >= 100, `served on the queue threads: ${here}`);
-        assert.ok(byMain <= 10, `left to the main thread: ${byMain}`);
+        assert.ok(here >= 100, `served by the native data path: ${here}`);
+        assert.ok(byMain <= 10, `left to the session: ${byMain}`);
         // What a thread may not do goes to the backend, which answers it: a write on a file
         // opened read-only, a read on one opened write-only.
         const ro = await c.open(ino, 0);
@@ -257,72 +261,112 @@ for (const parent of ['/var/tmp', '/dev/shm'].filter((p) => existsSync(p))) {
   });
 }
 
-test('READ and WRITE in shapes a kernel never sends, on a handle the queue thread serves: answered by the backend, nothing written amiss', async () => {
-  const src = mkdtempSync(join('/dev/shm', 'dpfs-qhostile-'));
-  writeFileSync(join(src, 'f'), Buffer.alloc(4096, 0x61));
+for (const threads of [0, 1]) {
+  test(`READ and WRITE in shapes a kernel never sends, on a handle the native data path serves: answered by the backend, nothing written amiss (${where(threads)})`, async () => {
+    const src = mkdtempSync(join('/dev/shm', 'dpfs-qhostile-'));
+    writeFileSync(join(src, 'f'), Buffer.alloc(4096, 0x61));
+    const fs = new PassthroughFs({ root: src });
+    try {
+      await withHarness(fs, { threads, slotBytes: 64 * 1024 }, async (c, drv) => {
+        const ino = await c.lookup(1, 'f');
+        const fh = await c.open(ino, 2);
+        const raw = (op: number, args: Record<string, unknown>, replyBytes: number) =>
+          drv.request(1, encodeRequest({ opcode: op, unique: 77n, nodeid: ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[op as keyof typeof RequestSpecs] as never, args), replyBytes);
+        const readArgs = { fh, offset: 0, size: 4096, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 };
+        // A reply area smaller than the READ asks for: the backend's reply does not fit (EIO).
+        const small = await raw(Opcode.FUSE_READ, readArgs, 16 + 100);
+        assert.equal(small.readInt32LE(4), -5);
+        // Smaller than a reply header: the chain comes back with nothing written.
+        assert.equal((await raw(Opcode.FUSE_READ, readArgs, 8)).length, 0);
+        // A WRITE whose size disagrees with its data: refused (EINVAL), nothing written.
+        const w = await raw(Opcode.FUSE_WRITE, { fh, offset: 0, size: 100, write_flags: 0, lock_owner: 0n, flags: 0, padding: 0, data: Buffer.alloc(50, 0x7a) }, 16 + 8);
+        assert.equal(w.readInt32LE(4), -22);
+        // Just below 2^53: served (nothing there); at it: the end of the file, or EFBIG.
+        assert.equal((await c.read(ino, fh, 2 ** 53 - 1, 16)).body.length, 0);
+        assert.equal((await c.read(ino, fh, 2 ** 53, 16)).body.length, 0);
+        assert.equal((await c.write(ino, fh, 2 ** 53, Buffer.from('x'))).error, -27);
+        // A write that must drop setuid bits goes to the backend, and lands.
+        const kill = await raw(Opcode.FUSE_WRITE, { fh, offset: 10, size: 3, write_flags: 4, lock_owner: 0n, flags: 0, padding: 0, data: Buffer.from('KIL') }, 16 + 8);
+        assert.equal(kill.readInt32LE(4), 0);
+        assert.equal(kill.readUInt32LE(16), 3);
+        const want = Buffer.alloc(4096, 0x61);
+        want.write('KIL', 10);
+        assert.ok((await c.read(ino, fh, 0, 4096)).body.equals(want));
+        assert.equal((await c.getattr(1)).error, 0, 'and the device goes on');
+      });
+    } finally {
+      rmSync(src, { recursive: true, force: true });
+    }
+  });
+}
+
+for (const threads of [0, 2]) {
+  test(`a READ racing the RELEASE of its handle never reads another file that took the descriptor (${where(threads)})`, async () => {
+    const src = mkdtempSync(join('/dev/shm', 'dpfs-qrace-'));
+    writeFileSync(join(src, 'a'), Buffer.alloc(4096, 0x61));
+    writeFileSync(join(src, 'b'), Buffer.alloc(4096, 0x62));
+    const fs = new PassthroughFs({ root: src });
+    try {
+      await withHarness(fs, { queues: 2, threads, slotBytes: 64 * 1024 }, async (c, drv, dev) => {
+        const a = await c.lookup(1, 'a');
+        const b = await c.lookup(1, 'b');
+        const q2 = new FuseClient(drv, 2, 1n << 40n);
+        let servedA = 0;
+        for (let i = 0; i < 150; i++) {
+          const fh = await c.open(a, 0);
+          // Reads of A on queue 2 while queue 1 releases A and opens B (which may get A's
+          // descriptor number): each read is A's content or an error, never B's.
+          const reads = Array.from({ length: 6 }, () => q2.read(a, fh, 0, 64));
+          const release = c.call(Opcode.FUSE_RELEASE, a, { fh, flags: 0, release_flags: 0, lock_owner: 0n });
+          const fhB = await c.open(b, 0);
+          for (const r of await Promise.all(reads)) {
+            if (r.error === 0) {
+              assert.ok(r.body.equals(Buffer.alloc(64, 0x61)), `read of A returned ${JSON.stringify(r.body.subarray(0, 8).toString())}`);
+              servedA++;
+            } else assert.equal(r.error, -9);
+          }
+          assert.equal((await release).error, 0);
+          await c.call(Opcode.FUSE_RELEASE, b, { fh: fhB, flags: 0, release_flags: 0, lock_owner: 0n });
+        }
+        assert.ok(servedA > 0, 'some reads came before the release');
+        assert.ok(dev.servedOn(2) > 0, 'and the native data path served them');
+      });
+    } finally {
+      rmSync(src, { recursive: true, force: true });
+    }
+  });
+}
+
+test('a write at once off a ring that waits counts against its device: over the budget, the ring writes that device no more at once', async () => {
+  const src = mkdtempSync(join('/var/tmp', 'dpfs-stall-'));
+  writeFileSync(join(src, 'f'), Buffer.alloc(8192, 0x61));
   const fs = new PassthroughFs({ root: src });
+  const atOnce = (fh: number) => {
+    const slot = fs.sharedHandles.enter(fh >>> 0, Math.floor(fh / 2 ** 32));
+    assert.ok(slot >= 0, 'published');
+    const f = fs.sharedHandles.flags(slot);
+    fs.sharedHandles.leave(slot);
+    return (f & SH_WRITE_AT_ONCE) !== 0;
+  };
   try {
-    await withHarness(fs, { threads: 1, slotBytes: 64 * 1024 }, async (c, drv) => {
+    await withHarness(fs, { slotBytes: 64 * 1024 }, async (c, _drv, dev) => {
       const ino = await c.lookup(1, 'f');
       const fh = await c.open(ino, 2);
-      const raw = (op: number, args: Record<string, unknown>, replyBytes: number) =>
-        drv.request(1, encodeRequest({ opcode: op, unique: 77n, nodeid: ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[op as keyof typeof RequestSpecs] as never, args), replyBytes);
-      const readArgs = { fh, offset: 0, size: 4096, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 };
-      // A reply area smaller than the READ asks for: the backend's reply does not fit (EIO).
-      const small = await raw(Opcode.FUSE_READ, readArgs, 16 + 100);
-      assert.equal(small.readInt32LE(4), -5);
-      // Smaller than a reply header: the chain comes back with nothing written.
-      assert.equal((await raw(Opcode.FUSE_READ, readArgs, 8)).length, 0);
-      // A WRITE whose size disagrees with its data: refused (EINVAL), nothing written.
-      const w = await raw(Opcode.FUSE_WRITE, { fh, offset: 0, size: 100, write_flags: 0, lock_owner: 0n, flags: 0, padding: 0, data: Buffer.alloc(50, 0x7a) }, 16 + 8);
-      assert.equal(w.readInt32LE(4), -22);
-      // Just below 2^53: served (nothing there); at it: the end of the file, or EFBIG.
-      assert.equal((await c.read(ino, fh, 2 ** 53 - 1, 16)).body.length, 0);
-      assert.equal((await c.read(ino, fh, 2 ** 53, 16)).body.length, 0);
-      assert.equal((await c.write(ino, fh, 2 ** 53, Buffer.from('x'))).error, -27);
-      // A write that must drop setuid bits goes to the backend, and lands.
-      const kill = await raw(Opcode.FUSE_WRITE, { fh, offset: 10, size: 3, write_flags: 4, lock_owner: 0n, flags: 0, padding: 0, data: Buffer.from('KIL') }, 16 + 8);
-      assert.equal(kill.readInt32LE(4), 0);
-      assert.equal(kill.readUInt32LE(16), 3);
-      const want = Buffer.alloc(4096, 0x61);
-      want.write('KIL', 10);
-      assert.ok((await c.read(ino, fh, 0, 4096)).body.equals(want));
-      assert.equal((await c.getattr(1)).error, 0, 'and the device goes on');
-    });
-  } finally {
-    rmSync(src, { recursive: true, force: true });
-  }
-});
-
-test('a READ racing the RELEASE of its handle never reads another file that took the descriptor', async () => {
-  const src = mkdtempSync(join('/dev/shm', 'dpfs-qrace-'));
-  writeFileSync(join(src, 'a'), Buffer.alloc(4096, 0x61));
-  writeFileSync(join(src, 'b'), Buffer.alloc(4096, 0x62));
-  const fs = new PassthroughFs({ root: src });
-  try {
-    await withHarness(fs, { queues: 2, threads: 2, slotBytes: 64 * 1024 }, async (c, drv, dev) => {
-      const a = await c.lookup(1, 'a');
-      const b = await c.lookup(1, 'b');
-      const q2 = new FuseClient(drv, 2, 1n << 40n);
-      let servedA = 0;
-      for (let i = 0; i < 150; i++) {
-        const fh = await c.open(a, 0);
-        // Reads of A on queue 2 while queue 1 releases A and opens B (which may get A's
-        // descriptor number): each read is A's content or an error, never B's.
-        const reads = Array.from({ length: 6 }, () => q2.read(a, fh, 0, 64));
-        const release = c.call(Opcode.FUSE_RELEASE, a, { fh, flags: 0, release_flags: 0, lock_owner: 0n });
-        const fhB = await c.open(b, 0);
-        for (const r of await Promise.all(reads)) {
-          if (r.error === 0) {
-            assert.ok(r.body.equals(Buffer.alloc(64, 0x61)), `read of A returned ${JSON.stringify(r.body.subarray(0, 8).toString())}`);
-            servedA++;
-          } else assert.equal(r.error, -9);
-        }
-        assert.equal((await release).error, 0);
-        await c.call(Opcode.FUSE_RELEASE, b, { fh: fhB, flags: 0, release_flags: 0, lock_owner: 0n });
-      }
-      assert.ok(servedA > 0, 'some reads came before the release');
-      assert.ok(dev.servedOn(2) > 0, 'and the thread served them');
+      assert.ok(atOnce(fh), 'a local disk file: written at once');
+      assert.equal((await c.write(ino, fh, 0, Buffer.from('one'))).error, 0);
+      assert.equal(dev.served[3], 1, 'by the native data path');
+      // What ring_fast.c reports of a write that took 30 ms (over the 20 ms budget at once).
+      fs.sharedHandles.onStall!(fh, 30);
+      assert.ok(!atOnce(fh), 'backed off: not at once any more');
+      const fh2 = await c.open(ino, 2);
+      assert.ok(!atOnce(fh2), 'nor a file of the same device opened meanwhile');
+      // Written all the same, by the backend the asynchronous way.
+      assert.equal((await c.write(ino, fh2, 3, Buffer.from('two'))).error, 0);
+      assert.equal(dev.served[3], 1, 'not by the native data path');
+      assert.equal(readFileSync(join(src, 'f')).subarray(0, 6).toString(), 'onetwo');
+      const r = await c.read(ino, fh, 0, 6);
+      assert.equal(r.body.toString(), 'onetwo');
+      assert.equal(dev.served[2], 1, 'reads still served off the ring');
     });
   } finally {
     rmSync(src, { recursive: true, force: true });

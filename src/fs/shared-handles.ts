@@ -30,6 +30,12 @@ const EMPTY = 0;
 const LIVE = 1;
 const DYING = 2;
 
+/**
+ * The most bytes a read or write at once may move on the event loop (a copy this size takes
+ * microseconds); larger ones go where waiting costs the loop nothing.
+ */
+export const AT_ONCE_MAX = 128 * 1024;
+
 /** Slots: handles beyond this many at once (or colliding ones) stay with the main thread. */
 export const SHARED_HANDLE_SLOTS = 4096;
 

@@ -43,8 +43,11 @@ export interface NativeAddon {
    * WRITEs served (added to), and the handle and ms of the last write at once that waited.
    */
   ringFastCreate(desc: Uint8Array, avail: Uint8Array, used: Uint8Array, num: number, indirect: boolean, regions: (number | Uint8Array)[], handles: Int32Array, report: Float64Array): unknown;
-  /** Serves up to `max` READ/WRITE chains from `lastAvail` on; returns how many (both indices advance by it). */
-  ringFastServe(ctx: unknown, lastAvail: number, usedIdx: number, max: number, writesAtOnce: boolean): number;
+  /**
+   * Serves up to `max` READ/WRITE chains from `lastAvail` on, writes "at once" only up to
+   * `writeAtOnceMax` bytes; returns how many (both indices advance by it).
+   */
+  ringFastServe(ctx: unknown, lastAvail: number, usedIdx: number, max: number, writeAtOnceMax: number): number;
   /** read(2) of one request from /dev/fuse into `scratch`: its bytes, 0 at end of file, or -errno. */
   devRead(devFd: number, scratch: Buffer): number;
   /** writev(2) of a reply to /dev/fuse; throws on failure. */

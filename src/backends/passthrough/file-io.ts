@@ -32,6 +32,7 @@ import { Uring } from '../../native/uring.js';
 import { iovAfter, iovLength } from '../../util/iov.js';
 import { offloadPays } from '../../util/loop-load.js';
 import { readCached } from '../../fs/page-cache.js';
+import { AT_ONCE_MAX } from '../../fs/shared-handles.js';
 
 const IOV_MAX = 1024;
 
@@ -59,10 +60,11 @@ export interface StallBudget {
   backoffMs?: number;
   /** Back-offs so far. */
   trips?: number;
+  /** Called when the budget trips (slowUntil was just set). */
+  onTrip?: () => void;
 }
 
-/** The most bytes a call runs at once (a copy this size takes microseconds). */
-export const AT_ONCE_MAX = 128 * 1024;
+export { AT_ONCE_MAX };
 /** A call at once slower than this (ms) waited for something: a stall of the event loop. */
 export const STALL_MS = 1;
 /** Stalls a file may cost the event loop per STALL_WINDOW_MS before its writes go asynchronous. */
@@ -98,6 +100,7 @@ export function tookAtOnce(state: NowaitState, ms: number, now = performance.now
   b.slowUntil = now + b.backoffMs;
   b.stallSince = undefined;
   b.trips = (b.trips ?? 0) + 1;
+  b.onTrip?.();
 }
 
 function atOnce(state: NowaitState, call: () => number): number {

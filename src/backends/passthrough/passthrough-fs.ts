@@ -58,7 +58,7 @@ import {
   sysNow,
 } from '../../native/syscalls.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, S_ISUID } from '../../util/mode.js';
-import { type NowaitState, readAt, syncFile, writeAt } from './file-io.js';
+import { type NowaitState, type StallBudget, readAt, syncFile, tookAtOnce, writeAt } from './file-io.js';
 import { IdMap, type IdRange } from './id-map.js';
 import { type HostDevice, InodeTable, type PInode } from './inode-table.js';
 import { then } from '../../util/maybe-async.js';
@@ -103,6 +103,8 @@ interface Handle extends NowaitState {
   backed?: boolean;
   /** Published in sharedHandles (queue threads may do its I/O). */
   shared?: boolean;
+  /** What it was published with (SH_*), outside a back-off of its device's writes. */
+  sharedFlags?: number;
   /** Directory handles: serialises getdents on the shared file position. */
   dirQueue?: Promise<unknown>;
   /**
@@ -146,6 +148,11 @@ export class PassthroughFs implements FileSystem {
     this.gids = new IdMap(opts.gidMap ?? []);
     this.table = new InodeTable({ maxFds: opts.maxFds ?? 4096, maxPinned: 16384 });
     this.switchCreds = process.getuid?.() === 0;
+    // A write at once off a ring that waited counts against its device's budget as ours do.
+    this.sharedHandles.onStall = (fh, ms) => {
+      const h = this.handles.get(fh);
+      if (h) tookAtOnce(h, ms);
+    };
     this.capabilities = {
       writebackCache: opts.writeback ?? false,
       cacheSymlinks: this.cache !== 'never',
@@ -472,7 +479,7 @@ export class PassthroughFs implements FileSystem {
     // Calls at once only on regular files: a FIFO or a device may wait for a peer however
     // the file system holds it.
     const atOnce = node.type === S_IFREG && !direct;
-    const h: Handle = { fd, node, noNowaitRead: direct, noNowaitWrite: direct, inMemory: atOnce && node.dev.memory, localDisk: atOnce && node.dev.local && !node.dev.memory ? (node.dev.stalls ??= {}) : undefined };
+    const h: Handle = { fd, node, noNowaitRead: direct, noNowaitWrite: direct, inMemory: atOnce && node.dev.memory, localDisk: atOnce && node.dev.local && !node.dev.memory ? (node.dev.stalls ??= this.stallBudget()) : undefined };
     this.handles.set(fh, h);
     let flags = 0;
     if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
@@ -507,7 +514,37 @@ export class PassthroughFs implements FileSystem {
     if (acc !== O_RDONLY && !this.opts.readOnly) flags |= SH_WRITE;
     if (h.inMemory) flags |= SH_READ_AT_ONCE | SH_WRITE_AT_ONCE;
     if (h.localDisk) flags |= SH_WRITE_AT_ONCE;
-    if (flags) h.shared = this.sharedHandles.publish(fh, h.fd, flags);
+    if (!flags) return;
+    h.sharedFlags = flags;
+    const backedOff = h.localDisk && performance.now() < (h.localDisk.slowUntil ?? 0);
+    h.shared = this.sharedHandles.publish(fh, h.fd, backedOff ? flags & ~SH_WRITE_AT_ONCE : flags);
+  }
+
+  /**
+   * A host device's budget for writes at once (file-io.ts). While it is backed off, the
+   * rings' native data path and queue threads write its files at once no more either (they
+   * try RWF_NOWAIT, which local disk file systems refuse, and hand the write here).
+   */
+  private stallBudget(): StallBudget {
+    const b: StallBudget = {
+      onTrip: () => {
+        this.shareWritesAtOnce(b, false);
+        const restore = () => {
+          const left = (b.slowUntil ?? 0) - performance.now();
+          if (left > 0) setTimeout(restore, left).unref();
+          else this.shareWritesAtOnce(b, true);
+        };
+        setTimeout(restore, b.backoffMs).unref();
+      },
+    };
+    return b;
+  }
+
+  private shareWritesAtOnce(b: StallBudget, on: boolean): void {
+    for (const [fh, h] of this.handles) {
+      if (h.localDisk !== b || !h.shared || h.sharedFlags === undefined) continue;
+      this.sharedHandles.setFlags(fh, on ? h.sharedFlags : h.sharedFlags & ~SH_WRITE_AT_ONCE);
+    }
   }
 
   /** The backing file of `node`, registered from `fd` (an open of it) if it has none yet; undefined: served by us. */

@@ -29,6 +29,7 @@ import { scatter, splitRequest } from './fuse-request.js';
 import { RingRunner } from './ring-runner.js';
 import { type FastPathSpec, Virtqueue, ringViews } from './virtqueue.js';
 import { offloadPays } from '../../util/loop-load.js';
+import { AT_ONCE_MAX } from '../../fs/shared-handles.js';
 
 /** What a connection asks of the device that owns it. */
 export interface RequestSink {
@@ -379,7 +380,7 @@ export class VhostUserConnection implements QueueThreadSink {
       notifyFailed: (message) => this.notifyFailed(index, message),
       // Writes at once are the event loop's time: not where the loop is saturated and
       // io_uring's workers can run them on cores to spare (see passthrough/file-io.ts).
-      writesAtOnce: () => !offloadPays(),
+      writeAtOnceMax: () => (offloadPays() ? 0 : AT_ONCE_MAX),
     });
     r.runner = runner;
     runner.start();

@@ -75,7 +75,7 @@ function start(s: RingStart): void {
     badChain: (head, message) => post({ t: 'badChain', q: s.q, head, message }),
     broken: (message) => post({ t: 'broken', q: s.q, gen: s.gen, message }),
     notifyFailed: (message) => post({ t: 'notifyFailed', q: s.q, message }),
-    writesAtOnce: () => true,
+    writeAtOnceMax: () => 0xffffffff,
   });
   rings.set(s.q, { gen: s.gen, runner, spec: s });
   runner.start();

@@ -22,10 +22,10 @@ export interface RingEvents {
   /** The driver could not be signalled. */
   notifyFailed(message: string): void;
   /**
-   * Whether the ring's native data path (Virtqueue.serveFast) may run writes that can wait a
-   * little, now; absent: never.
+   * The largest write that can wait a little (local disk) the ring's native data path
+   * (Virtqueue.serveFast) may run now; absent: none.
    */
-  writesAtOnce?(): boolean;
+  writeAtOnceMax?(): number;
 }
 
 /**
@@ -131,7 +131,7 @@ export class RingRunner {
         }
         return;
       }
-      const fast = vq.serveFast(BATCH - taken, this.events.writesAtOnce?.() ?? false);
+      const fast = vq.serveFast(BATCH - taken, this.events.writeAtOnceMax?.() ?? 0);
       if (fast > 0) {
         this.completed();
         taken += fast - 1;

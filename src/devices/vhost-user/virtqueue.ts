@@ -93,12 +93,13 @@ export class Virtqueue {
   /**
    * Serves up to `max` chains from the next one on in native code, as long as they are plain
    * READs and WRITEs on published handles; returns how many (0: the next chain, if any, is
-   * for pop()). `writesAtOnce`: whether writes that may wait a little (local disk) may run.
+   * for pop()). `writeAtOnceMax`: the largest write that may wait a little (local disk) to
+   * run here (0: none).
    */
-  serveFast(max: number, writesAtOnce: boolean): number {
+  serveFast(max: number, writeAtOnceMax: number): number {
     const f = this.fast;
     if (!f) return 0;
-    const n = native().ringFastServe(f.ctx, this.lastAvail, this.usedIdx, max, writesAtOnce);
+    const n = native().ringFastServe(f.ctx, this.lastAvail, this.usedIdx, max, writeAtOnceMax);
     if (n === 0) return 0;
     this.lastAvail = (this.lastAvail + n) & 0xffff;
     this.usedIdx = (this.usedIdx + n) & 0xffff;
