@@ -11,7 +11,7 @@
  *
  *   ringFastCreate(desc, avail, used, num, indirect, regions, handles, report) -> context
  *       desc/avail/used: Uint8Arrays over the rings; regions: [gpa, Uint8Array, ...] (guest
- *       memory); handles: the Int32Array of SharedHandles; report: Float64Array(4), see
+ *       memory); handles: the Int32Array of SharedHandles; report: Float64Array(5), see
  *       REPORT_*. The arrays are referenced by the context, so the memory stays mapped.
  *   ringFastServe(context, lastAvail, usedIdx, max, writeAtOnceMax) -> chains served (0..max)
  *       The caller advances both indices by the count and decides on the interrupt; the
@@ -66,12 +66,13 @@
 #define SH_READ_AT_ONCE 4
 #define SH_WRITE_AT_ONCE 8
 
-/* Report words: reads and writes served (running totals), and the last stall. */
+/* Report words: reads and writes served, the last stall, READ bytes (running totals but the stall). */
 #define REPORT_READS 0
 #define REPORT_WRITES 1
 #define REPORT_STALL_FH 2
 #define REPORT_STALL_MS 3
-#define REPORT_WORDS 4
+#define REPORT_READ_BYTES 4
+#define REPORT_WORDS 5
 
 /* A write at once slower than this waited for something (file-io.ts's STALL_MS). */
 #define STALL_NS 1000000
@@ -166,6 +167,26 @@ static bool walk(const struct ring_fast *r, uint32_t head, struct chain *c) {
     if (!(d.flags & DESC_F_NEXT)) return true;
     i = d.next;
   }
+}
+
+/*
+ * Whether the chain at `head` may be a READ or WRITE, from a glance at its first descriptor:
+ * most other requests are then declined without a walk. Only a shortcut: serve() decides on
+ * its own copy of the head.
+ */
+static bool maybe_io(const struct ring_fast *r, uint32_t head) {
+  struct desc d;
+  read_desc(r->desc, head, &d);
+  if (d.flags & DESC_F_INDIRECT) {
+    const uint8_t *t = d.len >= 16 ? guest_ptr(r, d.addr, 16) : NULL;
+    if (!t) return true; /* the walk says what is wrong with it */
+    read_desc(t, 0, &d);
+  }
+  const uint8_t *p = !(d.flags & (DESC_F_WRITE | DESC_F_INDIRECT)) && d.len >= 8 ? guest_ptr(r, d.addr, 8) : NULL;
+  if (!p) return true;
+  uint32_t op;
+  memcpy(&op, p + 4, 4);
+  return op == FUSE_READ || op == FUSE_WRITE;
 }
 
 /* Copies `len` bytes between a flat buffer and an iovec list starting `skip` bytes in. */
@@ -304,6 +325,7 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_a
   }
   iov_copy(c->wr, c->nwr, 0, out, write ? OUT_HEADER + WRITE_OUT : OUT_HEADER, true);
   r->report[write ? REPORT_WRITES : REPORT_READS] += 1;
+  if (!write) r->report[REPORT_READ_BYTES] += (double)n;
   *written = total;
   return stalled ? SERVED_STALLED : SERVED;
 }
@@ -395,7 +417,7 @@ napi_value js_ring_fast_serve(napi_env env, napi_callback_info info) {
     uint16_t pending = (uint16_t)(avail_idx - next);
     if (pending == 0 || pending > r->num) break; /* empty, or broken: the JavaScript ring says so */
     uint16_t head = __atomic_load_n(&r->avail[2 + next % r->num], __ATOMIC_RELAXED);
-    if (head >= r->num || !walk(r, head, &c)) break;
+    if (head >= r->num || !maybe_io(r, head) || !walk(r, head, &c)) break;
     uint32_t written = 0;
     enum outcome o = serve(r, &c, write_at_once_max, &written);
     if (o == DECLINED) break;

@@ -40,7 +40,7 @@ export interface NativeAddon {
   /**
    * A virtqueue's data path in native code (ring_fast.c): the rings, guest memory as
    * [guest-physical address, bytes, ...], the SharedHandles table, and `report`: READs and
-   * WRITEs served (added to), and the handle and ms of the last write at once that waited.
+   * WRITEs served, the handle and ms of the last write at once that waited, READ bytes.
    */
   ringFastCreate(desc: Uint8Array, avail: Uint8Array, used: Uint8Array, num: number, indirect: boolean, regions: (number | Uint8Array)[], handles: Int32Array, report: Float64Array): unknown;
   /**

@@ -47,15 +47,18 @@ export class VhostUserFsDevice implements RequestSink {
   threads?: QueueThreads;
   connections = 0;
   /**
-   * READs and WRITEs the rings' native data path served (the session never saw them): READs
-   * at 2q, WRITEs at 2q + 1; in shared memory, since queue threads add theirs.
+   * What the rings' native data path served (the session never saw it): per queue q, READs
+   * at 3q, WRITEs at 3q + 1, READ bytes (written straight into guest memory) at 3q + 2; in
+   * shared memory, since queue threads add theirs.
    */
-  readonly served = new Float64Array(new SharedArrayBuffer(16 * 1024));
+  readonly served = new Float64Array(new SharedArrayBuffer(24 * 1024));
   /** Requests served per queue (0: hiprio), over all connections. */
   readonly perQueue: number[] = [];
   /** READ payload bytes written straight into guest memory, over all connections. */
   get zeroCopyBytes(): number {
-    return this.pastZeroCopy + (this.connection?.stats.zeroCopyBytes ?? 0);
+    let native = 0;
+    for (let i = 2; i < this.served.length; i += 3) native += this.served[i]!;
+    return this.pastZeroCopy + (this.connection?.stats.zeroCopyBytes ?? 0) + native;
   }
   private pastZeroCopy = 0;
   private pastBadChains = 0;
@@ -126,14 +129,14 @@ export class VhostUserFsDevice implements RequestSink {
 
   /** Requests of queue q the native data path served. */
   servedOn(q: number): number {
-    return (this.served[2 * q] ?? 0) + (this.served[2 * q + 1] ?? 0);
+    return (this.served[3 * q] ?? 0) + (this.served[3 * q + 1] ?? 0);
   }
 
   /** The native data path's share of each queue's requests (see `served`). */
   fastPath(q: number): FastPathSpec | undefined {
     const handles = this.options.fs.sharedHandles;
-    if (!handles || 2 * q + 2 > this.served.length) return undefined;
-    return { handles, counts: this.served.subarray(2 * q, 2 * q + 2), onStall: (fh, ms) => handles.onStall?.(fh, ms) };
+    if (!handles || 3 * q + 3 > this.served.length) return undefined;
+    return { handles, counts: this.served.subarray(3 * q, 3 * q + 3), onStall: (fh, ms) => handles.onStall?.(fh, ms) };
   }
 
   /** READs and WRITEs the native data path served (the session never saw them). */
@@ -141,8 +144,8 @@ export class VhostUserFsDevice implements RequestSink {
     let reads = 0;
     let writes = 0;
     for (let q = 1; q <= this.requestQueues; q++) {
-      reads += this.served[2 * q]!;
-      writes += this.served[2 * q + 1]!;
+      reads += this.served[3 * q]!;
+      writes += this.served[3 * q + 1]!;
     }
     return [
       [Opcode.FUSE_READ, reads],

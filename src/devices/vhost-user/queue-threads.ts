@@ -65,7 +65,7 @@ export class QueueThreads {
   constructor(
     readonly count: number,
     private readonly log: Logger,
-    /** READs and WRITEs served by the threads' native data path: READs at 2q, WRITEs at 2q + 1 (shared memory). */
+    /** What the threads' native data path served (VhostUserFsDevice.served; shared memory). */
     private readonly served: Float64Array,
   ) {
     for (let i = 0; i < count; i++) this.threads.push(this.spawn(i));

@@ -38,7 +38,7 @@ function start(s: RingStart): void {
   vq.setBase(s.base);
   // READ and WRITE on the backend's published files: served here, by native code. A write
   // that waits holds up only this thread's queues, so writes at once always may.
-  if (handles) vq.enableFastPath({ handles, counts: served.subarray(2 * s.q, 2 * s.q + 2) });
+  if (handles) vq.enableFastPath({ handles, counts: served.subarray(3 * s.q, 3 * s.q + 3) });
   let batch: Chain[] = [];
   // The start of each request, copied once: the guest cannot change it under us. It decides
   // whether this thread serves the request and, if not, is the header posted.

@@ -38,8 +38,8 @@ export function ringViews(mem: GuestMemory, addr: { desc: number; avail: number;
 
 /**
  * READ and WRITE on published open files served by native code straight off the ring
- * (ring_fast.c); `counts` gets what it served, READs then WRITEs; `onStall` hears of writes
- * at once that waited.
+ * (ring_fast.c); `counts` gets what it served — READs, WRITEs, READ bytes; `onStall` hears
+ * of writes at once that waited.
  */
 export interface FastPathSpec {
   handles: SharedHandles;
@@ -55,6 +55,8 @@ export class Virtqueue {
   private readonly avail16: Uint16Array;
   private readonly used16: Uint16Array;
   private readonly used32: Uint32Array;
+  /** The used ring's avail_event field (event-idx). */
+  private readonly availEvent: Uint16Array;
   /** The used index at our last notification decision (event-idx). */
   private signalledUsed = 0;
 
@@ -71,6 +73,7 @@ export class Virtqueue {
     this.avail16 = new Uint16Array(rings.avail.buffer, rings.avail.byteOffset, 3 + num);
     this.used16 = new Uint16Array(rings.used.buffer, rings.used.byteOffset, 2);
     this.used32 = new Uint32Array(rings.used.buffer, rings.used.byteOffset + 4, 2 * num);
+    this.availEvent = new Uint16Array(rings.used.buffer, rings.used.byteOffset + 4 + 8 * num, 1);
   }
 
   /** The same ring over a new mapping of its memory (a new memory table): its indices carry over. */
@@ -85,7 +88,7 @@ export class Virtqueue {
 
   /** Lets native code serve READ and WRITE on `spec.handles` (see serveFast). */
   enableFastPath(spec: FastPathSpec): void {
-    const report = new Float64Array(4);
+    const report = new Float64Array(5);
     const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, report);
     this.fast = { ctx, report, spec };
   }
@@ -106,7 +109,8 @@ export class Virtqueue {
     const r = f.report;
     f.spec.counts[0]! += r[0]!;
     f.spec.counts[1]! += r[1]!;
-    r[0] = r[1] = 0;
+    f.spec.counts[2]! += r[4]!;
+    r[0] = r[1] = r[4] = 0;
     if (r[3]) {
       f.spec.onStall?.(r[2]!, r[3]);
       r[3] = 0;
@@ -202,10 +206,7 @@ export class Virtqueue {
 
   /** Event-idx: asks the driver to kick when it makes `lastAvail` available. */
   armKick(): void {
-    if (this.opts.eventIdx) {
-      const ring = new Uint16Array(this.used16.buffer, this.used16.byteOffset + 4 + 8 * this.num, 1);
-      Atomics.store(ring, 0, this.lastAvail);
-    }
+    if (this.opts.eventIdx) Atomics.store(this.availEvent, 0, this.lastAvail);
   }
 
   /** Whether the driver wants an interrupt for what was pushed since the last call. */
