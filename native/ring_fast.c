@@ -1,24 +1,26 @@
 /*
  * The data path of a virtio-fs request queue in one call: READ and WRITE requests on open
- * files a backend published (src/fs/shared-handles.ts) are taken from the avail ring, done
- * with one preadv/pwritev between the host file and guest memory, answered and returned to
- * the used ring, without a JavaScript object per request. Everything else stops the call
- * *before* that chain is taken, and the JavaScript ring (virtqueue.ts) takes it with its own
- * checks: an unusual chain, a malformed or extended request, another opcode, a handle not
- * published, a read the page cache cannot answer at once, any I/O error. So this file only
+ * files a backend published (src/fs/shared-handles.ts), and GETATTR of inodes it published,
+ * are taken from the avail ring, done with one preadv/pwritev between the host file and
+ * guest memory (or one statx), answered and returned to the used ring, without a
+ * JavaScript object per request. Everything else stops the call *before* that chain is
+ * taken, and the JavaScript ring (virtqueue.ts) takes it with its own checks: an unusual
+ * chain, a malformed or extended request, another opcode, a handle not published, a read
+ * the page cache cannot answer at once, any I/O error. So this file only
  * has to be safe, never complete: whatever it declines is served, or refused with a reason,
  * the usual way.
  *
- *   ringFastCreate(desc, avail, used, num, indirect, regions, handles, report) -> context
+ *   ringFastCreate(desc, avail, used, num, indirect, regions, handles, inodes, report) -> context
  *       desc/avail/used: Uint8Arrays over the rings; regions: [gpa, Uint8Array, ...] (guest
- *       memory); handles: the Int32Array of SharedHandles; report: Float64Array(5), see
- *       REPORT_*. The arrays are referenced by the context, so the memory stays mapped.
+ *       memory); handles, inodes: Int32Arrays of SharedHandles tables, by file handle and by
+ *       node id (inodes may be null); report: Float64Array(6), see REPORT_*. The arrays are
+ *       referenced by the context, so the memory stays mapped.
  *   ringFastServe(context, lastAvail, usedIdx, max, writeAtOnceMax) -> chains served (0..max)
  *       The caller advances both indices by the count and decides on the interrupt; the
  *       call also ends once it has run BATCH_NS, so that the driver hears of a long copy's
  *       completion before the next one. writeAtOnceMax: the largest write on a handle marked
- *       "at once" that may run here (0: none) (a write that took longer than STALL_NS ends the call and is
- *       reported, so the owner can send that device's writes elsewhere).
+ *       "at once" that may run here (0: none); a write that took longer than STALL_NS ends
+ *       the call and is reported, so the owner can send that device's writes elsewhere.
  *
  * Guest memory is shared with a guest that may change it at any time: every descriptor is
  * read once into a local copy and checked against the regions before any access, and the
@@ -28,6 +30,8 @@
 
 #include <limits.h>
 #include <stdint.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -47,9 +51,13 @@
 #define REQ_HEAD 80
 #define OUT_HEADER 16
 #define WRITE_OUT 8
+#define FUSE_GETATTR 3
 #define FUSE_READ 15
 #define FUSE_WRITE 16
 #define FUSE_WRITE_KILL_SUIDGID (1u << 2)
+#define FUSE_GETATTR_FH (1u << 0)
+#define GETATTR_REQ 56 /* in header and fuse_getattr_in */
+#define ATTR_OUT 104   /* fuse_attr_out */
 
 /* SharedHandles: slots of 6 int32 words (see shared-handles.ts). */
 #define SH_SLOTS 4096
@@ -65,6 +73,8 @@
 #define SH_WRITE 2
 #define SH_READ_AT_ONCE 4
 #define SH_WRITE_AT_ONCE 8
+#define SH_STAT_AT_ONCE 16
+#define SH_TIMEOUT_SHIFT 8
 
 /* Report words: reads and writes served, the last stall, READ bytes (running totals but the stall). */
 #define REPORT_READS 0
@@ -72,7 +82,8 @@
 #define REPORT_STALL_FH 2
 #define REPORT_STALL_MS 3
 #define REPORT_READ_BYTES 4
-#define REPORT_WORDS 5
+#define REPORT_GETATTRS 5
+#define REPORT_WORDS 6
 
 /* A write at once slower than this waited for something (file-io.ts's STALL_MS). */
 #define STALL_NS 1000000
@@ -95,6 +106,7 @@ struct ring_fast {
   struct region regions[MAX_REGIONS];
   uint32_t nregions;
   int32_t *handles;
+  int32_t *inodes; /* NULL: none published */
   double *report;
   napi_ref refs[MAX_REGIONS + 5];
   uint32_t nrefs;
@@ -186,7 +198,7 @@ static bool maybe_io(const struct ring_fast *r, uint32_t head) {
   if (!p) return true;
   uint32_t op;
   memcpy(&op, p + 4, 4);
-  return op == FUSE_READ || op == FUSE_WRITE;
+  return op == FUSE_READ || op == FUSE_WRITE || op == FUSE_GETATTR;
 }
 
 /* Copies `len` bytes between a flat buffer and an iovec list starting `skip` bytes in. */
@@ -261,14 +273,89 @@ static int64_t read_cached(int fd, struct iovec *iov, uint32_t n, uint64_t size,
 
 enum outcome { DECLINED, SERVED, SERVED_STALLED };
 
-/* Serves one chain if it is a plain READ or WRITE on a published handle. */
+/*
+ * Enters the slot of `key` in a SharedHandles table as one of its users and returns it, or
+ * NULL where the key is not published. An owner withdrawing a slot waits for its users in
+ * 10 ms steps (an Atomics.wait, which no system call wakes), so leave() needs no wake-up.
+ */
+static int32_t *enter(int32_t *table, uint64_t key) {
+  int32_t *s = table + (size_t)((uint32_t)key % SH_SLOTS) * SH_WORDS;
+  __atomic_fetch_add(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&s[SH_STATE], __ATOMIC_SEQ_CST) == SH_LIVE && (uint32_t)s[SH_FH_LO] == (uint32_t)key && (uint32_t)s[SH_FH_HI] == (uint32_t)(key >> 32)) return s;
+  __atomic_fetch_sub(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+static void leave(int32_t *s) {
+  __atomic_fetch_sub(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
+}
+
+/* The reply header, and what follows it in `out`, into the chain's writable buffers. */
+static void reply(struct chain *c, const uint8_t *head, uint8_t *out, uint32_t body, uint32_t total) {
+  int32_t ok = 0;
+  memcpy(out, &total, 4);
+  memcpy(out + 4, &ok, 4);
+  memcpy(out + 8, head + 8, 8); /* unique */
+  iov_copy(c->wr, c->nwr, 0, out, OUT_HEADER + body, true);
+}
+
+/*
+ * GETATTR of an inode (or, with FUSE_GETATTR_FH, an open file) the backend published as one
+ * whose attributes are read at once: one statx, the reply built here as the passthrough
+ * builds it (attr timeout from the slot's flags; ids as they are, since only backends that
+ * map none publish).
+ */
+static enum outcome serve_getattr(struct ring_fast *r, struct chain *c, const uint8_t *head, uint32_t *written) {
+  if (u32_at(head, 0) != GETATTR_REQ || c->rd_bytes != GETATTR_REQ || c->wr_bytes < OUT_HEADER + ATTR_OUT) return DECLINED;
+  bool by_fh = u32_at(head, 40) & FUSE_GETATTR_FH;
+  int32_t *table = by_fh ? r->handles : r->inodes;
+  int32_t *s = table ? enter(table, by_fh ? u64_at(head, 48) : u64_at(head, 16)) : NULL;
+  if (!s) return DECLINED;
+  int flags = s[SH_FLAGS];
+  struct statx st;
+  bool ok = (flags & SH_STAT_AT_ONCE) && statx(s[SH_FD], "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) == 0;
+  leave(s);
+  if (!ok) return DECLINED;
+  uint8_t out[OUT_HEADER + ATTR_OUT];
+  uint8_t *a = out + OUT_HEADER;
+  uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
+  uint32_t zero = 0, mode = st.stx_mode;
+  uint32_t rdev = (st.stx_rdev_minor & 0xff) | (st.stx_rdev_major << 8) | ((st.stx_rdev_minor & ~0xffu) << 12);
+  int64_t at = st.stx_atime.tv_sec, mt = st.stx_mtime.tv_sec, ct = st.stx_ctime.tv_sec;
+  memcpy(a, &valid, 8); /* attr_valid, attr_valid_nsec, dummy */
+  memcpy(a + 8, &zero, 4);
+  memcpy(a + 12, &zero, 4);
+  memcpy(a + 16, &st.stx_ino, 8); /* struct fuse_attr */
+  memcpy(a + 24, &st.stx_size, 8);
+  memcpy(a + 32, &st.stx_blocks, 8);
+  memcpy(a + 40, &at, 8);
+  memcpy(a + 48, &mt, 8);
+  memcpy(a + 56, &ct, 8);
+  memcpy(a + 64, &st.stx_atime.tv_nsec, 4);
+  memcpy(a + 68, &st.stx_mtime.tv_nsec, 4);
+  memcpy(a + 72, &st.stx_ctime.tv_nsec, 4);
+  memcpy(a + 76, &mode, 4);
+  memcpy(a + 80, &st.stx_nlink, 4);
+  memcpy(a + 84, &st.stx_uid, 4);
+  memcpy(a + 88, &st.stx_gid, 4);
+  memcpy(a + 92, &rdev, 4);
+  memcpy(a + 96, &st.stx_blksize, 4);
+  memcpy(a + 100, &zero, 4); /* flags */
+  reply(c, head, out, ATTR_OUT, OUT_HEADER + ATTR_OUT);
+  r->report[REPORT_GETATTRS] += 1;
+  *written = OUT_HEADER + ATTR_OUT;
+  return SERVED;
+}
+
+/* Serves one chain if it is a plain READ, WRITE or GETATTR the backend published. */
 static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_at_once_max, uint32_t *written) {
-  if (c->rd_bytes < REQ_HEAD) return DECLINED;
   uint8_t head[REQ_HEAD];
-  iov_copy(c->rd, c->nrd, 0, head, REQ_HEAD, false);
+  if (c->rd_bytes < IN_HEADER) return DECLINED;
+  iov_copy(c->rd, c->nrd, 0, head, c->rd_bytes < REQ_HEAD ? c->rd_bytes : REQ_HEAD, false);
   uint32_t len = u32_at(head, 0), op = u32_at(head, 4);
-  if (op != FUSE_READ && op != FUSE_WRITE) return DECLINED;
   if (head[36] | head[37]) return DECLINED; /* extensions: the session's business */
+  if (op == FUSE_GETATTR) return serve_getattr(r, c, head, written);
+  if ((op != FUSE_READ && op != FUSE_WRITE) || c->rd_bytes < REQ_HEAD) return DECLINED;
   uint64_t fh = u64_at(head, 40), offset = u64_at(head, 48);
   uint32_t size = u32_at(head, 56), flags_in = u32_at(head, 60);
   /* At or past 2^53 the backend answers (what it can name in a JavaScript number ends there). */
@@ -278,11 +365,10 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_a
             : (len != REQ_HEAD || c->rd_bytes != REQ_HEAD || c->wr_bytes < OUT_HEADER + (uint64_t)size))
     return DECLINED;
 
-  int32_t *s = r->handles + (size_t)((uint32_t)fh % SH_SLOTS) * SH_WORDS;
-  __atomic_fetch_add(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
+  int32_t *s = enter(r->handles, fh);
   int64_t n = -1;
   bool stalled = false;
-  if (__atomic_load_n(&s[SH_STATE], __ATOMIC_SEQ_CST) == SH_LIVE && (uint32_t)s[SH_FH_LO] == (uint32_t)fh && (uint32_t)s[SH_FH_HI] == (uint32_t)(fh >> 32)) {
+  if (s) {
     int fd = s[SH_FD], flags = s[SH_FLAGS];
     struct iovec io[MAX_IOV];
     if (write && (flags & SH_WRITE)) {
@@ -307,23 +393,18 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_a
         if (n < 0) n = -1;
       } else n = read_cached(fd, io, m, size, (off_t)offset);
     }
+    leave(s);
   }
-  /* An owner withdrawing the slot waits for its users in 10 ms steps (an Atomics.wait, which no system call wakes). */
-  __atomic_fetch_sub(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
   if (n < 0) return DECLINED; /* positional: the session doing it again is harmless */
 
   uint8_t out[OUT_HEADER + WRITE_OUT];
   uint32_t total = write ? OUT_HEADER + WRITE_OUT : OUT_HEADER + (uint32_t)n;
-  int32_t ok = 0;
-  memcpy(out, &total, 4);
-  memcpy(out + 4, &ok, 4);
-  memcpy(out + 8, head + 8, 8); /* unique */
   if (write) {
     uint32_t wrote = (uint32_t)n, pad = 0;
     memcpy(out + 16, &wrote, 4);
     memcpy(out + 20, &pad, 4);
   }
-  iov_copy(c->wr, c->nwr, 0, out, write ? OUT_HEADER + WRITE_OUT : OUT_HEADER, true);
+  reply(c, head, out, write ? WRITE_OUT : 0, total);
   r->report[write ? REPORT_WRITES : REPORT_READS] += 1;
   if (!write) r->report[REPORT_READ_BYTES] += (double)n;
   *written = total;
@@ -352,19 +433,22 @@ static bool hold_array(napi_env env, struct ring_fast *r, napi_value v, void **d
 }
 
 napi_value js_ring_fast_create(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value argv[8];
+  size_t argc = 9;
+  napi_value argv[9];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 8) return throw_errno(env, EINVAL, "ringFastCreate");
+  if (argc < 9) return throw_errno(env, EINVAL, "ringFastCreate");
   struct ring_fast *r = calloc(1, sizeof *r);
   if (!r) return throw_errno(env, ENOMEM, "ringFastCreate");
-  void *p[5];
-  size_t b[5];
+  void *p[6] = {0};
+  size_t b[6] = {0};
+  napi_valuetype inodes_type;
   uint32_t num = 0, nreg = 0;
   bool ok = napi_get_value_uint32(env, argv[3], &num) == napi_ok && num > 0 && num <= 32768 && (num & (num - 1)) == 0 &&
             napi_get_value_bool(env, argv[4], &r->indirect) == napi_ok && hold_array(env, r, argv[0], &p[0], &b[0]) &&
             hold_array(env, r, argv[1], &p[1], &b[1]) && hold_array(env, r, argv[2], &p[2], &b[2]) &&
-            hold_array(env, r, argv[6], &p[3], &b[3]) && hold_array(env, r, argv[7], &p[4], &b[4]) &&
+            hold_array(env, r, argv[6], &p[3], &b[3]) && hold_array(env, r, argv[8], &p[4], &b[4]) &&
+            napi_typeof(env, argv[7], &inodes_type) == napi_ok &&
+            (inodes_type == napi_null || (hold_array(env, r, argv[7], &p[5], &b[5]) && b[5] >= (size_t)SH_SLOTS * SH_WORDS * 4)) &&
             b[0] >= 16 * (size_t)num && b[1] >= 6 + 2 * (size_t)num && b[2] >= 6 + 8 * (size_t)num &&
             b[3] >= (size_t)SH_SLOTS * SH_WORDS * 4 && b[4] >= REPORT_WORDS * 8 && (uintptr_t)p[1] % 2 == 0 && (uintptr_t)p[2] % 4 == 0 &&
             napi_get_array_length(env, argv[5], &nreg) == napi_ok && nreg % 2 == 0 && nreg / 2 <= MAX_REGIONS;
@@ -388,6 +472,7 @@ napi_value js_ring_fast_create(napi_env env, napi_callback_info info) {
   r->num = num;
   r->handles = p[3];
   r->report = p[4];
+  r->inodes = p[5];
   napi_value ext;
   if (napi_create_external(env, r, finalize, NULL, &ext) != napi_ok) {
     finalize(env, r, NULL);

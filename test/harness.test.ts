@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -337,6 +337,68 @@ for (const threads of [0, 2]) {
   });
 }
 
+for (const threads of [0, 1]) {
+  test(`GETATTR of inodes and open files on a local file system is answered off the ring as the backend answers it (${where(threads)})`, async () => {
+    const src = mkdtempSync(join('/var/tmp', 'dpfs-getattr-'));
+    const names = Array.from({ length: 24 }, (_, i) => `f${i}`);
+    names.forEach((n, i) => writeFileSync(join(src, n), Buffer.alloc(i * 1000 + 1), { mode: 0o600 + i }));
+    mkdirSync(join(src, 'd'));
+    symlinkSync('f1', join(src, 'link'));
+    // Few cached descriptors: most inodes lose theirs, and their GETATTRs go to the backend.
+    const fs = new PassthroughFs({ root: src, maxFds: 8 });
+    try {
+      await withHarness(fs, { threads, slotBytes: 64 * 1024 }, async (c, _drv, dev) => {
+        const offRing = () => dev.served[4 + 3]!;
+        const check = (r: { error: number; body: Buffer }, name: string) => {
+          assert.equal(r.error, 0, name);
+          const st = lstatSync(join(src, name), { bigint: true });
+          const a = r.body;
+          assert.equal(a.readBigUInt64LE(0), 1n, `${name}: attr_valid (cache auto)`);
+          assert.equal(a.readBigUInt64LE(16), st.ino, `${name}: ino`);
+          assert.equal(a.readBigUInt64LE(24), st.size, `${name}: size`);
+          assert.equal(a.readBigUInt64LE(32), st.blocks, `${name}: blocks`);
+          assert.equal(BigInt(a.readBigInt64LE(48)) * 1_000_000_000n + BigInt(a.readUInt32LE(68)), st.mtimeNs, `${name}: mtime`);
+          assert.equal(BigInt(a.readBigInt64LE(56)) * 1_000_000_000n + BigInt(a.readUInt32LE(72)), st.ctimeNs, `${name}: ctime`);
+          assert.equal(BigInt(a.readUInt32LE(76)), st.mode, `${name}: mode`);
+          assert.equal(BigInt(a.readUInt32LE(80)), st.nlink, `${name}: nlink`);
+          assert.equal(BigInt(a.readUInt32LE(84)), st.uid, `${name}: uid`);
+          assert.equal(BigInt(a.readUInt32LE(88)), st.gid, `${name}: gid`);
+          assert.equal(BigInt(a.readUInt32LE(96)), st.blksize, `${name}: blksize`);
+        };
+        check(await c.getattr(1), '.');
+        assert.equal(offRing(), 1, 'the root: off the ring');
+        const inos = new Map<string, number>();
+        for (const n of [...names, 'd', 'link']) inos.set(n, await c.lookup(1, n));
+        // Most recently looked up first: those still hold their descriptors (an LRU of 8).
+        for (const n of [...names, 'd', 'link'].reverse()) check(await c.getattr(inos.get(n)!), n);
+        const before = offRing();
+        assert.ok(before >= 2 && before < names.length, `off the ring while the inode holds a descriptor: ${before}`);
+        // An open file, by its handle (the kernel's fstat), after a WRITE off the ring grew it.
+        const ino = inos.get('f3')!;
+        const fh = await c.open(ino, 2);
+        assert.equal((await c.write(ino, fh, 10_000, Buffer.from('x'))).error, 0);
+        check(await c.call(Opcode.FUSE_GETATTR, ino, { getattr_flags: 1, dummy: 0, fh }, 120), 'f3');
+        assert.equal(offRing(), before + 1, 'by its handle: off the ring');
+        // A forgotten inode is withdrawn with it: the backend answers, ESTALE.
+        const gone = await c.lookup(1, 'f0'); // looked up twice now, its descriptor fresh
+        check(await c.getattr(gone), 'f0');
+        assert.equal(offRing(), before + 2, 'off the ring');
+        await c.forget(gone, 2);
+        assert.equal((await c.getattr(gone)).error, -116);
+        assert.equal(offRing(), before + 2);
+      });
+      // Where ids are mapped, the backend answers every GETATTR itself.
+      const mapped = new PassthroughFs({ root: src, uidMap: [{ inside: 0, outside: 0, count: 1 }, { inside: 1, outside: 100000, count: 1000 }] });
+      await withHarness(mapped, { threads, slotBytes: 64 * 1024 }, async (c, _drv, dev) => {
+        assert.equal((await c.getattr(await c.lookup(1, 'f1'))).error, 0);
+        assert.equal(dev.served[4 + 3], 0, 'none off the ring');
+      });
+    } finally {
+      rmSync(src, { recursive: true, force: true });
+    }
+  });
+}
+
 test('a write at once off a ring that waits counts against its device: over the budget, the ring writes that device no more at once', async () => {
   const src = mkdtempSync(join('/var/tmp', 'dpfs-stall-'));
   writeFileSync(join(src, 'f'), Buffer.alloc(8192, 0x61));
@@ -354,7 +416,7 @@ test('a write at once off a ring that waits counts against its device: over the 
       const fh = await c.open(ino, 2);
       assert.ok(atOnce(fh), 'a local disk file: written at once');
       assert.equal((await c.write(ino, fh, 0, Buffer.from('one'))).error, 0);
-      assert.equal(dev.served[4], 1, 'by the native data path');
+      assert.equal(dev.served[5], 1, 'by the native data path');
       // What ring_fast.c reports of a write that took 30 ms (over the 20 ms budget at once).
       fs.sharedHandles.onStall!(fh, 30);
       assert.ok(!atOnce(fh), 'backed off: not at once any more');
@@ -362,11 +424,11 @@ test('a write at once off a ring that waits counts against its device: over the 
       assert.ok(!atOnce(fh2), 'nor a file of the same device opened meanwhile');
       // Written all the same, by the backend the asynchronous way.
       assert.equal((await c.write(ino, fh2, 3, Buffer.from('two'))).error, 0);
-      assert.equal(dev.served[4], 1, 'not by the native data path');
+      assert.equal(dev.served[5], 1, 'not by the native data path');
       assert.equal(readFileSync(join(src, 'f')).subarray(0, 6).toString(), 'onetwo');
       const r = await c.read(ino, fh, 0, 6);
       assert.equal(r.body.toString(), 'onetwo');
-      assert.equal(dev.served[3], 1, 'reads still served off the ring');
+      assert.equal(dev.served[4], 1, 'reads still served off the ring');
       assert.equal(dev.zeroCopyBytes, 6, 'straight into guest memory');
     });
   } finally {

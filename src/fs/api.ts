@@ -245,6 +245,12 @@ export interface FileSystem {
    * table names (virtio-fs queue threads); the backend withdraws a handle before closing it.
    */
   readonly sharedHandles?: SharedHandles;
+  /**
+   * Inodes (by node id) whose GETATTR another thread may answer itself with one statx of the
+   * descriptor the table names (flag SH_STAT_AT_ONCE, the attribute timeout in its high
+   * bits; see statFlags); the backend withdraws an inode before closing its descriptor.
+   */
+  readonly sharedInodes?: SharedHandles;
 
   lookup?(ctx: Ctx, parent: number, name: string): R<Entry>;
   /** Drops `nlookup` references the kernel held on `ino`. No reply is sent. */

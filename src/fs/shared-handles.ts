@@ -18,6 +18,17 @@ export const SH_WRITE = 2;
 export const SH_READ_AT_ONCE = 4;
 /** Writes may run at once (memory or local disk file system: a copy into the page cache). */
 export const SH_WRITE_AT_ONCE = 8;
+/** GETATTR may be answered with a statx of the descriptor at once (attributes in memory). */
+export const SH_STAT_AT_ONCE = 16;
+const TIMEOUT_SHIFT = 8;
+
+/**
+ * The flags that let GETATTR be answered from a published descriptor, with this attribute
+ * timeout (whole seconds, up to 2^23 - 1), for a backend whose ids need no mapping.
+ */
+export function statFlags(attrTimeout: number): number {
+  return SH_STAT_AT_ONCE | (Math.min(Math.max(0, Math.floor(attrTimeout)), 2 ** 23 - 1) << TIMEOUT_SHIFT);
+}
 
 const STATE = 0; // 0 empty, 1 live, 2 dying
 const FH_LO = 1;

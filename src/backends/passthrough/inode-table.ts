@@ -13,6 +13,7 @@ import { Errno, FsError, errnoOf } from '../../fuse/errno.js';
 import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, closeNow, procPath, sys } from '../../native/syscalls.js';
 import { S_IFDIR } from '../../util/mode.js';
 import type { StallBudget } from './file-io.js';
+import type { SharedHandles } from '../../fs/shared-handles.js';
 
 export interface PInode {
   nodeid: number;
@@ -46,6 +47,12 @@ export interface HostDevice {
 export interface InodeTableOptions {
   maxFds: number;
   maxPinned: number;
+  /**
+   * Where inodes on local file systems are published with their open descriptor, and with
+   * which flags, so that GETATTR can be answered off the rings (see SharedHandles); the
+   * table withdraws an inode before it closes the descriptor.
+   */
+  shared?: { table: SharedHandles; flags: number };
 }
 
 export class InodeTable {
@@ -82,6 +89,7 @@ export class InodeTable {
     this.byNode.set(1, root);
     this.byKey.set(key, root);
     this.openFds++;
+    this.publish(root);
     return root;
   }
 
@@ -119,6 +127,7 @@ export class InodeTable {
     this.openFds++;
     this.byNode.set(n.nodeid, n);
     this.byKey.set(key, n);
+    this.publish(n);
     this.trim();
     return n;
   }
@@ -151,6 +160,7 @@ export class InodeTable {
         else {
           n.fd = fd;
           this.openFds++;
+          if (!n.dead) this.publish(n);
         }
       }
       if (!n.pinned) {
@@ -173,12 +183,13 @@ export class InodeTable {
     for (const n of this.lru.values()) {
       if (this.openFds <= this.opts.maxFds) return;
       if (n.users > 0 || n.fd < 0) continue;
-      const fd = n.fd;
-      n.fd = -1;
-      this.openFds--;
       this.lru.delete(n.nodeid);
-      closeNow(fd);
+      this.closeFd(n);
     }
+  }
+
+  private publish(n: PInode): void {
+    if (this.opts.shared && n.dev.local) this.opts.shared.table.publish(n.nodeid, n.fd, this.opts.shared.flags);
   }
 
   /** Drops kernel references; forgets the inode (and closes its descriptor) at zero. Returns whether it is gone. */
@@ -196,11 +207,12 @@ export class InodeTable {
     return true;
   }
 
+  /** Closes n's descriptor, once no other thread can be using it (else it stays open, unnamed). */
   private closeFd(n: PInode): void {
     const fd = n.fd;
     n.fd = -1;
     this.openFds--;
-    closeNow(fd);
+    if (!this.opts.shared || this.opts.shared.table.withdraw(n.nodeid)) closeNow(fd);
   }
 }
 

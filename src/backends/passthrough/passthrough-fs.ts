@@ -9,7 +9,7 @@
  * on local file systems, and the metadata calls on file systems held in memory.
  */
 import type { Sample } from '../../metrics/sample.js';
-import { SH_READ, SH_READ_AT_ONCE, SH_WRITE, SH_WRITE_AT_ONCE, SharedHandles } from '../../fs/shared-handles.js';
+import { SH_READ, SH_READ_AT_ONCE, SH_WRITE, SH_WRITE_AT_ONCE, SharedHandles, statFlags } from '../../fs/shared-handles.js';
 import type {
   Attr,
   AttrReply,
@@ -146,7 +146,9 @@ export class PassthroughFs implements FileSystem {
     this.timeout = TIMEOUTS[this.cache];
     this.uids = new IdMap(opts.uidMap ?? []);
     this.gids = new IdMap(opts.gidMap ?? []);
-    this.table = new InodeTable({ maxFds: opts.maxFds ?? 4096, maxPinned: 16384 });
+    // GETATTR off the rings needs attributes as they are: not where ids are mapped.
+    this.statFlags = this.uids.identity && this.gids.identity ? statFlags(this.timeout) : 0;
+    this.table = new InodeTable({ maxFds: opts.maxFds ?? 4096, maxPinned: 16384, shared: this.statFlags ? { table: this.sharedInodes, flags: this.statFlags } : undefined });
     this.switchCreds = process.getuid?.() === 0;
     // A write at once off a ring that waited counts against its device's budget as ours do.
     this.sharedHandles.onStall = (fh, ms) => {
@@ -180,8 +182,12 @@ export class PassthroughFs implements FileSystem {
     await this.table.addRoot(root.fd, key(root.st), root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
   }
 
-  /** Open regular files whose I/O virtio-fs queue threads may do themselves. */
+  /** Open regular files whose I/O (and attributes) the rings' native data path may serve. */
   readonly sharedHandles = new SharedHandles();
+  /** Inodes whose GETATTR the rings' native data path may answer (see InodeTable). */
+  readonly sharedInodes = new SharedHandles();
+  /** What published descriptors on local file systems carry for GETATTR (0: ids are mapped). */
+  private readonly statFlags: number;
 
   /** Open descriptors held by the backend (for tests and metrics). */
   get openFds(): number {
@@ -515,6 +521,7 @@ export class PassthroughFs implements FileSystem {
     if (h.inMemory) flags |= SH_READ_AT_ONCE | SH_WRITE_AT_ONCE;
     if (h.localDisk) flags |= SH_WRITE_AT_ONCE;
     if (!flags) return;
+    if (h.node.dev.local) flags |= this.statFlags;
     h.sharedFlags = flags;
     const backedOff = h.localDisk && performance.now() < (h.localDisk.slowUntil ?? 0);
     h.shared = this.sharedHandles.publish(fh, h.fd, backedOff ? flags & ~SH_WRITE_AT_ONCE : flags);

@@ -48,16 +48,16 @@ export class VhostUserFsDevice implements RequestSink {
   connections = 0;
   /**
    * What the rings' native data path served (the session never saw it): per queue q, READs
-   * at 3q, WRITEs at 3q + 1, READ bytes (written straight into guest memory) at 3q + 2; in
-   * shared memory, since queue threads add theirs.
+   * at 4q, WRITEs at 4q + 1, READ bytes (written straight into guest memory) at 4q + 2,
+   * GETATTRs at 4q + 3; in shared memory, since queue threads add theirs.
    */
-  readonly served = new Float64Array(new SharedArrayBuffer(24 * 1024));
+  readonly served = new Float64Array(new SharedArrayBuffer(32 * 1024));
   /** Requests served per queue (0: hiprio), over all connections. */
   readonly perQueue: number[] = [];
   /** READ payload bytes written straight into guest memory, over all connections. */
   get zeroCopyBytes(): number {
     let native = 0;
-    for (let i = 2; i < this.served.length; i += 3) native += this.served[i]!;
+    for (let i = 2; i < this.served.length; i += 4) native += this.served[i]!;
     return this.pastZeroCopy + (this.connection?.stats.zeroCopyBytes ?? 0) + native;
   }
   private pastZeroCopy = 0;
@@ -94,7 +94,7 @@ export class VhostUserFsDevice implements RequestSink {
     if (threads > 0) {
       this.threads = new QueueThreads(threads, this.log, this.served);
       // READ and WRITE on the backend's shared open files are served on the queue threads.
-      if (this.options.fs.sharedHandles) this.threads.setHandles(this.options.fs.sharedHandles.buffer);
+      if (this.options.fs.sharedHandles) this.threads.setHandles(this.options.fs.sharedHandles.buffer, this.options.fs.sharedInodes?.buffer);
     }
     this.listenFd = native().listenUnix(this.options.socketPath);
     this.listenWatch = native().watch(this.listenFd, () => this.onAcceptable());
@@ -129,27 +129,30 @@ export class VhostUserFsDevice implements RequestSink {
 
   /** Requests of queue q the native data path served. */
   servedOn(q: number): number {
-    return (this.served[3 * q] ?? 0) + (this.served[3 * q + 1] ?? 0);
+    return (this.served[4 * q] ?? 0) + (this.served[4 * q + 1] ?? 0) + (this.served[4 * q + 3] ?? 0);
   }
 
   /** The native data path's share of each queue's requests (see `served`). */
   fastPath(q: number): FastPathSpec | undefined {
     const handles = this.options.fs.sharedHandles;
-    if (!handles || 3 * q + 3 > this.served.length) return undefined;
-    return { handles, counts: this.served.subarray(3 * q, 3 * q + 3), onStall: (fh, ms) => handles.onStall?.(fh, ms) };
+    if (!handles || 4 * q + 4 > this.served.length) return undefined;
+    return { handles, inodes: this.options.fs.sharedInodes, counts: this.served.subarray(4 * q, 4 * q + 4), onStall: (fh, ms) => handles.onStall?.(fh, ms) };
   }
 
-  /** READs and WRITEs the native data path served (the session never saw them). */
+  /** READs, WRITEs and GETATTRs the native data path served (the session never saw them). */
   servedNatively(): [op: number, count: number][] {
     let reads = 0;
     let writes = 0;
+    let getattrs = 0;
     for (let q = 1; q <= this.requestQueues; q++) {
-      reads += this.served[3 * q]!;
-      writes += this.served[3 * q + 1]!;
+      reads += this.served[4 * q]!;
+      writes += this.served[4 * q + 1]!;
+      getattrs += this.served[4 * q + 3]!;
     }
     return [
       [Opcode.FUSE_READ, reads],
       [Opcode.FUSE_WRITE, writes],
+      [Opcode.FUSE_GETATTR, getattrs],
     ];
   }
 

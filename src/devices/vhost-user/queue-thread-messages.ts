@@ -18,7 +18,7 @@ export interface RingStart {
 export type ToQueueThread =
   | { t: 'memory'; regions: SharedRegion[] | null }
   /** The backend's shared open files, whose READs and WRITEs the thread serves itself. */
-  | { t: 'handles'; buffer: SharedArrayBuffer }
+  | { t: 'handles'; buffer: SharedArrayBuffer; inodes?: SharedArrayBuffer }
   | ({ t: 'start' } & RingStart)
   | { t: 'call'; q: number; callFd: number }
   | { t: 'stop'; q: number }

@@ -58,6 +58,7 @@ export class QueueThreads {
   }
 
   private handles?: SharedArrayBuffer;
+  private inodes?: SharedArrayBuffer;
   private nextGen = 1;
   private terminating = false;
   sink?: QueueThreadSink;
@@ -74,7 +75,7 @@ export class QueueThreads {
   private spawn(i: number): QueueThread {
     const ctl = new Int32Array(new SharedArrayBuffer(CTL_SLOTS * 4));
     // A clean execArgv: the parent's flags (inspectors, -e) mean nothing to a queue thread.
-    const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { ctl: ctl.buffer, served: this.served.buffer, handles: this.handles, busyPollUs: busyPollSetting(), busyPoll: this.busyPoll.buffer, index: i }, execArgv: [] });
+    const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { ctl: ctl.buffer, served: this.served.buffer, handles: this.handles, inodes: this.inodes, busyPollUs: busyPollSetting(), busyPoll: this.busyPoll.buffer, index: i }, execArgv: [] });
     const t: QueueThread = { worker, ctl, done: new Map(), flushScheduled: false };
     worker.on('message', (m: FromQueueThread) => this.onMessage(m));
     const failed = (reason: string) => {
@@ -139,9 +140,10 @@ export class QueueThreads {
   }
 
   /** Lets every thread serve READ and WRITE on the backend's shared open files. */
-  setHandles(buffer: SharedArrayBuffer): void {
+  setHandles(buffer: SharedArrayBuffer, inodes?: SharedArrayBuffer): void {
     this.handles = buffer;
-    for (const t of this.threads) if (!t.failed) this.control(t, { t: 'handles', buffer });
+    this.inodes = inodes;
+    for (const t of this.threads) if (!t.failed) this.control(t, { t: 'handles', buffer, inodes });
   }
 
   /** Gives every thread the guest memory (or takes it away). */

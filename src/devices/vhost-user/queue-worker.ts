@@ -15,7 +15,7 @@ import { native } from '../../native/native.js';
 import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
 
 const port = parentPort!;
-const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer; busyPollUs?: number; busyPoll: SharedArrayBuffer; index: number };
+const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer; inodes?: SharedArrayBuffer; busyPollUs?: number; busyPoll: SharedArrayBuffer; index: number };
 if (data.busyPollUs) {
   native().busyPoll(data.busyPollUs);
   // For metrics: this thread's spins, where the main thread can read them.
@@ -27,6 +27,7 @@ const ctl = new Int32Array(data.ctl);
 const served = new Float64Array(data.served);
 let mem: GuestMemory | undefined;
 let handles = data.handles ? new SharedHandles(data.handles) : undefined;
+let inodes = data.inodes ? new SharedHandles(data.inodes) : undefined;
 const rings = new Map<number, { runner: RingRunner; gen: number; spec: RingStart }>();
 
 const post = (m: FromQueueThread, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
@@ -36,9 +37,10 @@ function start(s: RingStart): void {
   stop(s.q);
   const vq = new Virtqueue(mem, s.num, ringViews(mem, s.addr, s.num), { eventIdx: s.eventIdx, indirect: s.indirect });
   vq.setBase(s.base);
-  // READ and WRITE on the backend's published files: served here, by native code. A write
+  // READ and WRITE on the backend's published files, GETATTR of its published inodes:
+  // served here, by native code. A write
   // that waits holds up only this thread's queues, so writes at once always may.
-  if (handles) vq.enableFastPath({ handles, counts: served.subarray(3 * s.q, 3 * s.q + 3) });
+  if (handles) vq.enableFastPath({ handles, inodes, counts: served.subarray(4 * s.q, 4 * s.q + 4) });
   let batch: Chain[] = [];
   // The start of each request, copied once: the guest cannot change it under us. It decides
   // whether this thread serves the request and, if not, is the header posted.
@@ -112,6 +114,7 @@ port.on('message', (m: ToQueueThread) => {
         break;
       case 'handles':
         handles = new SharedHandles(m.buffer);
+        inodes = m.inodes ? new SharedHandles(m.inodes) : undefined;
         break;
       case 'call':
         rings.get(m.q)?.runner.setCallFd(m.callFd);

@@ -37,12 +37,13 @@ export function ringViews(mem: GuestMemory, addr: { desc: number; avail: number;
 }
 
 /**
- * READ and WRITE on published open files served by native code straight off the ring
- * (ring_fast.c); `counts` gets what it served — READs, WRITEs, READ bytes; `onStall` hears
- * of writes at once that waited.
+ * READ and WRITE on published open files, and GETATTR of published inodes, served by native
+ * code straight off the ring (ring_fast.c); `counts` gets what it served — READs, WRITEs,
+ * READ bytes, GETATTRs; `onStall` hears of writes at once that waited.
  */
 export interface FastPathSpec {
   handles: SharedHandles;
+  inodes?: SharedHandles;
   counts: Float64Array;
   onStall?: (fh: number, ms: number) => void;
 }
@@ -88,14 +89,14 @@ export class Virtqueue {
 
   /** Lets native code serve READ and WRITE on `spec.handles` (see serveFast). */
   enableFastPath(spec: FastPathSpec): void {
-    const report = new Float64Array(5);
-    const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, report);
+    const report = new Float64Array(6);
+    const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, spec.inodes?.table ?? null, report);
     this.fast = { ctx, report, spec };
   }
 
   /**
    * Serves up to `max` chains from the next one on in native code, as long as they are plain
-   * READs and WRITEs on published handles; returns how many (0: the next chain, if any, is
+   * READs and WRITEs on published handles or GETATTRs of published inodes; returns how many (0: the next chain, if any, is
    * for pop()). `writeAtOnceMax`: the largest write that may wait a little (local disk) to
    * run here (0: none).
    */
@@ -110,7 +111,8 @@ export class Virtqueue {
     f.spec.counts[0]! += r[0]!;
     f.spec.counts[1]! += r[1]!;
     f.spec.counts[2]! += r[4]!;
-    r[0] = r[1] = r[4] = 0;
+    f.spec.counts[3]! += r[5]!;
+    r[0] = r[1] = r[4] = r[5] = 0;
     if (r[3]) {
       f.spec.onStall?.(r[2]!, r[3]);
       r[3] = 0;
