@@ -399,6 +399,50 @@ for (const threads of [0, 1]) {
   });
 }
 
+test('with busy polling (a daemon\'s default), a ring that ran dry is watched for more work and the thread\'s other rings are served from the watch: every request answered, byte for byte', { timeout: 60000 }, async () => {
+  const dir = mkdtempSync(join('/var/tmp', 'dpfs-spin-'));
+  const socket = join(dir, 'vfs.sock');
+  mkdirSync(join(dir, 'src'));
+  const content = randomBytes(256 * 1024);
+  writeFileSync(join(dir, 'src', 'f'), content);
+  // Its own process, so that the driver adds requests while the daemon watches its rings.
+  const d = startDaemon(['vhost-user', socket, '-b', 'passthrough', '-s', join(dir, 'src'), '--queues', '2']);
+  try {
+    await waitFor(() => existsSync(socket), 'device socket');
+    await withVmm(socket, { queues: 2, depth: 16, slotBytes: 64 * 1024 }, async (c, drv) => {
+      const q2 = new FuseClient(drv, 2, 1n << 40n);
+      const ino = await c.lookup(1, 'f');
+      const fh = await c.open(ino, 2);
+      const expected = Buffer.from(content);
+      const io = (client: FuseClient, lane: number) =>
+        (async () => {
+          for (let i = 0; i < 300; i++) {
+            // Each lane writes its own 4 KiB blocks, then reads them back.
+            const at = ((i * 8 + lane) % 64) * 4096;
+            const chunk = randomBytes(4096);
+            assert.equal((await client.write(ino, fh, at, chunk)).error, 0);
+            chunk.copy(expected, at);
+            assert.ok((await client.read(ino, fh, at, 4096)).body.equals(chunk), `lane ${lane}: read back at ${at}`);
+          }
+        })();
+      // LOOKUP and GETATTR on the request queues, FORGET on the hiprio queue, meanwhile.
+      const meta = (async () => {
+        for (let i = 0; i < 300; i++) {
+          const n = await (i % 2 ? q2 : c).lookup(1, 'f');
+          assert.equal((await c.getattr(n)).error, 0);
+          await c.forget(n, 1);
+        }
+      })();
+      await Promise.all([...[0, 1, 2, 3].map((l) => io(l % 2 ? q2 : c, l)), meta]);
+      assert.ok(readFileSync(join(dir, 'src', 'f')).equals(expected), 'the host file holds what was written');
+    });
+    assert.equal(d.child.exitCode, null, `daemon still running: ${d.stderr().slice(-500)}`);
+  } finally {
+    await stopDaemon(d, []);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a write at once off a ring that waits counts against its device: over the budget, the ring writes that device no more at once', async () => {
   const src = mkdtempSync(join('/var/tmp', 'dpfs-stall-'));
   writeFileSync(join(src, 'f'), Buffer.alloc(8192, 0x61));

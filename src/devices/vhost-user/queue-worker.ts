@@ -12,12 +12,13 @@ import { CTL_SEQ, CTL_STATUS, CTL_VALUE, type FromQueueThread, type RingStart, t
 import { RingRunner } from './ring-runner.js';
 import { SharedHandles } from '../../fs/shared-handles.js';
 import { native } from '../../native/native.js';
+import { setBusyPoll } from '../../util/busy-poll.js';
 import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
 
 const port = parentPort!;
 const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer; inodes?: SharedArrayBuffer; busyPollUs?: number; busyPoll: SharedArrayBuffer; index: number };
 if (data.busyPollUs) {
-  native().busyPoll(data.busyPollUs);
+  setBusyPoll(data.busyPollUs);
   // For metrics: this thread's spins, where the main thread can read them.
   const mine = new Float64Array(data.busyPoll, 8 * 3 * data.index, 3);
   setInterval(() => mine.set(native().busyPollStats().slice(0, 3)), 1000).unref();
