@@ -72,6 +72,7 @@ napi_value js_dev_writev(napi_env env, napi_callback_info info);
 napi_value js_rw_nowait(napi_env env, napi_callback_info info);
 napi_value js_ring_fast_create(napi_env env, napi_callback_info info);
 napi_value js_ring_fast_serve(napi_env env, napi_callback_info info);
+napi_value js_thread_voluntary_switches(napi_env env, napi_callback_info info);
 napi_value js_uring_create(napi_env env, napi_callback_info info);
 napi_value js_uring_submit(napi_env env, napi_callback_info info);
 napi_value js_fuse_uring_create(napi_env env, napi_callback_info info);

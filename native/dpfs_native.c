@@ -42,6 +42,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"rwNowait", NULL, js_rw_nowait, NULL, NULL, NULL, napi_default, NULL},
       {"ringFastCreate", NULL, js_ring_fast_create, NULL, NULL, NULL, napi_default, NULL},
       {"ringFastServe", NULL, js_ring_fast_serve, NULL, NULL, NULL, napi_default, NULL},
+      {"threadVoluntarySwitches", NULL, js_thread_voluntary_switches, NULL, NULL, NULL, napi_default, NULL},
       {"uringCreate", NULL, js_uring_create, NULL, NULL, NULL, napi_default, NULL},
       {"uringSubmit", NULL, js_uring_submit, NULL, NULL, NULL, napi_default, NULL},
       {"fuseUringCreate", NULL, js_fuse_uring_create, NULL, NULL, NULL, napi_default, NULL},

@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -85,7 +86,10 @@
 #define REPORT_GETATTRS 5
 #define REPORT_WORDS 6
 
-/* A write at once slower than this waited for something (file-io.ts's STALL_MS). */
+/*
+ * A write at once slower than this (file-io.ts's STALL_MS) waited for something, if the
+ * thread slept in it; one that was only preempted (a busy machine) did not.
+ */
 #define STALL_NS 1000000
 /* Chains taken after this long go to the next call (ring-runner.ts's NOTIFY_WITHIN_MS). */
 #define BATCH_NS 10000
@@ -248,6 +252,19 @@ static uint64_t u64_at(const uint8_t *b, size_t at) {
   return v;
 }
 
+/* Times the calling thread gave up the CPU itself (slept): the sign that a call waited. */
+static long voluntary_switches(void) {
+  struct rusage ru;
+  return getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nvcsw : 0;
+}
+
+napi_value js_thread_voluntary_switches(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value v;
+  napi_create_double(env, (double)voluntary_switches(), &v);
+  return v;
+}
+
 static uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -348,7 +365,8 @@ static enum outcome serve_getattr(struct ring_fast *r, struct chain *c, const ui
 }
 
 /* Serves one chain if it is a plain READ, WRITE or GETATTR the backend published. */
-static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_at_once_max, uint32_t *written) {
+/* `slept`: the thread's voluntary switches before the call's first write at once (-1: none yet). */
+static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_at_once_max, long *slept, uint32_t *written) {
   uint8_t head[REQ_HEAD];
   if (c->rd_bytes < IN_HEADER) return DECLINED;
   iov_copy(c->rd, c->nrd, 0, head, c->rd_bytes < REQ_HEAD ? c->rd_bytes : REQ_HEAD, false);
@@ -375,13 +393,18 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_a
       uint32_t m = iov_range(c->rd, c->nrd, REQ_HEAD, size, io);
       if (size == 0) n = 0;
       else if ((flags & SH_WRITE_AT_ONCE) && size <= write_at_once_max) {
+        if (*slept < 0) *slept = voluntary_switches(); /* once per call: the thread sleeps only in here */
         uint64_t t0 = now_ns();
         n = pwritev(fd, io, (int)m, (off_t)offset);
         uint64_t took = now_ns() - t0;
         if (took > STALL_NS) {
-          stalled = true;
-          r->report[REPORT_STALL_FH] = (double)fh;
-          r->report[REPORT_STALL_MS] = (double)took / 1e6;
+          long now = voluntary_switches();
+          if (now > *slept) {
+            stalled = true;
+            r->report[REPORT_STALL_FH] = (double)fh;
+            r->report[REPORT_STALL_MS] = (double)took / 1e6;
+          }
+          *slept = now;
         }
       } else n = pwritev2(fd, io, (int)m, (off_t)offset, RWF_NOWAIT);
       if (n != (int64_t)size) n = -1; /* refused, an error, or short: the session answers */
@@ -495,6 +518,7 @@ napi_value js_ring_fast_serve(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_uint32(env, argv[4], &write_at_once_max));
   static __thread struct chain c; /* 32 KiB: off the stack */
   uint32_t served = 0;
+  long slept = -1;
   uint64_t t0 = now_ns();
   while (served < max && (served == 0 || now_ns() - t0 < BATCH_NS)) {
     uint16_t avail_idx = __atomic_load_n(&r->avail[1], __ATOMIC_ACQUIRE);
@@ -504,7 +528,7 @@ napi_value js_ring_fast_serve(napi_env env, napi_callback_info info) {
     uint16_t head = __atomic_load_n(&r->avail[2 + next % r->num], __ATOMIC_RELAXED);
     if (head >= r->num || !maybe_io(r, head) || !walk(r, head, &c)) break;
     uint32_t written = 0;
-    enum outcome o = serve(r, &c, write_at_once_max, &written);
+    enum outcome o = serve(r, &c, write_at_once_max, &slept, &written);
     if (o == DECLINED) break;
     uint32_t slot = (uint16_t)(used_idx + served) % r->num;
     r->used_ring[2 * slot] = head;

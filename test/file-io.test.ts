@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, ftruncateSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { AT_ONCE_MAX, BACKOFF_MS, MAX_BACKOFF_MS, type NowaitState, type StallBudget, readAt, runsAtOnce, STALL_BUDGET_MS, STALL_MS, STALL_WINDOW_MS, syncFile, tookAtOnce, writeAt } from '../src/backends/passthrough/file-io.js';
+import { AT_ONCE_MAX, atOnce, BACKOFF_MS, MAX_BACKOFF_MS, type NowaitState, type StallBudget, readAt, runsAtOnce, STALL_BUDGET_MS, STALL_MS, STALL_WINDOW_MS, syncFile, tookAtOnce, writeAt } from '../src/backends/passthrough/file-io.js';
 import { Uring } from '../src/native/uring.js';
 import { offloadPays } from '../src/util/loop-load.js';
 
@@ -111,6 +111,19 @@ test('which calls run at once: small ones that cannot wait; stalls over the budg
   tookAtOnce(f1, 200, t + 10 * MAX_BACKOFF_MS);
   assert.equal(device.backoffMs, BACKOFF_MS, 'and back to the start once the device was fine for a while');
   assert.ok(!atOnce({}, true, 4096), 'other file systems (network, FUSE): never');
+});
+
+test('a call at once counts as a stall only if the thread slept in it, not if it was merely slow (preempted)', () => {
+  const disk: NowaitState = { localDisk: {} };
+  const busy = (ms: number) => {
+    const until = performance.now() + ms;
+    while (performance.now() < until);
+    return 0;
+  };
+  atOnce(disk, () => busy(5 * STALL_MS));
+  assert.equal(disk.localDisk!.stalledMs ?? 0, 0, 'on the CPU all along: no stall');
+  atOnce(disk, () => (Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5 * STALL_MS), 0));
+  assert.ok((disk.localDisk!.stalledMs ?? 0) >= 5 * STALL_MS, `slept: a stall (${disk.localDisk!.stalledMs} ms)`);
 });
 
 test('the event loop counts as saturated only while it is, and only where cores are spare', async () => {

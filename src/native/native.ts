@@ -49,6 +49,8 @@ export interface NativeAddon {
    * `writeAtOnceMax` bytes; returns how many (both indices advance by it).
    */
   ringFastServe(ctx: unknown, lastAvail: number, usedIdx: number, max: number, writeAtOnceMax: number): number;
+  /** Times the calling thread slept (getrusage ru_nvcsw): a call that raised it waited. */
+  threadVoluntarySwitches(): number;
   /** read(2) of one request from /dev/fuse into `scratch`: its bytes, 0 at end of file, or -errno. */
   devRead(devFd: number, scratch: Buffer): number;
   /** writev(2) of a reply to /dev/fuse; throws on failure. */

@@ -12,7 +12,9 @@
  * 8 µs of CPU through io_uring at depth 32 and 46 µs at depth 1 (the kernel hands each
  * such write to one of its worker threads). A write at once can still wait: on a page under
  * writeback (a few ms, now and then) or when the page cache is over its dirty limit (up to
- * 200 ms, on every write to that device). Calls over STALL_MS count as stalls, against a
+ * 200 ms, on every write to that device). Calls over STALL_MS in which the thread slept
+ * count as stalls (one only preempted by a busy machine does not: on 2 busy cores, every
+ * write over 1 ms had been preempted, none had waited), against a
  * budget of the host device (shared by all its files, as the kernel's throttling is): once
  * they add up to STALL_BUDGET_MS within a second, that device's writes go the asynchronous
  * way for BACKOFF_MS, twice as long each time the budget trips again right after a back-off
@@ -103,11 +105,15 @@ export function tookAtOnce(state: NowaitState, ms: number, now = performance.now
   b.onTrip?.();
 }
 
-function atOnce(state: NowaitState, call: () => number): number {
+/** Runs a call at once, counting it against the file's device budget if it waited (exported for tests). */
+export function atOnce(state: NowaitState, call: () => number): number {
+  // Only a call the thread slept in waited: one merely preempted (a busy machine) did not.
+  const watch = state.localDisk && !state.inMemory;
+  const slept = watch ? native().threadVoluntarySwitches() : 0;
   const t0 = performance.now();
   const n = call();
   const t1 = performance.now();
-  tookAtOnce(state, t1 - t0, t1);
+  if (watch && t1 - t0 > STALL_MS && native().threadVoluntarySwitches() > slept) tookAtOnce(state, t1 - t0, t1);
   return n;
 }
 
