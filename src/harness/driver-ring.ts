@@ -106,7 +106,8 @@ export class DriverRing {
 
   private post(slot: Slot, reqLen: number, repLen: number): void {
     const put = (dv: DataView, i: number, addr: number, len: number, flags: number, next: number) => {
-      dv.setBigUint64(i * 16, BigInt(addr), true);
+      dv.setUint32(i * 16, addr >>> 0, true); // two halves: no BigInt per descriptor
+      dv.setUint32(i * 16 + 4, Math.floor(addr / 2 ** 32), true);
       dv.setUint32(i * 16 + 8, len, true);
       dv.setUint16(i * 16 + 12, flags, true);
       dv.setUint16(i * 16 + 14, next, true);
