@@ -186,8 +186,8 @@ static bool walk(const struct ring_fast *r, uint32_t head, struct chain *c) {
 }
 
 /*
- * Whether the chain at `head` may be a READ or WRITE, from a glance at its first descriptor:
- * most other requests are then declined without a walk. Only a shortcut: serve() decides on
+ * Whether the chain at `head` may be a READ, WRITE or GETATTR, from a glance at its first
+ * descriptor: most other requests are then declined without a walk. Only a shortcut: serve() decides on
  * its own copy of the head.
  */
 static bool maybe_io(const struct ring_fast *r, uint32_t head) {
