@@ -39,11 +39,37 @@ export interface RingLayout {
 
 interface Slot extends SlotLayout {
   resolve?: (r: Buffer) => void;
+  /** Under a closed-loop load (DriverRing.load): called with the reply's length instead. */
+  done?: (len: number) => void;
+}
+
+/**
+ * A closed-loop load of one request shape, `depth` requests kept in flight, with nothing
+ * allocated per request: each slot's request is laid out once, `next` rewrites fields of it
+ * (an offset) in place before every send, and replies are only checked for an error.
+ */
+export interface LoadSpec {
+  depth: number;
+  seconds: number;
+  /** Slot i's request. */
+  request: (i: number) => Uint8Array;
+  replyBytes: number;
+  /** Rewrites the request about to be sent (a view of it in guest memory), the n-th of this load. */
+  next?: (req: DataView, n: number) => void;
+  /** Each request's latency, µs. */
+  record?: (us: number) => void;
+}
+
+export interface LoadResult {
+  ops: number;
+  errors: number;
+  secs: number;
 }
 
 export class DriverRing {
   readonly desc: DataView;
   readonly bytes: Uint8Array;
+  private readonly view: DataView;
   readonly num: number;
   private readonly avail16: Uint16Array;
   private readonly used16: Uint16Array;
@@ -59,6 +85,7 @@ export class DriverRing {
     const { mem, num, descOff, availOff, usedOff } = layout;
     this.num = num;
     this.bytes = new Uint8Array(mem);
+    this.view = new DataView(mem);
     this.desc = new DataView(mem, descOff, 16 * num);
     this.avail16 = new Uint16Array(mem, availOff, 3 + num);
     this.used16 = new Uint16Array(mem, usedOff, 2 + 4 * num + 1);
@@ -99,12 +126,59 @@ export class DriverRing {
     });
   }
 
+  /** Runs a closed-loop load on this ring (see LoadSpec); no other request may be in flight. */
+  load(spec: LoadSpec): Promise<LoadResult> {
+    if (this.free.length !== this.layout.slots.length) throw new Error('a load starts only with no request in flight');
+    if (spec.depth < 1 || spec.depth > this.free.length) throw new Error(`depth ${spec.depth} out of 1..${this.free.length}`);
+    const slots = this.free.splice(0, spec.depth);
+    return new Promise((resolve) => {
+      let n = 0;
+      let ops = 0;
+      let errors = 0;
+      let inFlight = 0;
+      const t0 = performance.now();
+      const until = t0 + spec.seconds * 1000;
+      const sent = new Float64Array(this.num);
+      const send = (slot: Slot, view: DataView) => {
+        spec.next?.(view, n++);
+        sent[slot.head] = performance.now();
+        inFlight++;
+        this.publish(slot.head);
+      };
+      slots.forEach((slot, i) => {
+        const req = spec.request(i);
+        if (req.length > this.layout.slotBytes || spec.replyBytes > this.layout.slotBytes) throw new Error('request or reply larger than a slot');
+        this.bytes.set(req, slot.req);
+        const view = new DataView(this.layout.mem, slot.req, req.length);
+        slot.done = (len) => {
+          const now = performance.now();
+          inFlight--;
+          ops++;
+          spec.record?.((now - sent[slot.head]!) * 1000);
+          if (len < 16 || this.view.getInt32(slot.rep + 4, true) !== 0) errors++;
+          if (now < until) return send(slot, view);
+          slot.done = undefined;
+          this.free.push(slot);
+          if (inFlight === 0) resolve({ ops, errors, secs: (now - t0) / 1000 });
+        };
+        this.describe(slot, req.length, spec.replyBytes);
+        send(slot, view);
+      });
+    });
+  }
+
   /** The first slot's request area, free for the fuzzer's hand-made chains. */
   get scratch(): number {
     return this.byHead.get(0)!.req;
   }
 
   private post(slot: Slot, reqLen: number, repLen: number): void {
+    this.describe(slot, reqLen, repLen);
+    this.publish(slot.head);
+  }
+
+  /** Writes the descriptors of a slot's chain (request, then reply). */
+  private describe(slot: Slot, reqLen: number, repLen: number): void {
     const put = (dv: DataView, i: number, addr: number, len: number, flags: number, next: number) => {
       dv.setUint32(i * 16, addr >>> 0, true); // two halves: no BigInt per descriptor
       dv.setUint32(i * 16 + 4, Math.floor(addr / 2 ** 32), true);
@@ -121,7 +195,6 @@ export class DriverRing {
       put(this.desc, slot.head, slot.req, reqLen, DESC_F_NEXT, slot.head + 1);
       put(this.desc, slot.head + 1, slot.rep, repLen, DESC_F_WRITE, 0);
     }
-    this.publish(slot.head);
   }
 
   /** Makes a chain head available and kicks, as the driver would (event-idx aware). */
@@ -150,6 +223,10 @@ export class DriverRing {
         const len = this.used32[e * 2 + 1]!;
         this.lastUsed = (this.lastUsed + 1) & 0xffff;
         const slot = this.byHead.get(head);
+        if (slot?.done) {
+          slot.done(len);
+          continue;
+        }
         if (!slot?.resolve) continue;
         const r = slot.resolve;
         slot.resolve = undefined;
