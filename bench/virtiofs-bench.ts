@@ -90,7 +90,7 @@ async function run(server: Server, clients: FuseClient[], workload: string, unit
  * only their offset rewritten per request — so that the driver, one JavaScript thread,
  * costs little per request and the rows measure the server.
  */
-async function runRing(server: Server, drv: GuestDriver, queues: number, workload: string, depth: number, request: (q: number, i: number) => Uint8Array, replyBytes: number, offsetAt: (n: number) => number): Promise<Row | undefined> {
+async function runRing(server: Server, drv: GuestDriver, queues: number, workload: string, unit: 'IOPS' | 'MiB/s', depth: number, bytesPerOp: number, request: (q: number, i: number) => Uint8Array, replyBytes: number, offsetAt: (n: number) => number): Promise<Row | undefined> {
   if (ROW_FILTER.length && !ROW_FILTER.some((f) => workload.includes(f))) return undefined;
   const h = latencyHistogram();
   const qs = depth === 1 ? [1] : Array.from({ length: Math.min(queues, depth) }, (_, i) => i + 1);
@@ -116,8 +116,8 @@ async function runRing(server: Server, drv: GuestDriver, queues: number, workloa
   const ops = results.reduce((n, r) => n + r.ops, 0);
   const errors = results.reduce((n, r) => n + r.errors, 0);
   if (errors) throw new Error(`${workload}: ${errors} requests failed`);
-  const row = { workload, unit: 'IOPS', value: ops / secs, p50: h.getValueAtPercentile(50), p99: h.getValueAtPercentile(99), p999: h.getValueAtPercentile(99.9), cpuUsPerOp: (cpu * 1e6) / ops };
-  progress(`    ${workload.padEnd(28)} ${row.value.toFixed(0).padStart(8)} IOPS  p50 ${row.p50}µs p99 ${row.p99}µs`);
+  const row = { workload, unit, value: unit === 'MiB/s' ? (ops * bytesPerOp) / secs / (1024 * 1024) : ops / secs, p50: h.getValueAtPercentile(50), p99: h.getValueAtPercentile(99), p999: h.getValueAtPercentile(99.9), cpuUsPerOp: (cpu * 1e6) / ops };
+  progress(`    ${workload.padEnd(28)} ${row.value.toFixed(0).padStart(8)} ${unit}  p50 ${row.p50}µs p99 ${row.p99}µs`);
   return row;
 }
 
@@ -158,19 +158,27 @@ async function suite(server: Server, queues: number, fileName: string, quick: bo
         }
       }),
     );
-    // 4 KiB rows: requests laid out once per slot (unique per queue and slot), offsets rewritten.
-    const io = (op: Opcode.FUSE_READ | Opcode.FUSE_WRITE) => (q: number, i: number) =>
-      encodeRequest({ opcode: op, unique: (BigInt(q) << 32n) + BigInt(2 * i + 2), nodeid: ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[op] as readonly Field[], op === Opcode.FUSE_READ ? { fh, offset: 0, size: 4096, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 } : { fh, offset: 0, size: 4096, write_flags: 0, lock_owner: 0n, flags: 0, padding: 0, data: data4k });
+    // READ and WRITE rows: requests laid out once per slot (unique per queue and slot), only
+    // their offsets rewritten; replies not copied out.
+    const io = (op: Opcode.FUSE_READ | Opcode.FUSE_WRITE, data: Buffer) => (q: number, i: number) =>
+      encodeRequest(
+        { opcode: op, unique: (BigInt(q) << 32n) + BigInt(2 * i + 2), nodeid: ino, uid: 0, gid: 0, pid: 1 },
+        RequestSpecs[op] as readonly Field[],
+        op === Opcode.FUSE_READ ? { fh, offset: 0, size: data.length, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 } : { fh, offset: 0, size: data.length, write_flags: 0, lock_owner: 0n, flags: 0, padding: 0, data },
+      );
     const at = (n: number) => rand(n) * 4096;
-    rows.push(await runRing(server, drv, queues, '4 KiB random read QD1', 1, io(Opcode.FUSE_READ), 16 + 4096, at));
-    rows.push(await runRing(server, drv, queues, '4 KiB random read QD32', 32, io(Opcode.FUSE_READ), 16 + 4096, at));
+    const seq = (size: number) => (n: number) => (n * size) % FILE_BYTES;
+    const R = Opcode.FUSE_READ;
+    const W = Opcode.FUSE_WRITE;
+    rows.push(await runRing(server, drv, queues, '4 KiB random read QD1', 'IOPS', 1, 4096, io(R, data4k), 16 + 4096, at));
+    rows.push(await runRing(server, drv, queues, '4 KiB random read QD32', 'IOPS', 32, 4096, io(R, data4k), 16 + 4096, at));
     if (!quick) {
-      rows.push(await runRing(server, drv, queues, '4 KiB random write QD1', 1, io(Opcode.FUSE_WRITE), 16 + 8, at));
-      rows.push(await runRing(server, drv, queues, '4 KiB random write QD32', 32, io(Opcode.FUSE_WRITE), 16 + 8, at));
-      rows.push(await run(server, clients, '64 KiB sequential read', 'MiB/s', 4, 65536, read(65536, (i) => (i * 65536) % FILE_BYTES)));
-      rows.push(await run(server, clients, '64 KiB sequential write', 'MiB/s', 4, 65536, write(data64k, (i) => (i * 65536) % FILE_BYTES)));
-      rows.push(await run(server, clients, '1 MiB sequential read', 'MiB/s', 4, 1 << 20, read(1 << 20, (i) => (i * 1048576) % FILE_BYTES)));
-      rows.push(await run(server, clients, '1 MiB sequential write', 'MiB/s', 4, 1 << 20, write(data1m, (i) => (i * 1048576) % FILE_BYTES)));
+      rows.push(await runRing(server, drv, queues, '4 KiB random write QD1', 'IOPS', 1, 4096, io(W, data4k), 16 + 8, at));
+      rows.push(await runRing(server, drv, queues, '4 KiB random write QD32', 'IOPS', 32, 4096, io(W, data4k), 16 + 8, at));
+      rows.push(await runRing(server, drv, queues, '64 KiB sequential read', 'MiB/s', 4, 65536, io(R, data64k), 16 + 65536, seq(65536)));
+      rows.push(await runRing(server, drv, queues, '64 KiB sequential write', 'MiB/s', 4, 65536, io(W, data64k), 16 + 8, seq(65536)));
+      rows.push(await runRing(server, drv, queues, '1 MiB sequential read', 'MiB/s', 4, 1 << 20, io(R, data1m), 16 + (1 << 20), seq(1 << 20)));
+      rows.push(await runRing(server, drv, queues, '1 MiB sequential write', 'MiB/s', 4, 1 << 20, io(W, data1m), 16 + 8, seq(1 << 20)));
       rows.push(
         await run(server, clients, 'LOOKUP+GETATTR+FORGET', 'ops/s', 8, 0, async (c) => {
           const n = await c.lookup(1, fileName);

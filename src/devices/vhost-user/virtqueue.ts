@@ -131,6 +131,11 @@ export class Virtqueue {
     return Atomics.load(this.avail16, 1) !== this.lastAvail;
   }
 
+  /** Chains the driver made available that are not taken yet. */
+  pending(): number {
+    return (Atomics.load(this.avail16, 1) - this.lastAvail) & 0xffff;
+  }
+
   /** Takes the next available chain, or null. Throws VirtioError for a broken ring. */
   pop(): Chain | null {
     const availIdx = Atomics.load(this.avail16, 1);
