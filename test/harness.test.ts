@@ -443,6 +443,34 @@ test('with busy polling (a daemon\'s default), a ring that ran dry is watched fo
   }
 });
 
+test('the driver\'s closed-loop load keeps its depth in flight, rewrites each request, and counts failed replies', async () => {
+  const fs = new MemoryFs();
+  await withHarness(fs, { slotBytes: 128 * 1024 }, async (c, drv) => {
+    const { ino, fh } = await c.create(1, 'f', 0o100644, 2);
+    assert.equal((await c.write(ino, fh, 0, Buffer.alloc(64 * 1024, 7))).error, 0);
+    const read = (handle: number) => () => encodeRequest({ opcode: Opcode.FUSE_READ, unique: 99n, nodeid: ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[Opcode.FUSE_READ], { fh: handle, offset: 0, size: 4096, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 });
+    const offsets = new Set<number>();
+    const ok = await drv.queues[1]!.load({
+      depth: 8,
+      seconds: 0.2,
+      request: read(fh),
+      replyBytes: 16 + 4096,
+      next: (v, n) => {
+        v.setUint32(48, (n % 16) * 4096, true);
+        offsets.add(v.getUint32(48, true));
+      },
+    });
+    assert.ok(ok.ops > 8, `${ok.ops} requests`);
+    assert.equal(ok.errors, 0);
+    assert.equal(offsets.size, 16, 'each request rewritten before it went');
+    const bad = await drv.queues[1]!.load({ depth: 4, seconds: 0.1, request: read(fh + 1000), replyBytes: 16 + 4096 });
+    assert.ok(bad.ops > 0 && bad.errors === bad.ops, `every reply an error: ${bad.errors} of ${bad.ops}`);
+    assert.throws(() => drv.queues[1]!.load({ depth: 10_000, seconds: 0.1, request: read(fh), replyBytes: 16 }), /depth/);
+    // The ring serves ordinary requests afterwards.
+    assert.equal((await c.read(ino, fh, 0, 16)).error, 0);
+  });
+});
+
 test('a write at once off a ring that waits counts against its device: over the budget, the ring writes that device no more at once', async () => {
   const src = mkdtempSync(join('/var/tmp', 'dpfs-stall-'));
   writeFileSync(join(src, 'f'), Buffer.alloc(8192, 0x61));

@@ -130,6 +130,8 @@ export class DriverRing {
   load(spec: LoadSpec): Promise<LoadResult> {
     if (this.free.length !== this.layout.slots.length) throw new Error('a load starts only with no request in flight');
     if (spec.depth < 1 || spec.depth > this.free.length) throw new Error(`depth ${spec.depth} out of 1..${this.free.length}`);
+    const reqs = Array.from({ length: spec.depth }, (_, i) => spec.request(i));
+    if (reqs.some((r) => r.length > this.layout.slotBytes) || spec.replyBytes > this.layout.slotBytes) throw new Error('request or reply larger than a slot');
     const slots = this.free.splice(0, spec.depth);
     return new Promise((resolve) => {
       let n = 0;
@@ -146,8 +148,7 @@ export class DriverRing {
         this.publish(slot.head);
       };
       slots.forEach((slot, i) => {
-        const req = spec.request(i);
-        if (req.length > this.layout.slotBytes || spec.replyBytes > this.layout.slotBytes) throw new Error('request or reply larger than a slot');
+        const req = reqs[i]!;
         this.bytes.set(req, slot.req);
         const view = new DataView(this.layout.mem, slot.req, req.length);
         slot.done = (len) => {
