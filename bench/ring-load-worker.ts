@@ -6,7 +6,9 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import * as hdr from 'hdr-histogram-js';
 import { DriverRing, type RingLayout } from '../src/harness/driver-ring.js';
-import { FuseClient, type FuseReply } from '../src/harness/fuse-client.js';
+import { Opcode } from '../src/fuse/opcodes.js';
+import { encodeRequest } from '../src/fuse/request-codec.js';
+import { RequestSpecs } from '../src/fuse/request-specs.js';
 import { latencyHistogram } from './latency.js';
 
 export type Workload = 'read4k' | 'write4k' | 'getattr';
@@ -37,37 +39,49 @@ export interface PhaseResult {
 const setup = workerData as LoadSetup;
 const ring = new DriverRing(setup.layout);
 ring.start();
-const client = new FuseClient({ request: (_q, req, n) => ring.request(req, n) }, 1, BigInt(setup.firstUnique));
 const blocks = Math.max(1, Math.floor(setup.fileBytes / 4096));
 const data = Buffer.alloc(4096, 7);
+/** Request ids of this worker: its own range, one per slot (a slot's request is in flight once at a time). */
+const unique = (i: number) => BigInt(setup.firstUnique) + BigInt(2 * i + 2);
 
-function ok(r: FuseReply): void {
-  if (r.error) throw new Error(`errno ${-r.error}`);
-}
-
-const ops: Record<Workload, (i: number) => Promise<void>> = {
-  read4k: async (i) => ok(await client.read(setup.ino, setup.fh, (((i * 2654435761) >>> 0) % blocks) * 4096, 4096)),
-  write4k: async (i) => ok(await client.write(setup.ino, setup.fh, (((i * 2654435761) >>> 0) % blocks) * 4096, data)),
-  getattr: async () => ok(await client.getattr(setup.ino)),
+/** Each workload's request, laid out once per slot; READ and WRITE get a new offset per send. */
+const requests: Record<Workload, { request: (i: number) => Uint8Array; replyBytes: number; random: boolean }> = {
+  read4k: {
+    request: (i) => encodeRequest({ opcode: Opcode.FUSE_READ, unique: unique(i), nodeid: setup.ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[Opcode.FUSE_READ], { fh: setup.fh, offset: 0, size: 4096, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 }),
+    replyBytes: 16 + 4096,
+    random: true,
+  },
+  write4k: {
+    request: (i) => encodeRequest({ opcode: Opcode.FUSE_WRITE, unique: unique(i), nodeid: setup.ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[Opcode.FUSE_WRITE], { fh: setup.fh, offset: 0, size: 4096, write_flags: 0, lock_owner: 0n, flags: 0, padding: 0, data }),
+    replyBytes: 16 + 8,
+    random: true,
+  },
+  getattr: {
+    request: (i) => encodeRequest({ opcode: Opcode.FUSE_GETATTR, unique: unique(i), nodeid: setup.ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[Opcode.FUSE_GETATTR], { getattr_flags: 0, dummy: 0, fh: 0n }),
+    replyBytes: 16 + 104,
+    random: false,
+  },
 };
 
+/** One phase as a closed loop on the ring (DriverRing.load): nothing allocated per request. */
 async function runPhase(p: Phase): Promise<PhaseResult> {
   const h = latencyHistogram();
-  const op = ops[p.workload];
-  let n = 0;
-  const t0 = process.hrtime.bigint();
-  const until = Date.now() + p.seconds * 1000;
-  await Promise.all(
-    Array.from({ length: p.depth }, async (_, w) => {
-      for (let i = w; Date.now() < until; i += p.depth) {
-        const s = process.hrtime.bigint();
-        await op(i);
-        h.recordValue(Number(process.hrtime.bigint() - s) / 1000);
-        n++;
-      }
-    }),
-  );
-  return { ops: n, secs: Number(process.hrtime.bigint() - t0) / 1e9, histogram: hdr.encodeIntoCompressedBase64(h) };
+  const w = requests[p.workload];
+  const r = await ring.load({
+    depth: p.depth,
+    seconds: p.seconds,
+    request: w.request,
+    replyBytes: w.replyBytes,
+    next: w.random
+      ? (v, n) => {
+          v.setUint32(48, (((n * 2654435761) >>> 0) % blocks) * 4096, true);
+          v.setUint32(52, 0, true);
+        }
+      : undefined,
+    record: (us) => h.recordValue(Math.max(1, Math.round(us))),
+  });
+  if (r.errors) throw new Error(`${r.errors} of ${r.ops} requests failed`);
+  return { ops: r.ops, secs: r.secs, histogram: hdr.encodeIntoCompressedBase64(h) };
 }
 
 parentPort!.on('message', (m: Phase | 'stop') => {
