@@ -229,14 +229,14 @@ export class RingRunner {
     spinning = true;
     try {
       this.flush();
-      let until = performance.now() + spin;
+      // A fixed deadline: rings that stay busy must not keep the rest of the loop waiting.
+      const until = performance.now() + spin;
       do {
         if (this.vq.hasWork()) return true;
         for (const other of running) {
           if (other === this || other.inProcess || !other.vq.hasWork()) continue;
           other.process();
           other.flush();
-          until = performance.now() + spin;
         }
       } while (performance.now() < until);
       return false;
