@@ -105,15 +105,18 @@ export function tookAtOnce(state: NowaitState, ms: number, now = performance.now
   b.onTrip?.();
 }
 
-/** Runs a call at once, counting it against the file's device budget if it waited (exported for tests). */
-export function atOnce(state: NowaitState, call: () => number): number {
-  // Only a call the thread slept in waited: one merely preempted (a busy machine) did not.
+/**
+ * Runs a call at once, counting it against the file's device budget if it waited: only a
+ * call the thread slept in (`sleeps`: the thread's voluntary context switches) did; one
+ * merely preempted by a busy machine did not.
+ */
+export function atOnce(state: NowaitState, call: () => number, sleeps: () => number = native().threadVoluntarySwitches): number {
   const watch = state.localDisk && !state.inMemory;
-  const slept = watch ? native().threadVoluntarySwitches() : 0;
+  const slept = watch ? sleeps() : 0;
   const t0 = performance.now();
   const n = call();
   const t1 = performance.now();
-  if (watch && t1 - t0 > STALL_MS && native().threadVoluntarySwitches() > slept) tookAtOnce(state, t1 - t0, t1);
+  if (watch && t1 - t0 > STALL_MS && sleeps() > slept) tookAtOnce(state, t1 - t0, t1);
   return n;
 }
 
