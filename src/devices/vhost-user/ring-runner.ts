@@ -1,9 +1,9 @@
 /**
  * Serves one running virtqueue on the calling thread's event loop (the main thread or a
  * queue thread): waits for kicks, takes every available chain — READs and WRITEs on
- * published files through the ring's native data path, where it has one — hands good ones
- * on, returns bad ones unanswered, and signals the driver once per event-loop turn for
- * everything completed in it.
+ * published files and GETATTRs of published inodes through the ring's native data path,
+ * where it has one — hands good ones on, returns bad ones unanswered, and signals the
+ * driver once per event-loop turn for everything completed in it.
  */
 import { errnoName } from '../../fuse/errno.js';
 import { native } from '../../native/native.js';
