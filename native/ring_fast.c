@@ -59,6 +59,7 @@
 #define FUSE_GETATTR_FH (1u << 0)
 #define GETATTR_REQ 56 /* in header and fuse_getattr_in */
 #define ATTR_OUT 104   /* fuse_attr_out */
+#define COPY_MAX (OUT_HEADER + ATTR_OUT) /* the most bytes iov_copy moves (≥ REQ_HEAD) */
 
 /* SharedHandles: slots of 6 int32 words (see shared-handles.ts). */
 #define SH_SLOTS 4096
@@ -205,24 +206,6 @@ static bool maybe_io(const struct ring_fast *r, uint32_t head) {
   return op == FUSE_READ || op == FUSE_WRITE || op == FUSE_GETATTR;
 }
 
-/* Copies `len` bytes between a flat buffer and an iovec list starting `skip` bytes in. */
-static void iov_copy(const struct iovec *iov, uint32_t n, uint64_t skip, uint8_t *flat, uint64_t len, bool to_iov) {
-  for (uint32_t i = 0; i < n && len; i++) {
-    if (skip >= iov[i].iov_len) {
-      skip -= iov[i].iov_len;
-      continue;
-    }
-    size_t k = iov[i].iov_len - skip;
-    if (k > len) k = len;
-    uint8_t *at = (uint8_t *)iov[i].iov_base + skip;
-    if (to_iov) memcpy(at, flat, k);
-    else memcpy(flat, at, k);
-    flat += k;
-    len -= k;
-    skip = 0;
-  }
-}
-
 /* Fills `out` with the part [skip, skip + len) of `iov`; returns how many entries. */
 static uint32_t iov_range(const struct iovec *iov, uint32_t n, uint64_t skip, uint64_t len, struct iovec *out) {
   uint32_t m = 0;
@@ -238,6 +221,20 @@ static uint32_t iov_range(const struct iovec *iov, uint32_t n, uint64_t skip, ui
     skip = 0;
   }
   return m;
+}
+
+/*
+ * Copies `len` bytes (at most COPY_MAX: a request head or a reply's fixed part) between a
+ * flat buffer and an iovec list starting `skip` bytes in.
+ */
+static void iov_copy(const struct iovec *iov, uint32_t n, uint64_t skip, uint8_t *flat, uint64_t len, bool to_iov) {
+  struct iovec part[COPY_MAX]; /* each part holds at least a byte */
+  uint32_t m = iov_range(iov, n, skip, len < COPY_MAX ? len : COPY_MAX, part);
+  for (uint32_t i = 0; i < m; i++) {
+    if (to_iov) memcpy(part[i].iov_base, flat, part[i].iov_len);
+    else memcpy(flat, part[i].iov_base, part[i].iov_len);
+    flat += part[i].iov_len;
+  }
 }
 
 static uint32_t u32_at(const uint8_t *b, size_t at) {
