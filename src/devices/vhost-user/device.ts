@@ -14,7 +14,7 @@ import { native } from '../../native/native.js';
 import { type Logger, silentLogger } from '../../util/log.js';
 import { type RequestSink, VhostUserConnection } from './connection.js';
 import { QueueThreads } from './queue-threads.js';
-import type { FastPathSpec } from './virtqueue.js';
+import { FAST_COUNTS, type FastCount, type FastPathSpec, fastCounts } from './virtqueue.js';
 
 export interface VhostUserFsOptions {
   socketPath: string;
@@ -47,9 +47,9 @@ export class VhostUserFsDevice implements RequestSink {
   threads?: QueueThreads;
   connections = 0;
   /**
-   * What the rings' native data path served (the session never saw it): per queue q, READs
-   * at 4q, WRITEs at 4q + 1, READ bytes (written straight into guest memory) at 4q + 2,
-   * GETATTRs at 4q + 3; in shared memory, since queue threads add theirs.
+   * What the rings' native data path served (the session never saw it): each queue's
+   * FAST_COUNTS (READs, WRITEs, READ bytes written straight into guest memory, GETATTRs); in
+   * shared memory, since queue threads add theirs.
    */
   readonly served = new Float64Array(new SharedArrayBuffer(32 * 1024));
   /** Requests served per queue (0: hiprio), over all connections. */
@@ -57,7 +57,7 @@ export class VhostUserFsDevice implements RequestSink {
   /** READ payload bytes written straight into guest memory, over all connections. */
   get zeroCopyBytes(): number {
     let native = 0;
-    for (let i = 2; i < this.served.length; i += 4) native += this.served[i]!;
+    for (let i = FAST_COUNTS.readBytes; i < this.served.length; i += FAST_COUNTS.words) native += this.served[i]!;
     return this.pastZeroCopy + (this.connection?.stats.zeroCopyBytes ?? 0) + native;
   }
   private pastZeroCopy = 0;
@@ -127,16 +127,21 @@ export class VhostUserFsDevice implements RequestSink {
     }
   }
 
+  /** One of queue q's native data path counts. */
+  servedCount(q: number, what: FastCount): number {
+    return this.served[FAST_COUNTS.words * q + FAST_COUNTS[what]] ?? 0;
+  }
+
   /** Requests of queue q the native data path served. */
   servedOn(q: number): number {
-    return (this.served[4 * q] ?? 0) + (this.served[4 * q + 1] ?? 0) + (this.served[4 * q + 3] ?? 0);
+    return this.servedCount(q, 'reads') + this.servedCount(q, 'writes') + this.servedCount(q, 'getattrs');
   }
 
   /** The native data path's share of each queue's requests (see `served`). */
   fastPath(q: number): FastPathSpec | undefined {
     const handles = this.options.fs.sharedHandles;
-    if (!handles || 4 * q + 4 > this.served.length) return undefined;
-    return { handles, inodes: this.options.fs.sharedInodes, counts: this.served.subarray(4 * q, 4 * q + 4), onStall: (fh, ms) => handles.onStall?.(fh, ms) };
+    if (!handles || FAST_COUNTS.words * (q + 1) > this.served.length) return undefined;
+    return { handles, inodes: this.options.fs.sharedInodes, counts: fastCounts(this.served, q), onStall: (fh, ms) => handles.onStall?.(fh, ms) };
   }
 
   /** READs, WRITEs and GETATTRs the native data path served (the session never saw them). */
@@ -145,9 +150,9 @@ export class VhostUserFsDevice implements RequestSink {
     let writes = 0;
     let getattrs = 0;
     for (let q = 1; q <= this.requestQueues; q++) {
-      reads += this.served[4 * q]!;
-      writes += this.served[4 * q + 1]!;
-      getattrs += this.served[4 * q + 3]!;
+      reads += this.servedCount(q, 'reads');
+      writes += this.servedCount(q, 'writes');
+      getattrs += this.servedCount(q, 'getattrs');
     }
     return [
       [Opcode.FUSE_READ, reads],

@@ -13,7 +13,7 @@ import { RingRunner } from './ring-runner.js';
 import { SharedHandles } from '../../fs/shared-handles.js';
 import { native } from '../../native/native.js';
 import { setBusyPoll } from '../../util/busy-poll.js';
-import { type Chain, Virtqueue, ringViews } from './virtqueue.js';
+import { type Chain, Virtqueue, fastCounts, ringViews } from './virtqueue.js';
 
 const port = parentPort!;
 const data = workerData as { ctl: SharedArrayBuffer; served: SharedArrayBuffer; handles?: SharedArrayBuffer; inodes?: SharedArrayBuffer; busyPollUs?: number; busyPoll: SharedArrayBuffer; index: number };
@@ -41,7 +41,7 @@ function start(s: RingStart): void {
   // READ and WRITE on the backend's published files, GETATTR of its published inodes:
   // served here, by native code. A write
   // that waits holds up only this thread's queues, so writes at once always may.
-  if (handles) vq.enableFastPath({ handles, inodes, counts: served.subarray(4 * s.q, 4 * s.q + 4) });
+  if (handles) vq.enableFastPath({ handles, inodes, counts: fastCounts(served, s.q) });
   let batch: Chain[] = [];
   // The start of each request, copied once: the guest cannot change it under us. It decides
   // whether this thread serves the request and, if not, is the header posted.

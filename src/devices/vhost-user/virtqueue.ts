@@ -41,6 +41,18 @@ export function ringViews(mem: GuestMemory, addr: { desc: number; avail: number;
  * code straight off the ring (ring_fast.c); `counts` gets what it served — READs, WRITEs,
  * READ bytes, GETATTRs; `onStall` hears of writes at once that waited.
  */
+/** The words of FastPathSpec.counts, per queue, in an array of them (see fastCounts). */
+export const FAST_COUNTS = { reads: 0, writes: 1, readBytes: 2, getattrs: 3, words: 4 } as const;
+export type FastCount = Exclude<keyof typeof FAST_COUNTS, 'words'>;
+
+/** Queue q's counts in an array of every queue's. */
+export function fastCounts(all: Float64Array, q: number): Float64Array {
+  return all.subarray(FAST_COUNTS.words * q, FAST_COUNTS.words * (q + 1));
+}
+
+/** The words of ring_fast.c's report (REPORT_*). */
+const REPORT = { reads: 0, writes: 1, stallFh: 2, stallMs: 3, readBytes: 4, getattrs: 5, words: 6 } as const;
+
 export interface FastPathSpec {
   handles: SharedHandles;
   inodes?: SharedHandles;
@@ -89,7 +101,7 @@ export class Virtqueue {
 
   /** Lets native code serve READ and WRITE on `spec.handles` (see serveFast). */
   enableFastPath(spec: FastPathSpec): void {
-    const report = new Float64Array(6);
+    const report = new Float64Array(REPORT.words);
     const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, spec.inodes?.table ?? null, report);
     this.fast = { ctx, report, spec };
   }
@@ -108,14 +120,15 @@ export class Virtqueue {
     this.lastAvail = (this.lastAvail + n) & 0xffff;
     this.usedIdx = (this.usedIdx + n) & 0xffff;
     const r = f.report;
-    f.spec.counts[0]! += r[0]!;
-    f.spec.counts[1]! += r[1]!;
-    f.spec.counts[2]! += r[4]!;
-    f.spec.counts[3]! += r[5]!;
-    r[0] = r[1] = r[4] = r[5] = 0;
-    if (r[3]) {
-      f.spec.onStall?.(r[2]!, r[3]);
-      r[3] = 0;
+    const c = f.spec.counts;
+    c[FAST_COUNTS.reads]! += r[REPORT.reads]!;
+    c[FAST_COUNTS.writes]! += r[REPORT.writes]!;
+    c[FAST_COUNTS.readBytes]! += r[REPORT.readBytes]!;
+    c[FAST_COUNTS.getattrs]! += r[REPORT.getattrs]!;
+    r[REPORT.reads] = r[REPORT.writes] = r[REPORT.readBytes] = r[REPORT.getattrs] = 0;
+    if (r[REPORT.stallMs]) {
+      f.spec.onStall?.(r[REPORT.stallFh]!, r[REPORT.stallMs]);
+      r[REPORT.stallMs] = 0;
     }
     return n;
   }
