@@ -10,10 +10,13 @@
  * has to be safe, never complete: whatever it declines is served, or refused with a reason,
  * the usual way.
  *
- *   ringFastCreate(desc, avail, used, num, indirect, regions, handles, inodes, report) -> context
+ *   ringFastCreate(desc, avail, used, num, indirect, regions, handles, inodes, counts, stall) -> context
  *       desc/avail/used: Uint8Arrays over the rings; regions: [gpa, Uint8Array, ...] (guest
  *       memory); handles, inodes: Int32Arrays of SharedHandles tables, by file handle and by
- *       node id (inodes may be null); report: Float64Array(6), see REPORT_*. The arrays are
+ *       node id (inodes may be null); counts: Float64Array(4) of running totals, COUNT_*,
+ *       added to before each request's used entry is published (so a driver that sees the
+ *       reply sees it counted); stall: Float64Array(2), the handle and ms of the last write
+ *       at once that waited (ms 0: none since the caller cleared it). The arrays are
  *       referenced by the context, so the memory stays mapped.
  *   ringFastServe(context, lastAvail, usedIdx, max, writeAtOnceMax) -> chains served (0..max)
  *       The caller advances both indices by the count and decides on the interrupt; the
@@ -78,14 +81,15 @@
 #define SH_STAT_AT_ONCE 16
 #define SH_TIMEOUT_SHIFT 8
 
-/* Report words: reads and writes served, the last stall, READ bytes (running totals but the stall). */
-#define REPORT_READS 0
-#define REPORT_WRITES 1
-#define REPORT_STALL_FH 2
-#define REPORT_STALL_MS 3
-#define REPORT_READ_BYTES 4
-#define REPORT_GETATTRS 5
-#define REPORT_WORDS 6
+/* Count words (virtqueue.ts FAST_COUNTS), and the stall's. */
+#define COUNT_READS 0
+#define COUNT_WRITES 1
+#define COUNT_READ_BYTES 2
+#define COUNT_GETATTRS 3
+#define COUNT_WORDS 4
+#define STALL_FH 0
+#define STALL_MS 1
+#define STALL_WORDS 2
 
 /*
  * A write at once slower than this (file-io.ts's STALL_MS) waited for something, if the
@@ -112,7 +116,8 @@ struct ring_fast {
   uint32_t nregions;
   int32_t *handles;
   int32_t *inodes; /* NULL: none published */
-  double *report;
+  double *counts;
+  double *stall;
   napi_ref refs[MAX_REGIONS + 5];
   uint32_t nrefs;
 };
@@ -356,7 +361,7 @@ static enum outcome serve_getattr(struct ring_fast *r, struct chain *c, const ui
   memcpy(a + 96, &st.stx_blksize, 4);
   memcpy(a + 100, &zero, 4); /* flags */
   reply(c, head, out, ATTR_OUT, OUT_HEADER + ATTR_OUT);
-  r->report[REPORT_GETATTRS] += 1;
+  r->counts[COUNT_GETATTRS] += 1;
   *written = OUT_HEADER + ATTR_OUT;
   return SERVED;
 }
@@ -398,8 +403,8 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_a
           long now = voluntary_switches();
           if (now > *slept) {
             stalled = true;
-            r->report[REPORT_STALL_FH] = (double)fh;
-            r->report[REPORT_STALL_MS] = (double)took / 1e6;
+            r->stall[STALL_FH] = (double)fh;
+            r->stall[STALL_MS] = (double)took / 1e6;
           }
           *slept = now;
         }
@@ -425,8 +430,8 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_a
     memcpy(out + 20, &pad, 4);
   }
   reply(c, head, out, write ? WRITE_OUT : 0, total);
-  r->report[write ? REPORT_WRITES : REPORT_READS] += 1;
-  if (!write) r->report[REPORT_READ_BYTES] += (double)n;
+  r->counts[write ? COUNT_WRITES : COUNT_READS] += 1;
+  if (!write) r->counts[COUNT_READ_BYTES] += (double)n;
   *written = total;
   return stalled ? SERVED_STALLED : SERVED;
 }
@@ -453,24 +458,25 @@ static bool hold_array(napi_env env, struct ring_fast *r, napi_value v, void **d
 }
 
 napi_value js_ring_fast_create(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
-  napi_value argv[9];
+  size_t argc = 10;
+  napi_value argv[10];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 9) return throw_errno(env, EINVAL, "ringFastCreate");
+  if (argc < 10) return throw_errno(env, EINVAL, "ringFastCreate");
   struct ring_fast *r = calloc(1, sizeof *r);
   if (!r) return throw_errno(env, ENOMEM, "ringFastCreate");
-  void *p[6] = {0};
-  size_t b[6] = {0};
+  void *p[7] = {0};
+  size_t b[7] = {0};
   napi_valuetype inodes_type;
   uint32_t num = 0, nreg = 0;
   bool ok = napi_get_value_uint32(env, argv[3], &num) == napi_ok && num > 0 && num <= 32768 && (num & (num - 1)) == 0 &&
             napi_get_value_bool(env, argv[4], &r->indirect) == napi_ok && hold_array(env, r, argv[0], &p[0], &b[0]) &&
             hold_array(env, r, argv[1], &p[1], &b[1]) && hold_array(env, r, argv[2], &p[2], &b[2]) &&
             hold_array(env, r, argv[6], &p[3], &b[3]) && hold_array(env, r, argv[8], &p[4], &b[4]) &&
+            hold_array(env, r, argv[9], &p[6], &b[6]) && b[6] >= STALL_WORDS * 8 &&
             napi_typeof(env, argv[7], &inodes_type) == napi_ok &&
             (inodes_type == napi_null || (hold_array(env, r, argv[7], &p[5], &b[5]) && b[5] >= (size_t)SH_SLOTS * SH_WORDS * 4)) &&
             b[0] >= 16 * (size_t)num && b[1] >= 6 + 2 * (size_t)num && b[2] >= 6 + 8 * (size_t)num &&
-            b[3] >= (size_t)SH_SLOTS * SH_WORDS * 4 && b[4] >= REPORT_WORDS * 8 && (uintptr_t)p[1] % 2 == 0 && (uintptr_t)p[2] % 4 == 0 &&
+            b[3] >= (size_t)SH_SLOTS * SH_WORDS * 4 && b[4] >= COUNT_WORDS * 8 && (uintptr_t)p[1] % 2 == 0 && (uintptr_t)p[2] % 4 == 0 &&
             napi_get_array_length(env, argv[5], &nreg) == napi_ok && nreg % 2 == 0 && nreg / 2 <= MAX_REGIONS;
   for (uint32_t i = 0; ok && i < nreg; i += 2) {
     napi_value gpa, bytes;
@@ -491,7 +497,8 @@ napi_value js_ring_fast_create(napi_env env, napi_callback_info info) {
   r->used_ring = (volatile uint32_t *)((uint8_t *)p[2] + 4);
   r->num = num;
   r->handles = p[3];
-  r->report = p[4];
+  r->counts = p[4];
+  r->stall = p[6];
   r->inodes = p[5];
   napi_value ext;
   if (napi_create_external(env, r, finalize, NULL, &ext) != napi_ok) {

@@ -40,10 +40,10 @@ export interface NativeAddon {
   /**
    * A virtqueue's data path in native code (ring_fast.c): the rings, guest memory as
    * [guest-physical address, bytes, ...], the SharedHandles tables of open files and of
-   * inodes, and `report`: READs and WRITEs served, the handle and ms of the last write at
-   * once that waited, READ bytes, GETATTRs served.
+   * inodes, `counts` (READs, WRITEs, READ bytes, GETATTRs served: added to) and `stall` (the
+   * handle and ms of the last write at once that waited).
    */
-  ringFastCreate(desc: Uint8Array, avail: Uint8Array, used: Uint8Array, num: number, indirect: boolean, regions: (number | Uint8Array)[], handles: Int32Array, inodes: Int32Array | null, report: Float64Array): unknown;
+  ringFastCreate(desc: Uint8Array, avail: Uint8Array, used: Uint8Array, num: number, indirect: boolean, regions: (number | Uint8Array)[], handles: Int32Array, inodes: Int32Array | null, counts: Float64Array, stall: Float64Array): unknown;
   /**
    * Serves up to `max` READ/WRITE chains from `lastAvail` on, writes "at once" only up to
    * `writeAtOnceMax` bytes; returns how many (both indices advance by it).

@@ -41,7 +41,10 @@ export function ringViews(mem: GuestMemory, addr: { desc: number; avail: number;
  * code straight off the ring (ring_fast.c); `counts` gets what it served — READs, WRITEs,
  * READ bytes, GETATTRs; `onStall` hears of writes at once that waited.
  */
-/** The words of FastPathSpec.counts, per queue, in an array of them (see fastCounts). */
+/**
+ * The words of FastPathSpec.counts, per queue, in an array of them (see fastCounts);
+ * ring_fast.c adds to them (COUNT_*) before a request's used entry is published.
+ */
 export const FAST_COUNTS = { reads: 0, writes: 1, readBytes: 2, getattrs: 3, words: 4 } as const;
 export type FastCount = Exclude<keyof typeof FAST_COUNTS, 'words'>;
 
@@ -49,9 +52,6 @@ export type FastCount = Exclude<keyof typeof FAST_COUNTS, 'words'>;
 export function fastCounts(all: Float64Array, q: number): Float64Array {
   return all.subarray(FAST_COUNTS.words * q, FAST_COUNTS.words * (q + 1));
 }
-
-/** The words of ring_fast.c's report (REPORT_*). */
-const REPORT = { reads: 0, writes: 1, stallFh: 2, stallMs: 3, readBytes: 4, getattrs: 5, words: 6 } as const;
 
 export interface FastPathSpec {
   handles: SharedHandles;
@@ -63,7 +63,7 @@ export interface FastPathSpec {
 export class Virtqueue {
   lastAvail = 0;
   usedIdx = 0;
-  private fast?: { ctx: unknown; report: Float64Array; spec: FastPathSpec };
+  private fast?: { ctx: unknown; stall: Float64Array; spec: FastPathSpec };
   private readonly descDv: DataView;
   private readonly avail16: Uint16Array;
   private readonly used16: Uint16Array;
@@ -101,9 +101,10 @@ export class Virtqueue {
 
   /** Lets native code serve READ and WRITE on `spec.handles` (see serveFast). */
   enableFastPath(spec: FastPathSpec): void {
-    const report = new Float64Array(REPORT.words);
-    const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, spec.inodes?.table ?? null, report);
-    this.fast = { ctx, report, spec };
+    if (spec.counts.length < FAST_COUNTS.words) throw new RangeError('fast path counts too short');
+    const stall = new Float64Array(2); // handle, ms
+    const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, spec.inodes?.table ?? null, spec.counts, stall);
+    this.fast = { ctx, stall, spec };
   }
 
   /**
@@ -119,16 +120,10 @@ export class Virtqueue {
     if (n === 0) return 0;
     this.lastAvail = (this.lastAvail + n) & 0xffff;
     this.usedIdx = (this.usedIdx + n) & 0xffff;
-    const r = f.report;
-    const c = f.spec.counts;
-    c[FAST_COUNTS.reads]! += r[REPORT.reads]!;
-    c[FAST_COUNTS.writes]! += r[REPORT.writes]!;
-    c[FAST_COUNTS.readBytes]! += r[REPORT.readBytes]!;
-    c[FAST_COUNTS.getattrs]! += r[REPORT.getattrs]!;
-    r[REPORT.reads] = r[REPORT.writes] = r[REPORT.readBytes] = r[REPORT.getattrs] = 0;
-    if (r[REPORT.stallMs]) {
-      f.spec.onStall?.(r[REPORT.stallFh]!, r[REPORT.stallMs]);
-      r[REPORT.stallMs] = 0;
+    const s = f.stall;
+    if (s[1]) {
+      f.spec.onStall?.(s[0]!, s[1]);
+      s[1] = 0;
     }
     return n;
   }
