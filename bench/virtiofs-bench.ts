@@ -57,25 +57,17 @@ interface Row {
   cpuUsPerOp: number;
 }
 
-/** Runs `op` from `depth` concurrent loops for SECONDS over `queues` queues; returns the row. */
-async function run(server: Server, clients: FuseClient[], workload: string, unit: 'IOPS' | 'MiB/s' | 'ops/s', depth: number, bytesPerOp: number, op: (c: FuseClient, i: number) => Promise<void>): Promise<Row | undefined> {
+/**
+ * Measures one row: `load` runs for SECONDS, records each request's latency (µs) in the
+ * histogram it is given and returns how many requests it completed. Rows the --rows filter
+ * leaves out are not run (undefined).
+ */
+async function measure(server: Server, workload: string, unit: 'IOPS' | 'MiB/s' | 'ops/s', bytesPerOp: number, load: (h: ReturnType<typeof latencyHistogram>) => Promise<number>): Promise<Row | undefined> {
   if (ROW_FILTER.length && !ROW_FILTER.some((f) => workload.includes(f))) return undefined;
   const h = latencyHistogram();
-  let ops = 0;
-  const until = Date.now() + SECONDS * 1000;
   const cpu0 = cpuTicks(server.proc.pid!);
   const t0 = process.hrtime.bigint();
-  await Promise.all(
-    Array.from({ length: depth }, async (_, w) => {
-      const c = clients[w % clients.length]!;
-      for (let i = w; Date.now() < until; i += depth) {
-        const s = process.hrtime.bigint();
-        await op(c, i);
-        h.recordValue(Number(process.hrtime.bigint() - s) / 1000);
-        ops++;
-      }
-    }),
-  );
+  const ops = await load(h);
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = (cpuTicks(server.proc.pid!) - cpu0) / CLK_TCK;
   const rate = unit === 'MiB/s' ? (ops * bytesPerOp) / secs / (1024 * 1024) : ops / secs;
@@ -84,41 +76,54 @@ async function run(server: Server, clients: FuseClient[], workload: string, unit
   return row;
 }
 
+/** Runs `op` from `depth` concurrent loops over the FUSE clients (one per queue). */
+function run(server: Server, clients: FuseClient[], workload: string, unit: 'IOPS' | 'MiB/s' | 'ops/s', depth: number, bytesPerOp: number, op: (c: FuseClient, i: number) => Promise<void>): Promise<Row | undefined> {
+  return measure(server, workload, unit, bytesPerOp, async (h) => {
+    let ops = 0;
+    const until = Date.now() + SECONDS * 1000;
+    await Promise.all(
+      Array.from({ length: depth }, async (_, w) => {
+        const c = clients[w % clients.length]!;
+        for (let i = w; Date.now() < until; i += depth) {
+          const s = process.hrtime.bigint();
+          await op(c, i);
+          h.recordValue(Number(process.hrtime.bigint() - s) / 1000);
+          ops++;
+        }
+      }),
+    );
+    return ops;
+  });
+}
+
 /**
  * Runs a closed-loop load straight on the driver's rings (DriverRing.load): `depth` requests
  * kept in flight, spread over the request queues (depth 1: the first), laid out once with
  * only their offset rewritten per request — so that the driver, one JavaScript thread,
  * costs little per request and the rows measure the server.
  */
-async function runRing(server: Server, drv: GuestDriver, queues: number, workload: string, unit: 'IOPS' | 'MiB/s', depth: number, bytesPerOp: number, request: (q: number, i: number) => Uint8Array, replyBytes: number, offsetAt: (n: number) => number): Promise<Row | undefined> {
-  if (ROW_FILTER.length && !ROW_FILTER.some((f) => workload.includes(f))) return undefined;
-  const h = latencyHistogram();
-  const qs = depth === 1 ? [1] : Array.from({ length: Math.min(queues, depth) }, (_, i) => i + 1);
-  const cpu0 = cpuTicks(server.proc.pid!);
-  const t0 = process.hrtime.bigint();
-  const results = await Promise.all(
-    qs.map((q, k) =>
-      drv.queues[q]!.load({
-        depth: Math.floor(depth / qs.length) + (k < depth % qs.length ? 1 : 0),
-        seconds: SECONDS,
-        request: (i) => request(q, i),
-        replyBytes,
-        next: (v, n) => {
-          v.setUint32(48, offsetAt(n * qs.length + k), true); // the files here are < 4 GiB
-          v.setUint32(52, 0, true);
-        },
-        record: (us) => h.recordValue(Math.max(1, Math.round(us))),
-      }),
-    ),
-  );
-  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  const cpu = (cpuTicks(server.proc.pid!) - cpu0) / CLK_TCK;
-  const ops = results.reduce((n, r) => n + r.ops, 0);
-  const errors = results.reduce((n, r) => n + r.errors, 0);
-  if (errors) throw new Error(`${workload}: ${errors} requests failed`);
-  const row = { workload, unit, value: unit === 'MiB/s' ? (ops * bytesPerOp) / secs / (1024 * 1024) : ops / secs, p50: h.getValueAtPercentile(50), p99: h.getValueAtPercentile(99), p999: h.getValueAtPercentile(99.9), cpuUsPerOp: (cpu * 1e6) / ops };
-  progress(`    ${workload.padEnd(28)} ${row.value.toFixed(0).padStart(8)} ${unit}  p50 ${row.p50}µs p99 ${row.p99}µs`);
-  return row;
+function runRing(server: Server, drv: GuestDriver, queues: number, workload: string, unit: 'IOPS' | 'MiB/s', depth: number, bytesPerOp: number, request: (q: number, i: number) => Uint8Array, replyBytes: number, offsetAt: (n: number) => number): Promise<Row | undefined> {
+  return measure(server, workload, unit, bytesPerOp, async (h) => {
+    const qs = depth === 1 ? [1] : Array.from({ length: Math.min(queues, depth) }, (_, i) => i + 1);
+    const results = await Promise.all(
+      qs.map((q, k) =>
+        drv.queues[q]!.load({
+          depth: Math.floor(depth / qs.length) + (k < depth % qs.length ? 1 : 0),
+          seconds: SECONDS,
+          request: (i) => request(q, i),
+          replyBytes,
+          next: (v, n) => {
+            v.setUint32(48, offsetAt(n * qs.length + k), true); // the files here are < 4 GiB
+            v.setUint32(52, 0, true);
+          },
+          record: (us) => h.recordValue(Math.max(1, Math.round(us))),
+        }),
+      ),
+    );
+    const errors = results.reduce((n, r) => n + r.errors, 0);
+    if (errors) throw new Error(`${workload}: ${errors} requests failed`);
+    return results.reduce((n, r) => n + r.ops, 0);
+  });
 }
 
 function check(r: { error: number; body: Buffer }, what: string): void {
