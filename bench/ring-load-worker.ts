@@ -7,6 +7,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as hdr from 'hdr-histogram-js';
 import { DriverRing, type RingLayout } from '../src/harness/driver-ring.js';
 import { Opcode } from '../src/fuse/opcodes.js';
+import { ioRequest } from '../src/harness/fuse-client.js';
 import { encodeRequest } from '../src/fuse/request-codec.js';
 import { RequestSpecs } from '../src/fuse/request-specs.js';
 import { latencyHistogram } from './latency.js';
@@ -47,12 +48,12 @@ const unique = (i: number) => BigInt(setup.firstUnique) + BigInt(2 * i + 2);
 /** Each workload's request, laid out once per slot; READ and WRITE get a new offset per send. */
 const requests: Record<Workload, { request: (i: number) => Uint8Array; replyBytes: number; random: boolean }> = {
   read4k: {
-    request: (i) => encodeRequest({ opcode: Opcode.FUSE_READ, unique: unique(i), nodeid: setup.ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[Opcode.FUSE_READ], { fh: setup.fh, offset: 0, size: 4096, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 }),
+    request: (i) => ioRequest(unique(i), setup.ino, setup.fh, 0, 4096),
     replyBytes: 16 + 4096,
     random: true,
   },
   write4k: {
-    request: (i) => encodeRequest({ opcode: Opcode.FUSE_WRITE, unique: unique(i), nodeid: setup.ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[Opcode.FUSE_WRITE], { fh: setup.fh, offset: 0, size: 4096, write_flags: 0, lock_owner: 0n, flags: 0, padding: 0, data }),
+    request: (i) => ioRequest(unique(i), setup.ino, setup.fh, 0, data),
     replyBytes: 16 + 8,
     random: true,
   },

@@ -18,10 +18,8 @@
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../src/native/native.js';
-import { FuseClient } from '../src/harness/fuse-client.js';
+import { FuseClient, ioRequest } from '../src/harness/fuse-client.js';
 import { Opcode } from '../src/fuse/opcodes.js';
-import { encodeRequest } from '../src/fuse/request-codec.js';
-import { type Field, RequestSpecs } from '../src/fuse/request-specs.js';
 import { GuestDriver } from '../src/harness/guest-driver.js';
 import { CLK_TCK, cpuTicks, type Server, startServer, stopServer, VIRTIOFSD, virtiofsdArgs } from './servers.js';
 import { formatRatio, formatTable, medianRows, ratioOf, roundsOption } from './rounds.js';
@@ -166,11 +164,7 @@ async function suite(server: Server, queues: number, fileName: string, quick: bo
     // READ and WRITE rows: requests laid out once per slot (unique per queue and slot), only
     // their offsets rewritten; replies not copied out.
     const io = (op: Opcode.FUSE_READ | Opcode.FUSE_WRITE, data: Buffer) => (q: number, i: number) =>
-      encodeRequest(
-        { opcode: op, unique: (BigInt(q) << 32n) + BigInt(2 * i + 2), nodeid: ino, uid: 0, gid: 0, pid: 1 },
-        RequestSpecs[op] as readonly Field[],
-        op === Opcode.FUSE_READ ? { fh, offset: 0, size: data.length, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 } : { fh, offset: 0, size: data.length, write_flags: 0, lock_owner: 0n, flags: 0, padding: 0, data },
-      );
+      ioRequest((BigInt(q) << 32n) + BigInt(2 * i + 2), ino, fh, 0, op === Opcode.FUSE_READ ? data.length : data);
     const at = (n: number) => rand(n) * 4096;
     const seq = (size: number) => (n: number) => (n * size) % FILE_BYTES;
     const R = Opcode.FUSE_READ;

@@ -19,7 +19,7 @@ import type { FileSystem } from '../src/fs/api.js';
 import { Opcode } from '../src/fuse/opcodes.js';
 import { encodeRequest } from '../src/fuse/request-codec.js';
 import { RequestSpecs } from '../src/fuse/request-specs.js';
-import { FuseClient } from '../src/harness/fuse-client.js';
+import { FuseClient, ioRequest } from '../src/harness/fuse-client.js';
 import { fuzz } from '../src/harness/fuzz.js';
 import { type DriverOptions, GuestDriver } from '../src/harness/guest-driver.js';
 import type { LoadSetup, Phase, PhaseResult } from '../bench/ring-load-worker.js';
@@ -448,7 +448,7 @@ test('the driver\'s closed-loop load keeps its depth in flight, rewrites each re
   await withHarness(fs, { slotBytes: 128 * 1024 }, async (c, drv) => {
     const { ino, fh } = await c.create(1, 'f', 0o100644, 2);
     assert.equal((await c.write(ino, fh, 0, Buffer.alloc(64 * 1024, 7))).error, 0);
-    const read = (handle: number) => () => encodeRequest({ opcode: Opcode.FUSE_READ, unique: 99n, nodeid: ino, uid: 0, gid: 0, pid: 1 }, RequestSpecs[Opcode.FUSE_READ], { fh: handle, offset: 0, size: 4096, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 });
+    const read = (handle: number) => () => ioRequest(99n, ino, handle, 0, 4096);
     const offsets = new Set<number>();
     const ok = await drv.queues[1]!.load({
       depth: 8,

@@ -14,6 +14,17 @@ export interface FuseReply {
   body: Buffer;
 }
 
+/**
+ * The bytes of a READ (`what`: its size) or WRITE (`what`: its data) request, for drivers
+ * that lay requests out in guest memory themselves (DriverRing.load).
+ */
+export function ioRequest(unique: bigint, ino: number, fh: number, offset: number, what: number | Uint8Array): Buffer {
+  const header = { unique, nodeid: ino, uid: 0, gid: 0, pid: 1 };
+  return typeof what === 'number'
+    ? encodeRequest({ ...header, opcode: Opcode.FUSE_READ }, RequestSpecs[Opcode.FUSE_READ], { fh, offset, size: what })
+    : encodeRequest({ ...header, opcode: Opcode.FUSE_WRITE }, RequestSpecs[Opcode.FUSE_WRITE], { fh, offset, size: what.length, data: what });
+}
+
 export class FuseClient {
   private unique: bigint;
 
