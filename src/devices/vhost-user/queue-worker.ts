@@ -39,8 +39,8 @@ function start(s: RingStart): void {
   const vq = new Virtqueue(mem, s.num, ringViews(mem, s.addr, s.num), { eventIdx: s.eventIdx, indirect: s.indirect });
   vq.setBase(s.base);
   // READ and WRITE on the backend's published files, GETATTR of its published inodes:
-  // served here, by native code. A write
-  // that waits holds up only this thread's queues, so writes at once always may.
+  // served here, by native code. A write that waits holds up only this thread's queues, so
+  // writes at once always may.
   if (handles) vq.enableFastPath({ handles, inodes, counts: fastCounts(served, s.q) });
   let batch: Chain[] = [];
   // The start of each request, copied once: the guest cannot change it under us. It decides

@@ -99,7 +99,7 @@ export class Virtqueue {
     return vq;
   }
 
-  /** Lets native code serve READ and WRITE on `spec.handles` (see serveFast). */
+  /** Lets native code serve READ and WRITE on `spec.handles`, GETATTR of `spec.inodes` (see serveFast). */
   enableFastPath(spec: FastPathSpec): void {
     if (spec.counts.length < FAST_COUNTS.words) throw new RangeError('fast path counts too short');
     const stall = new Float64Array(2); // handle, ms
