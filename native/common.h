@@ -68,6 +68,7 @@ napi_value js_eventfd_drain(napi_env env, napi_callback_info info);
 napi_value js_backing_open(napi_env env, napi_callback_info info);
 napi_value js_backing_close(napi_env env, napi_callback_info info);
 napi_value js_dev_read(napi_env env, napi_callback_info info);
+napi_value js_dev_fast_create(napi_env env, napi_callback_info info);
 napi_value js_dev_writev(napi_env env, napi_callback_info info);
 napi_value js_rw_nowait(napi_env env, napi_callback_info info);
 napi_value js_ring_fast_create(napi_env env, napi_callback_info info);

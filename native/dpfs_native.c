@@ -5,10 +5,12 @@
  *   busy_poll.c  adaptive spinning before the event loop sleeps
  *   fsops.c  *at() system calls run on libuv's pool with the caller's credentials
  *   vhost.c  unix sockets with descriptor passing, memfd, eventfd
- *   fusedev.c  /dev/fuse reads and writes, kernel FUSE passthrough backing files (ioctls)
+ *   fusedev.c  /dev/fuse reads (GETATTR of published inodes answered there) and writes,
+ *              kernel FUSE passthrough backing files (ioctls)
  *   shared_map.cc  guest memory as a SharedArrayBuffer shared by threads
  *   nowait.c  page-cache reads and writes that never block (RWF_NOWAIT)
- *   ring_fast.c  READ and WRITE on published open files served straight off a virtqueue
+ *   ring_fast.c  READ, WRITE and GETATTR on published files served straight off a virtqueue
+ *   published.h  the SharedHandles protocol and GETATTR replies, shared by those two
  *   uring.c  io_uring for the reads, writes and fsyncs that may wait
  *   fuse_uring.c  FUSE requests and replies over io_uring instead of /dev/fuse reads and writes
  * Errors are thrown (or rejected) as Errors carrying `code`, `errno` and `syscall`.
@@ -38,6 +40,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"backingOpen", NULL, js_backing_open, NULL, NULL, NULL, napi_default, NULL},
       {"backingClose", NULL, js_backing_close, NULL, NULL, NULL, napi_default, NULL},
       {"devRead", NULL, js_dev_read, NULL, NULL, NULL, napi_default, NULL},
+      {"devFastCreate", NULL, js_dev_fast_create, NULL, NULL, NULL, napi_default, NULL},
       {"devWritev", NULL, js_dev_writev, NULL, NULL, NULL, napi_default, NULL},
       {"rwNowait", NULL, js_rw_nowait, NULL, NULL, NULL, napi_default, NULL},
       {"ringFastCreate", NULL, js_ring_fast_create, NULL, NULL, NULL, napi_default, NULL},

@@ -29,7 +29,7 @@
  * read once into a local copy and checked against the regions before any access, and the
  * request head is copied before it is parsed.
  */
-#include "common.h"
+#include "published.h"
 
 #include <limits.h>
 #include <stdint.h>
@@ -51,35 +51,12 @@
 #define MAX_CHAIN_BYTES (32u * 1024 * 1024)
 
 /* FUSE wire layout (fuse.h): in header 40 bytes, fuse_read_in/fuse_write_in 40, out header 16. */
-#define IN_HEADER 40
 #define REQ_HEAD 80
-#define OUT_HEADER 16
 #define WRITE_OUT 8
-#define FUSE_GETATTR 3
 #define FUSE_READ 15
 #define FUSE_WRITE 16
 #define FUSE_WRITE_KILL_SUIDGID (1u << 2)
-#define FUSE_GETATTR_FH (1u << 0)
-#define GETATTR_REQ 56 /* in header and fuse_getattr_in */
-#define ATTR_OUT 104   /* fuse_attr_out */
-#define COPY_MAX (OUT_HEADER + ATTR_OUT) /* the most bytes iov_copy moves (≥ REQ_HEAD) */
-
-/* SharedHandles: slots of 6 int32 words (see shared-handles.ts). */
-#define SH_SLOTS 4096
-#define SH_WORDS 6
-#define SH_STATE 0
-#define SH_FH_LO 1
-#define SH_FH_HI 2
-#define SH_FD 3
-#define SH_FLAGS 4
-#define SH_USERS 5
-#define SH_LIVE 1
-#define SH_READ 1
-#define SH_WRITE 2
-#define SH_READ_AT_ONCE 4
-#define SH_WRITE_AT_ONCE 8
-#define SH_STAT_AT_ONCE 16
-#define SH_TIMEOUT_SHIFT 8
+#define COPY_MAX GETATTR_REPLY /* the most bytes iov_copy moves (≥ REQ_HEAD) */
 
 /* Count words (virtqueue.ts FAST_COUNTS), and the stall's. */
 #define COUNT_READS 0
@@ -242,18 +219,6 @@ static void iov_copy(const struct iovec *iov, uint32_t n, uint64_t skip, uint8_t
   }
 }
 
-static uint32_t u32_at(const uint8_t *b, size_t at) {
-  uint32_t v;
-  memcpy(&v, b + at, 4);
-  return v;
-}
-
-static uint64_t u64_at(const uint8_t *b, size_t at) {
-  uint64_t v;
-  memcpy(&v, b + at, 8);
-  return v;
-}
-
 /* Times the calling thread gave up the CPU itself (slept): the sign that a call waited. */
 static long voluntary_switches(void) {
   struct rusage ru;
@@ -292,23 +257,6 @@ static int64_t read_cached(int fd, struct iovec *iov, uint32_t n, uint64_t size,
 
 enum outcome { DECLINED, SERVED, SERVED_STALLED };
 
-/*
- * Enters the slot of `key` in a SharedHandles table as one of its users and returns it, or
- * NULL where the key is not published. An owner withdrawing a slot waits for its users in
- * 10 ms steps (an Atomics.wait, which no system call wakes), so leave() needs no wake-up.
- */
-static int32_t *enter(int32_t *table, uint64_t key) {
-  int32_t *s = table + (size_t)((uint32_t)key % SH_SLOTS) * SH_WORDS;
-  __atomic_fetch_add(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
-  if (__atomic_load_n(&s[SH_STATE], __ATOMIC_SEQ_CST) == SH_LIVE && (uint32_t)s[SH_FH_LO] == (uint32_t)key && (uint32_t)s[SH_FH_HI] == (uint32_t)(key >> 32)) return s;
-  __atomic_fetch_sub(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
-  return NULL;
-}
-
-static void leave(int32_t *s) {
-  __atomic_fetch_sub(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
-}
-
 /* The reply header, and what follows it in `out`, into the chain's writable buffers. */
 static void reply(struct chain *c, const uint8_t *head, uint8_t *out, uint32_t body, uint32_t total) {
   int32_t ok = 0;
@@ -318,51 +266,14 @@ static void reply(struct chain *c, const uint8_t *head, uint8_t *out, uint32_t b
   iov_copy(c->wr, c->nwr, 0, out, OUT_HEADER + body, true);
 }
 
-/*
- * GETATTR of an inode (or, with FUSE_GETATTR_FH, an open file) the backend published as one
- * whose attributes are read at once: one statx, the reply built here as the passthrough
- * builds it (attr timeout from the slot's flags; ids as they are, since only backends that
- * map none publish).
- */
+/* GETATTR of an inode or open file the backend published (see published_getattr). */
 static enum outcome serve_getattr(struct ring_fast *r, struct chain *c, const uint8_t *head, uint32_t *written) {
-  if (u32_at(head, 0) != GETATTR_REQ || c->rd_bytes != GETATTR_REQ || c->wr_bytes < OUT_HEADER + ATTR_OUT) return DECLINED;
-  bool by_fh = u32_at(head, 40) & FUSE_GETATTR_FH;
-  int32_t *table = by_fh ? r->handles : r->inodes;
-  int32_t *s = table ? enter(table, by_fh ? u64_at(head, 48) : u64_at(head, 16)) : NULL;
-  if (!s) return DECLINED;
-  int flags = s[SH_FLAGS];
-  struct statx st;
-  bool ok = (flags & SH_STAT_AT_ONCE) && statx(s[SH_FD], "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) == 0;
-  leave(s);
-  if (!ok) return DECLINED;
-  uint8_t out[OUT_HEADER + ATTR_OUT];
-  uint8_t *a = out + OUT_HEADER;
-  uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
-  uint32_t zero = 0, mode = st.stx_mode;
-  uint32_t rdev = (st.stx_rdev_minor & 0xff) | (st.stx_rdev_major << 8) | ((st.stx_rdev_minor & ~0xffu) << 12);
-  int64_t at = st.stx_atime.tv_sec, mt = st.stx_mtime.tv_sec, ct = st.stx_ctime.tv_sec;
-  memcpy(a, &valid, 8); /* attr_valid, attr_valid_nsec, dummy */
-  memcpy(a + 8, &zero, 4);
-  memcpy(a + 12, &zero, 4);
-  memcpy(a + 16, &st.stx_ino, 8); /* struct fuse_attr */
-  memcpy(a + 24, &st.stx_size, 8);
-  memcpy(a + 32, &st.stx_blocks, 8);
-  memcpy(a + 40, &at, 8);
-  memcpy(a + 48, &mt, 8);
-  memcpy(a + 56, &ct, 8);
-  memcpy(a + 64, &st.stx_atime.tv_nsec, 4);
-  memcpy(a + 68, &st.stx_mtime.tv_nsec, 4);
-  memcpy(a + 72, &st.stx_ctime.tv_nsec, 4);
-  memcpy(a + 76, &mode, 4);
-  memcpy(a + 80, &st.stx_nlink, 4);
-  memcpy(a + 84, &st.stx_uid, 4);
-  memcpy(a + 88, &st.stx_gid, 4);
-  memcpy(a + 92, &rdev, 4);
-  memcpy(a + 96, &st.stx_blksize, 4);
-  memcpy(a + 100, &zero, 4); /* flags */
-  reply(c, head, out, ATTR_OUT, OUT_HEADER + ATTR_OUT);
+  if (u32_at(head, 0) != GETATTR_REQ || c->rd_bytes != GETATTR_REQ || c->wr_bytes < GETATTR_REPLY) return DECLINED;
+  uint8_t out[GETATTR_REPLY];
+  if (!published_getattr(r->handles, r->inodes, head, out)) return DECLINED;
+  iov_copy(c->wr, c->nwr, 0, out, GETATTR_REPLY, true);
   r->counts[COUNT_GETATTRS] += 1;
-  *written = OUT_HEADER + ATTR_OUT;
+  *written = GETATTR_REPLY;
   return SERVED;
 }
 
@@ -385,7 +296,7 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_a
             : (len != REQ_HEAD || c->rd_bytes != REQ_HEAD || c->wr_bytes < OUT_HEADER + (uint64_t)size))
     return DECLINED;
 
-  int32_t *s = enter(r->handles, fh);
+  int32_t *s = sh_enter(r->handles, fh);
   int64_t n = -1;
   bool stalled = false;
   if (s) {
@@ -418,7 +329,7 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_a
         if (n < 0) n = -1;
       } else n = read_cached(fd, io, m, size, (off_t)offset);
     }
-    leave(s);
+    sh_leave(s);
   }
   if (n < 0) return DECLINED; /* positional: the session doing it again is harmless */
 
@@ -474,9 +385,9 @@ napi_value js_ring_fast_create(napi_env env, napi_callback_info info) {
             hold_array(env, r, argv[6], &p[3], &b[3]) && hold_array(env, r, argv[8], &p[4], &b[4]) &&
             hold_array(env, r, argv[9], &p[6], &b[6]) && b[6] >= STALL_WORDS * 8 &&
             napi_typeof(env, argv[7], &inodes_type) == napi_ok &&
-            (inodes_type == napi_null || (hold_array(env, r, argv[7], &p[5], &b[5]) && b[5] >= (size_t)SH_SLOTS * SH_WORDS * 4)) &&
+            (inodes_type == napi_null || (hold_array(env, r, argv[7], &p[5], &b[5]) && b[5] >= SH_TABLE_BYTES)) &&
             b[0] >= 16 * (size_t)num && b[1] >= 6 + 2 * (size_t)num && b[2] >= 6 + 8 * (size_t)num &&
-            b[3] >= (size_t)SH_SLOTS * SH_WORDS * 4 && b[4] >= COUNT_WORDS * 8 && (uintptr_t)p[1] % 2 == 0 && (uintptr_t)p[2] % 4 == 0 &&
+            b[3] >= SH_TABLE_BYTES && b[4] >= COUNT_WORDS * 8 && (uintptr_t)p[1] % 2 == 0 && (uintptr_t)p[2] % 4 == 0 &&
             napi_get_array_length(env, argv[5], &nreg) == napi_ok && nreg % 2 == 0 && nreg / 2 <= MAX_REGIONS;
   for (uint32_t i = 0; ok && i < nreg; i += 2) {
     napi_value gpa, bytes;

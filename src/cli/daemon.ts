@@ -41,7 +41,7 @@ export async function startDevice(cfg: DeviceConfig, log: Logger, metrics = fals
         metrics,
       });
       await dev.start();
-      return { name: cfg.name, stop: () => dev.stop(), ended: dev.ended, opStats: dev.opStats, samples: () => [...dev.samples(), ...(fs.samples?.() ?? [])] };
+      return { name: cfg.name, stop: () => dev.stop(), ended: dev.ended, opStats: dev.opStats, servedElsewhere: () => dev.servedNatively(), samples: () => [...dev.samples(), ...(fs.samples?.() ?? [])] };
     }
     case 'vhost-user': {
       const dev = new VhostUserFsDevice({

@@ -51,8 +51,14 @@ export interface NativeAddon {
   ringFastServe(ctx: unknown, lastAvail: number, usedIdx: number, max: number, writeAtOnceMax: number): number;
   /** Times the calling thread slept (getrusage ru_nvcsw): a call that raised it waited. */
   threadVoluntarySwitches(): number;
-  /** read(2) of one request from /dev/fuse into `scratch`: its bytes, 0 at end of file, or -errno. */
-  devRead(devFd: number, scratch: Buffer): number;
+  /**
+   * read(2) of one request from /dev/fuse into `scratch`: its bytes, 0 at end of file, or
+   * -errno. With `fast` (devFastCreate), GETATTRs of published inodes and open files are
+   * answered natively and the next request read instead (see native/fusedev.c).
+   */
+  devRead(devFd: number, scratch: Buffer, fast?: unknown): number;
+  /** A context for devRead: the backend's SharedHandles tables by node id and by handle, and counts[0] for GETATTRs answered. */
+  devFastCreate(inodes: Int32Array | null, handles: Int32Array | null, counts: Float64Array): unknown;
   /** writev(2) of a reply to /dev/fuse; throws on failure. */
   devWritev(devFd: number, chunks: Uint8Array[]): number;
   /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */

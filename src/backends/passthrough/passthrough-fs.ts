@@ -292,7 +292,8 @@ export class PassthroughFs implements FileSystem {
     return { ino: n.nodeid, attr: this.attr(st), entryTimeout: this.timeout, attrTimeout: this.timeout };
   }
 
-  private lookupIn(ctx: RequestContext | null, parent: PInode, name: string): Entry | Promise<Entry> {
+  /** `missing`: the answer where the name does not exist (else ENOENT is thrown). */
+  private lookupIn(ctx: RequestContext | null, parent: PInode, name: string, missing?: Entry): Entry | Promise<Entry> {
     const c = ctx ? this.creds(ctx) : null;
     const dev = parent.dev;
     if (parent.fd >= 0 && dev.local) {
@@ -300,6 +301,10 @@ export class PassthroughFs implements FileSystem {
         // Held in memory: a name is resolved here at once, and an inode already known needs
         // no descriptor at all (another device, a mount point, takes the long way).
         const st = sys.statxNow(c, parent.fd, name);
+        if (typeof st === 'number') {
+          if (st === -Errno.ENOENT && missing) return missing;
+          throw new FsError(-st);
+        }
         const known = st.devMajor === dev.major && st.devMinor === dev.minor ? this.table.find(key(st)) : undefined;
         if (known) return this.entryOf(known, st);
       }
@@ -344,7 +349,7 @@ export class PassthroughFs implements FileSystem {
     };
     let e: Entry | Promise<Entry>;
     try {
-      e = this.lookupIn(ctx, this.table.get(parent), name);
+      e = this.lookupIn(ctx, this.table.get(parent), name, this.timeout > 0 ? negativeEntry(this.timeout) : undefined);
     } catch (err) {
       return absent(err);
     }

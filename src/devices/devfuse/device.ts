@@ -16,7 +16,7 @@ import type { Logger } from '../../util/log.js';
 import { silentLogger } from '../../util/log.js';
 import { isFuseType, mountAt } from './mounts.js';
 import { FuseUringChannel, fuseUringEnabled } from './uring-channel.js';
-import { InitFlag } from '../../fuse/opcodes.js';
+import { InitFlag, Opcode } from '../../fuse/opcodes.js';
 import type { TransportInfo } from '../../fuse/session.js';
 
 const writevAsync = promisify(writev);
@@ -60,6 +60,11 @@ export class DevFuseDevice {
   readonly session: Session;
   /** Requests by opcode (recorded with `metrics`). */
   readonly opStats = new OpStats();
+  /**
+   * GETATTRs answered in the read loop itself (native/fusedev.c), which the session never
+   * saw: those of inodes and open files the backend published (FileSystem.sharedInodes).
+   */
+  readonly served = new Float64Array(1);
   private fd = -1;
   private readonly workers: Worker[] = [];
   private live = 0;
@@ -200,8 +205,9 @@ export class DevFuseDevice {
    */
   private startPolling(bufSize: number): void {
     let buf = Buffer.allocUnsafe(bufSize);
+    const fast = this.fastPath();
     const onReadable = () => {
-      const r = native().devRead(this.fd, buf);
+      const r = native().devRead(this.fd, buf, fast);
       if (r > SMALL_REQUEST) {
         // A big request (WRITE data) is served in place: answered at once, it leaves the
         // buffer free for the next read; still in flight, it keeps it, and the next read
@@ -221,6 +227,22 @@ export class DevFuseDevice {
       this.stopPolling(r === 0 ? 'EOF' : errnoName(-r));
     };
     this.watcher = native().watch(this.fd, onReadable);
+  }
+
+  /**
+   * Where the backend publishes inodes whose attributes can be read at once, GETATTR is
+   * answered as the request is read: one statx, no trip through the session. Not while
+   * tracing, which logs every request.
+   */
+  private fastPath(): unknown {
+    const { fs, trace } = this.options;
+    if (trace || (!fs.sharedInodes && !fs.sharedHandles)) return undefined;
+    return native().devFastCreate(fs.sharedInodes?.table ?? null, fs.sharedHandles?.table ?? null, this.served);
+  }
+
+  /** GETATTRs answered in the read loop (see `served`), for metrics. */
+  servedNatively(): [op: number, count: number][] {
+    return [[Opcode.FUSE_GETATTR, this.served[0]!]];
   }
 
   private stopPolling(why: string | undefined): void {

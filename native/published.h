@@ -1,0 +1,120 @@
+/*
+ * What the native request paths (ring_fast.c for virtqueues, fusedev.c for /dev/fuse) share:
+ * the SharedHandles protocol (src/fs/shared-handles.ts) and the GETATTR reply built from a
+ * descriptor a backend published.
+ */
+#ifndef DPFS_PUBLISHED_H
+#define DPFS_PUBLISHED_H
+
+#include "common.h"
+
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+/* FUSE wire layout (fuse.h). */
+#define IN_HEADER 40
+#define OUT_HEADER 16
+#define FUSE_GETATTR 3
+#define FUSE_GETATTR_FH (1u << 0)
+#define GETATTR_REQ 56 /* in header and fuse_getattr_in */
+#define ATTR_OUT 104   /* fuse_attr_out */
+#define GETATTR_REPLY (OUT_HEADER + ATTR_OUT)
+
+/* SharedHandles: slots of 6 int32 words (see shared-handles.ts). */
+#define SH_SLOTS 4096
+#define SH_WORDS 6
+#define SH_TABLE_BYTES ((size_t)SH_SLOTS * SH_WORDS * 4)
+#define SH_STATE 0
+#define SH_FH_LO 1
+#define SH_FH_HI 2
+#define SH_FD 3
+#define SH_FLAGS 4
+#define SH_USERS 5
+#define SH_LIVE 1
+#define SH_READ 1
+#define SH_WRITE 2
+#define SH_READ_AT_ONCE 4
+#define SH_WRITE_AT_ONCE 8
+#define SH_STAT_AT_ONCE 16
+#define SH_TIMEOUT_SHIFT 8
+
+static inline uint32_t u32_at(const uint8_t *b, size_t at) {
+  uint32_t v;
+  memcpy(&v, b + at, 4);
+  return v;
+}
+
+static inline uint64_t u64_at(const uint8_t *b, size_t at) {
+  uint64_t v;
+  memcpy(&v, b + at, 8);
+  return v;
+}
+
+/*
+ * Enters the slot of `key` in a SharedHandles table as one of its users and returns it, or
+ * NULL where the key is not published. An owner withdrawing a slot waits for its users in
+ * 10 ms steps (an Atomics.wait, which no system call wakes), so leave() needs no wake-up.
+ */
+static inline int32_t *sh_enter(int32_t *table, uint64_t key) {
+  int32_t *s = table + (size_t)((uint32_t)key % SH_SLOTS) * SH_WORDS;
+  __atomic_fetch_add(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&s[SH_STATE], __ATOMIC_SEQ_CST) == SH_LIVE && (uint32_t)s[SH_FH_LO] == (uint32_t)key && (uint32_t)s[SH_FH_HI] == (uint32_t)(key >> 32)) return s;
+  __atomic_fetch_sub(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+static inline void sh_leave(int32_t *s) {
+  __atomic_fetch_sub(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
+}
+
+/*
+ * The whole reply (out header and fuse_attr_out, GETATTR_REPLY bytes) to the GETATTR request
+ * `req` (its GETATTR_REQ bytes, already checked to be a plain GETATTR) of an inode, or with
+ * FUSE_GETATTR_FH an open file, that the backend published as one whose attributes are read
+ * at once: one statx, the reply built as the passthrough builds it (attr timeout from the
+ * slot's flags; ids as they are, since only backends that map none publish). False where
+ * the key is not published so, or statx fails: the session then answers.
+ */
+static inline bool published_getattr(int32_t *handles, int32_t *inodes, const uint8_t *req, uint8_t *out) {
+  bool by_fh = u32_at(req, 40) & FUSE_GETATTR_FH;
+  int32_t *table = by_fh ? handles : inodes;
+  int32_t *s = table ? sh_enter(table, by_fh ? u64_at(req, 48) : u64_at(req, 16)) : NULL;
+  if (!s) return false;
+  int flags = s[SH_FLAGS];
+  struct statx st;
+  bool ok = (flags & SH_STAT_AT_ONCE) && statx(s[SH_FD], "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) == 0;
+  sh_leave(s);
+  if (!ok) return false;
+  uint32_t total = GETATTR_REPLY, zero = 0, mode = st.stx_mode;
+  memcpy(out, &total, 4);
+  memcpy(out + 4, &zero, 4); /* error */
+  memcpy(out + 8, req + 8, 8); /* unique */
+  uint8_t *a = out + OUT_HEADER;
+  uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
+  uint32_t rdev = (st.stx_rdev_minor & 0xff) | (st.stx_rdev_major << 8) | ((st.stx_rdev_minor & ~0xffu) << 12);
+  int64_t at = st.stx_atime.tv_sec, mt = st.stx_mtime.tv_sec, ct = st.stx_ctime.tv_sec;
+  memcpy(a, &valid, 8); /* attr_valid, attr_valid_nsec, dummy */
+  memcpy(a + 8, &zero, 4);
+  memcpy(a + 12, &zero, 4);
+  memcpy(a + 16, &st.stx_ino, 8); /* struct fuse_attr */
+  memcpy(a + 24, &st.stx_size, 8);
+  memcpy(a + 32, &st.stx_blocks, 8);
+  memcpy(a + 40, &at, 8);
+  memcpy(a + 48, &mt, 8);
+  memcpy(a + 56, &ct, 8);
+  memcpy(a + 64, &st.stx_atime.tv_nsec, 4);
+  memcpy(a + 68, &st.stx_mtime.tv_nsec, 4);
+  memcpy(a + 72, &st.stx_ctime.tv_nsec, 4);
+  memcpy(a + 76, &mode, 4);
+  memcpy(a + 80, &st.stx_nlink, 4);
+  memcpy(a + 84, &st.stx_uid, 4);
+  memcpy(a + 88, &st.stx_gid, 4);
+  memcpy(a + 92, &rdev, 4);
+  memcpy(a + 96, &st.stx_blksize, 4);
+  memcpy(a + 100, &zero, 4); /* flags */
+  return true;
+}
+
+#endif

@@ -1,0 +1,86 @@
+/**
+ * /dev/fuse answers GETATTR of inodes the backend published in its read loop (native/
+ * fusedev.c), without the session: the answers must be the host's attributes field by field,
+ * fresh after host-side changes, and none may come from there where ids are mapped or every
+ * request is traced.
+ */
+import assert from 'node:assert/strict';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync, appendFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { PassthroughFs, type PassthroughOptions } from '../src/backends/passthrough/passthrough-fs.js';
+import { parseIdMap } from '../src/backends/passthrough/id-map.js';
+import { DevFuseDevice } from '../src/devices/devfuse/device.js';
+import { sh } from './helpers/daemon.js';
+
+// ino size blocks mtime(s.ns) ctime(s.ns) mode(hex) nlink uid gid blksize: what GETATTR carries.
+const FORMAT = '%i %s %b %.9Y %.9Z %f %h %u %g %o';
+
+async function withMount(parent: string, opts: Partial<PassthroughOptions>, trace: boolean, body: (dir: string, src: string, dev: DevFuseDevice) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'dpfs-fast-'));
+  const src = mkdtempSync(join(parent, 'dpfs-fast-src-'));
+  // cache=never: attributes time out at once, so every stat asks the daemon.
+  const fs = new PassthroughFs({ root: src, cache: 'never', ...opts });
+  const dev = new DevFuseDevice({ mountPoint: dir, fs, trace });
+  await dev.start();
+  try {
+    await body(dir, src, dev);
+  } finally {
+    await dev.stop();
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(src, { recursive: true, force: true });
+  }
+}
+
+/** The same fields from the host's own lstat, formatted as stat(1) does. */
+function hostStat(path: string): string {
+  const s = statSync(path, { bigint: true, throwIfNoEntry: true });
+  const ns = (t: bigint) => `${t / 1_000_000_000n}.${String(t % 1_000_000_000n).padStart(9, '0')}`;
+  return [s.ino, s.size, s.blocks, ns(s.mtimeNs), ns(s.ctimeNs), s.mode.toString(16), s.nlink, s.uid, s.gid, s.blksize].join(' ');
+}
+
+const NAMES = ['.', 'f', 'd', 'd/g'];
+
+for (const [label, parent] of [['disk', tmpdir()], ['tmpfs', '/dev/shm']] as const) {
+  test(`/dev/fuse (${label} source): GETATTRs of published inodes are answered in the read loop, as the host's lstat says`, { timeout: 60000 }, async () => {
+    await withMount(parent, {}, false, async (dir, src, dev) => {
+      writeFileSync(join(src, 'f'), 'x'.repeat(5000));
+      mkdirSync(join(src, 'd'));
+      writeFileSync(join(src, 'd', 'g'), '');
+      symlinkSync('f', join(src, 'l'));
+      const statAll = () => sh(NAMES.map((n) => `stat -c '${FORMAT}' "${dir}/${n}"`).join('; '));
+      const compare = async (when: string) => {
+        const got = (await statAll()).trim().split('\n');
+        assert.deepEqual(got, NAMES.map((n) => hostStat(join(src, n === '.' ? '' : n))), when);
+      };
+      await compare('at first');
+      // Changed on the host: the next GETATTR reads them afresh.
+      appendFileSync(join(src, 'f'), 'more');
+      chmodSync(join(src, 'd', 'g'), 0o751);
+      writeFileSync(join(src, 'd', 'h'), 'y'); // the directory's times and size change
+      await compare('after host-side changes');
+      // Held open by a process: fstat asks by handle (FUSE_GETATTR_FH).
+      const byFh = await sh(`exec 3<"${dir}/f"; stat -L -c '${FORMAT}' /dev/fd/3; exec 3<&-`);
+      assert.equal(byFh.trim(), hostStat(join(src, 'f')), 'by handle');
+      assert.ok(dev.served[0]! >= 3 * NAMES.length, `answered in the read loop: ${dev.served[0]}`);
+      // The symlink's attributes are its own (never its target's).
+      assert.equal((await sh(`stat -c '%F %s' "${dir}/l"`)).trim(), 'symbolic link 1');
+    });
+  });
+}
+
+test('/dev/fuse: no GETATTR is answered in the read loop where ids are mapped or requests are traced', { timeout: 60000 }, async () => {
+  const map = { uidMap: parseIdMap('0:0:1,1000:2000:1'), gidMap: parseIdMap('0:0:1,1000:2000:1') };
+  await withMount('/dev/shm', map, false, async (dir, src, dev) => {
+    writeFileSync(join(src, 'f'), 'x');
+    await sh(`chown 2000:2000 "${src}/f"`);
+    for (let i = 0; i < 3; i++) assert.equal((await sh(`stat -c '%u:%g' "${dir}/f"`)).trim(), '1000:1000', 'mapped ids');
+    assert.equal(dev.served[0], 0);
+  });
+  await withMount('/dev/shm', {}, true, async (dir, src, dev) => {
+    writeFileSync(join(src, 'f'), 'x');
+    for (let i = 0; i < 3; i++) assert.equal((await sh(`stat -c '%s' "${dir}/f"`)).trim(), '1');
+    assert.equal(dev.served[0], 0, 'traced: the session sees every request');
+  });
+});
