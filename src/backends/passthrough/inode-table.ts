@@ -14,8 +14,9 @@ import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, closeNow, p
 import { S_IFDIR } from '../../util/mode.js';
 import type { StallBudget } from './file-io.js';
 import type { SharedHandles } from '../../fs/shared-handles.js';
+import { type LruLinks, LruList } from '../../util/lru-list.js';
 
-export interface PInode {
+export interface PInode extends LruLinks<PInode> {
   nodeid: number;
   /** `${dev}:${ino}` on the host. */
   key: string;
@@ -59,7 +60,7 @@ export class InodeTable {
   private readonly byNode = new Map<number, PInode>();
   private readonly byKey = new Map<string, PInode>();
   /** Inodes whose fd is open and may be closed, least recently used first. */
-  private readonly lru = new Map<number, PInode>();
+  private readonly lru = new LruList<PInode>();
   /** Per mount id, a descriptor for open_by_handle_at (which refuses O_PATH ones). */
   private readonly mountFds = new Map<number, number>();
   private nextNode = 2;
@@ -123,7 +124,7 @@ export class InodeTable {
     }
     const n: PInode = { nodeid: this.nextNode++, key, type, handle, fd, users: 0, nlookup: 0, pinned, dev };
     if (pinned) this.pinnedCount++;
-    else this.lru.set(n.nodeid, n);
+    else this.lru.use(n);
     this.openFds++;
     this.byNode.set(n.nodeid, n);
     this.byKey.set(key, n);
@@ -163,10 +164,7 @@ export class InodeTable {
           if (!n.dead) this.publish(n);
         }
       }
-      if (!n.pinned) {
-        this.lru.delete(n.nodeid);
-        this.lru.set(n.nodeid, n);
-      }
+      if (!n.pinned) this.lru.use(n);
       return await fn(n.fd);
     } catch (err) {
       if (errnoOf(err) === Errno.ESTALE) throw new FsError(Errno.ESTALE);
@@ -180,10 +178,10 @@ export class InodeTable {
 
   /** Closes least recently used descriptors nobody is using until under the bound. */
   private trim(): void {
-    for (const n of this.lru.values()) {
+    for (const n of this.lru.oldestFirst()) {
       if (this.openFds <= this.opts.maxFds) return;
       if (n.users > 0 || n.fd < 0) continue;
-      this.lru.delete(n.nodeid);
+      this.lru.remove(n);
       this.closeFd(n);
     }
   }
@@ -200,7 +198,7 @@ export class InodeTable {
     if (n.nlookup > 0) return false;
     this.byNode.delete(nodeid);
     this.byKey.delete(n.key);
-    this.lru.delete(nodeid);
+    this.lru.remove(n);
     if (n.pinned) this.pinnedCount--;
     n.dead = true;
     if (n.fd >= 0 && n.users === 0) this.closeFd(n);
