@@ -27,8 +27,12 @@ export class DirTable<T> {
     return this.byName.has(name);
   }
   set(name: string, node: T): void {
-    this.delete(name);
+    const old = this.byName.get(name);
+    if (old) this.byCookie.delete(old.cookie);
     const slot = { name, node, cookie: this.nextCookie++ };
+    // Replaced in place, not deleted and set again: V8 keeps a deleted Map entry in its
+    // bucket's chain until a rehash, so a name replaced over and over (a file renamed over
+    // again and again) would make each of its lookups walk every earlier copy.
     this.byName.set(name, slot);
     this.byCookie.set(slot.cookie, slot);
   }
