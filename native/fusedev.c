@@ -57,16 +57,21 @@ napi_value js_backing_close(napi_env env, napi_callback_info info) {
  *     devFastCreate), a GETATTR of an inode or open file the backend published is answered
  *     here (see published_getattr) and the next request read, up to FAST_MAX of them, so
  *     the session sees only the others.
- *   devFastCreate(inodes, handles, counts) -> context: the backend's SharedHandles tables
- *     by node id and by file handle (either may be null) and a Float64Array whose word 0
- *     counts the GETATTRs answered here. The arrays are referenced by the context.
+ *   devFastCreate(inodes, handles, counts, lookups) -> context: the backend's SharedHandles
+ *     tables by node id and by file handle (either may be null), a Float64Array counting
+ *     the GETATTRs (word 0) and LOOKUPs (word 1) answered here, and whether LOOKUPs of
+ *     absent names may be answered here (only where the kernel checks permissions itself:
+ *     see published_absent). The arrays are referenced by the context.
  *   devWritev(devFd, chunks) -> bytes written; throws on failure (code: the errno name).
  */
 #define FAST_MAX 64
+#define FAST_GETATTRS 0
+#define FAST_LOOKUPS 1
 
 struct dev_fast {
   int32_t *inodes, *handles;
   double *counts;
+  bool lookups;
   napi_ref refs[3];
 };
 
@@ -93,14 +98,14 @@ static bool fast_array(napi_env env, struct dev_fast *f, int i, napi_value v, si
 }
 
 napi_value js_dev_fast_create(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   struct dev_fast *f = calloc(1, sizeof *f);
   if (!f) return throw_errno(env, ENOMEM, "devFastCreate");
   void *p[3] = {0};
-  bool ok = argc == 3 && fast_array(env, f, 0, argv[0], SH_TABLE_BYTES, true, &p[0]) && fast_array(env, f, 1, argv[1], SH_TABLE_BYTES, true, &p[1]) &&
-            fast_array(env, f, 2, argv[2], 8, false, &p[2]);
+  bool ok = argc == 4 && fast_array(env, f, 0, argv[0], SH_TABLE_BYTES, true, &p[0]) && fast_array(env, f, 1, argv[1], SH_TABLE_BYTES, true, &p[1]) &&
+            fast_array(env, f, 2, argv[2], 16, false, &p[2]) && napi_get_value_bool(env, argv[3], &f->lookups) == napi_ok;
   napi_value ext;
   if (!ok || napi_create_external(env, f, dev_fast_finalize, NULL, &ext) != napi_ok) {
     dev_fast_finalize(env, f, NULL);
@@ -112,14 +117,26 @@ napi_value js_dev_fast_create(napi_env env, napi_callback_info info) {
   return ext;
 }
 
-/* Answers `req` (n bytes) here if it is a plain GETATTR the backend published. */
+/*
+ * Answers `req` (n bytes) here if it is a plain GETATTR the backend published, or (where
+ * `lookups`) a LOOKUP of a name absent from a directory it published.
+ */
 static bool dev_fast_serve(int fd, struct dev_fast *f, const uint8_t *req, ssize_t n) {
-  if (n != GETATTR_REQ || u32_at(req, 0) != GETATTR_REQ || u32_at(req, 4) != FUSE_GETATTR || req[36] || req[37]) return false;
-  uint8_t out[GETATTR_REPLY];
-  if (!published_getattr(f->handles, f->inodes, req, out)) return false;
+  if (n < IN_HEADER || u32_at(req, 0) != (uint32_t)n || req[36] || req[37]) return false;
+  uint32_t op = u32_at(req, 4), len;
+  uint8_t out[OUT_HEADER + ENTRY_OUT]; /* ≥ GETATTR_REPLY */
+  if (op == FUSE_GETATTR) {
+    if (n != GETATTR_REQ || !published_getattr(f->handles, f->inodes, req, out)) return false;
+    len = GETATTR_REPLY;
+    f->counts[FAST_GETATTRS] += 1;
+  } else if (op == FUSE_LOOKUP) {
+    if (!f->lookups || !published_absent(f->inodes, req, (size_t)n, out, &len)) return false;
+    f->counts[FAST_LOOKUPS] += 1;
+  } else {
+    return false;
+  }
   /* A failed write is a request the kernel dropped meanwhile (interrupted): nothing to do. */
-  (void)!write(fd, out, GETATTR_REPLY);
-  f->counts[0] += 1;
+  (void)!write(fd, out, len);
   return true;
 }
 

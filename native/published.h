@@ -16,11 +16,14 @@
 /* FUSE wire layout (fuse.h). */
 #define IN_HEADER 40
 #define OUT_HEADER 16
+#define FUSE_LOOKUP 1
 #define FUSE_GETATTR 3
 #define FUSE_GETATTR_FH (1u << 0)
 #define GETATTR_REQ 56 /* in header and fuse_getattr_in */
 #define ATTR_OUT 104   /* fuse_attr_out */
 #define GETATTR_REPLY (OUT_HEADER + ATTR_OUT)
+#define ENTRY_OUT 128 /* fuse_entry_out */
+#define NAME_MAX_BYTES 255
 
 /* SharedHandles: slots of 6 int32 words (see shared-handles.ts). */
 #define SH_SLOTS 4096
@@ -38,6 +41,7 @@
 #define SH_READ_AT_ONCE 4
 #define SH_WRITE_AT_ONCE 8
 #define SH_STAT_AT_ONCE 16
+#define SH_LOOKUP_AT_ONCE 32
 #define SH_TIMEOUT_SHIFT 8
 
 static inline uint32_t u32_at(const uint8_t *b, size_t at) {
@@ -114,6 +118,42 @@ static inline bool published_getattr(int32_t *handles, int32_t *inodes, const ui
   memcpy(a + 92, &rdev, 4);
   memcpy(a + 96, &st.stx_blksize, 4);
   memcpy(a + 100, &zero, 4); /* flags */
+  return true;
+}
+
+/*
+ * The reply to the LOOKUP request `req` (n bytes, a plain LOOKUP already checked) of a name
+ * that does not exist in a directory the backend published as one whose names resolve at
+ * once (held in memory): a negative entry for the slot's timeout (the kernel then remembers
+ * the name as absent), or ENOENT where that is 0. *len: the reply's bytes (out must hold
+ * OUT_HEADER + ENTRY_OUT). False for anything else (a name that exists, an odd name, any
+ * other error): the backend looks it up. Asked as the daemon, not as the caller: only where
+ * the tenant's kernel checked the caller may search the directory (default_permissions), so
+ * that "no such name" is what the caller would have been told too.
+ */
+static inline bool published_absent(int32_t *inodes, const uint8_t *req, size_t n, uint8_t *out, uint32_t *len) {
+  if (!inodes || n < IN_HEADER + 2 || n > IN_HEADER + NAME_MAX_BYTES + 1) return false;
+  const char *name = (const char *)req + IN_HEADER;
+  size_t l = n - IN_HEADER - 1;
+  /* One component, NUL-terminated, nothing after: what the kernel sends. */
+  if (name[l] != 0 || memchr(name, 0, l) || memchr(name, '/', l) || (name[0] == '.' && (l == 1 || (l == 2 && name[1] == '.')))) return false;
+  int32_t *s = sh_enter(inodes, u64_at(req, 16));
+  if (!s) return false;
+  int flags = s[SH_FLAGS];
+  struct statx st;
+  bool absent = (flags & SH_LOOKUP_AT_ONCE) && statx(s[SH_FD], name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, &st) != 0 && errno == ENOENT;
+  sh_leave(s);
+  if (!absent) return false;
+  uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
+  int32_t error = valid ? 0 : -ENOENT;
+  *len = valid ? OUT_HEADER + ENTRY_OUT : OUT_HEADER;
+  memcpy(out, len, 4);
+  memcpy(out + 4, &error, 4);
+  memcpy(out + 8, req + 8, 8); /* unique */
+  if (valid) {
+    memset(out + OUT_HEADER, 0, ENTRY_OUT); /* node id 0: absent */
+    memcpy(out + OUT_HEADER + 16, &valid, 8); /* entry_valid */
+  }
   return true;
 }
 

@@ -1,8 +1,10 @@
 /**
- * /dev/fuse answers GETATTR of inodes the backend published in its read loop (native/
- * fusedev.c), without the session: the answers must be the host's attributes field by field,
- * fresh after host-side changes, and none may come from there where ids are mapped or every
- * request is traced.
+ * /dev/fuse answers GETATTR of inodes the backend published, and LOOKUP of names absent from
+ * directories it published in memory, in its read loop (native/fusedev.c), without the
+ * session: the answers must be the host's attributes field by field, fresh after host-side
+ * changes, absent names remembered exactly as long as the backend says, and none may come
+ * from there where ids are mapped, every request is traced, or (LOOKUP) the kernel does not
+ * check permissions itself.
  */
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync, appendFileSync } from 'node:fs';
@@ -17,12 +19,12 @@ import { sh } from './helpers/daemon.js';
 // ino size blocks mtime(s.ns) ctime(s.ns) mode(hex) nlink uid gid blksize: what GETATTR carries.
 const FORMAT = '%i %s %b %.9Y %.9Z %f %h %u %g %o';
 
-async function withMount(parent: string, opts: Partial<PassthroughOptions>, trace: boolean, body: (dir: string, src: string, dev: DevFuseDevice) => Promise<void>): Promise<void> {
+async function withMount(parent: string, opts: Partial<PassthroughOptions>, trace: boolean, body: (dir: string, src: string, dev: DevFuseDevice) => Promise<void>, defaultPermissions = true): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'dpfs-fast-'));
   const src = mkdtempSync(join(parent, 'dpfs-fast-src-'));
-  // cache=never: attributes time out at once, so every stat asks the daemon.
+  // cache=never (unless told): attributes time out at once, so every stat asks the daemon.
   const fs = new PassthroughFs({ root: src, cache: 'never', ...opts });
-  const dev = new DevFuseDevice({ mountPoint: dir, fs, trace });
+  const dev = new DevFuseDevice({ mountPoint: dir, fs, trace, defaultPermissions });
   await dev.start();
   try {
     await body(dir, src, dev);
@@ -83,4 +85,46 @@ test('/dev/fuse: no GETATTR is answered in the read loop where ids are mapped or
     for (let i = 0; i < 3; i++) assert.equal((await sh(`stat -c '%s' "${dir}/f"`)).trim(), '1');
     assert.equal(dev.served[0], 0, 'traced: the session sees every request');
   });
+});
+
+const exists = (path: string) => sh(`stat -c %s "${path}" 2>&1 || true`).then((o) => o.trim());
+
+test('/dev/fuse (tmpfs source): LOOKUPs of absent names are answered in the read loop, remembered as long as the backend says', { timeout: 60000 }, async () => {
+  // cache=auto: names (and their absence) are remembered for 1 s.
+  await withMount('/dev/shm', { cache: 'auto' }, false, async (dir, src, dev) => {
+    mkdirSync(join(src, 'd'));
+    chmodSync(join(src, 'd'), 0o700);
+    assert.match(await exists(`${dir}/d/a`), /No such file/);
+    assert.equal(dev.served[1], 1, 'answered in the read loop');
+    writeFileSync(join(src, 'd', 'a'), 'abc');
+    // Within the second the kernel keeps the negative entry; after it, the name is looked up again.
+    assert.match(await exists(`${dir}/d/a`), /No such file/, 'remembered as absent');
+    await new Promise((r) => setTimeout(r, 1200));
+    assert.equal(await exists(`${dir}/d/a`), '3', 'looked up again once the entry expired');
+    assert.equal(dev.served[1], 1, 'an existing name is the backend\'s');
+    // The kernel refuses a caller that may not search the directory before asking anyone.
+    assert.match(await sh(`setpriv --reuid=1000 --regid=1000 --clear-groups -- stat "${dir}/d/b" 2>&1 || true`), /Permission denied/);
+    assert.equal(dev.served[1], 1);
+    // Names the kernel would never send as one component cannot be asked at all; a long one
+    // stops at the kernel too.
+    assert.match(await exists(`${dir}/${'n'.repeat(256)}`), /File name too long/);
+  }, );
+  // cache=never: no negative entries; the answer is ENOENT and the next lookup asks again.
+  await withMount('/dev/shm', {}, false, async (dir, src, dev) => {
+    assert.match(await exists(`${dir}/a`), /No such file/);
+    writeFileSync(join(src, 'a'), 'abcd');
+    assert.equal(await exists(`${dir}/a`), '4', 'not remembered as absent');
+    assert.equal(dev.served[1], 1);
+  });
+});
+
+test('/dev/fuse: no LOOKUP is answered in the read loop on a disk file system or without the kernel\'s permission checks', { timeout: 60000 }, async () => {
+  await withMount(tmpdir(), { cache: 'auto' }, false, async (dir, _src, dev) => {
+    assert.match(await exists(`${dir}/a`), /No such file/);
+    assert.equal(dev.served[1], 0, 'a disk file system: the backend asks the dentry cache');
+  });
+  await withMount('/dev/shm', { cache: 'auto' }, false, async (dir, _src, dev) => {
+    assert.match(await exists(`${dir}/a`), /No such file/);
+    assert.equal(dev.served[1], 0, 'no default_permissions: the backend asks as the caller');
+  }, false);
 });

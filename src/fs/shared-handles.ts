@@ -20,6 +20,11 @@ export const SH_READ_AT_ONCE = 4;
 export const SH_WRITE_AT_ONCE = 8;
 /** GETATTR may be answered with a statx of the descriptor at once (attributes in memory). */
 export const SH_STAT_AT_ONCE = 16;
+/**
+ * A directory whose names resolve at once (held in memory): a LOOKUP of a name it lacks may
+ * be answered with a negative entry for the slot's timeout (/dev/fuse: native/fusedev.c).
+ */
+export const SH_LOOKUP_AT_ONCE = 32;
 const TIMEOUT_SHIFT = 8;
 
 /**

@@ -53,12 +53,17 @@ export interface NativeAddon {
   threadVoluntarySwitches(): number;
   /**
    * read(2) of one request from /dev/fuse into `scratch`: its bytes, 0 at end of file, or
-   * -errno. With `fast` (devFastCreate), GETATTRs of published inodes and open files are
-   * answered natively and the next request read instead (see native/fusedev.c).
+   * -errno. With `fast` (devFastCreate), GETATTRs of published inodes and open files, and
+   * LOOKUPs of names absent from published directories, are answered natively and the next
+   * request read instead (see native/fusedev.c).
    */
   devRead(devFd: number, scratch: Buffer, fast?: unknown): number;
-  /** A context for devRead: the backend's SharedHandles tables by node id and by handle, and counts[0] for GETATTRs answered. */
-  devFastCreate(inodes: Int32Array | null, handles: Int32Array | null, counts: Float64Array): unknown;
+  /**
+   * A context for devRead: the backend's SharedHandles tables by node id and by handle,
+   * counts of the GETATTRs [0] and LOOKUPs [1] answered, and whether LOOKUPs of absent
+   * names may be answered (only where the kernel checks permissions).
+   */
+  devFastCreate(inodes: Int32Array | null, handles: Int32Array | null, counts: Float64Array, lookups: boolean): unknown;
   /** writev(2) of a reply to /dev/fuse; throws on failure. */
   devWritev(devFd: number, chunks: Uint8Array[]): number;
   /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */

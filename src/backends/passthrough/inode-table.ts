@@ -13,7 +13,7 @@ import { Errno, FsError, errnoOf } from '../../fuse/errno.js';
 import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, closeNow, procPath, sys } from '../../native/syscalls.js';
 import { S_IFDIR } from '../../util/mode.js';
 import type { StallBudget } from './file-io.js';
-import type { SharedHandles } from '../../fs/shared-handles.js';
+import { SH_LOOKUP_AT_ONCE, type SharedHandles } from '../../fs/shared-handles.js';
 import { type LruLinks, LruList } from '../../util/lru-list.js';
 
 export interface PInode extends LruLinks<PInode> {
@@ -187,7 +187,9 @@ export class InodeTable {
   }
 
   private publish(n: PInode): void {
-    if (this.opts.shared && n.dev.local) this.opts.shared.table.publish(n.nodeid, n.fd, this.opts.shared.flags);
+    if (!this.opts.shared || !n.dev.local) return;
+    const names = n.type === S_IFDIR && n.dev.memory ? SH_LOOKUP_AT_ONCE : 0;
+    this.opts.shared.table.publish(n.nodeid, n.fd, this.opts.shared.flags | names);
   }
 
   /** Drops kernel references; forgets the inode (and closes its descriptor) at zero. Returns whether it is gone. */

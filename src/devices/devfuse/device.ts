@@ -61,10 +61,11 @@ export class DevFuseDevice {
   /** Requests by opcode (recorded with `metrics`). */
   readonly opStats = new OpStats();
   /**
-   * GETATTRs answered in the read loop itself (native/fusedev.c), which the session never
-   * saw: those of inodes and open files the backend published (FileSystem.sharedInodes).
+   * Requests answered in the read loop itself (native/fusedev.c), which the session never
+   * saw: [GETATTRs of inodes and open files the backend published (FileSystem.sharedInodes),
+   * LOOKUPs of names absent from directories it published].
    */
-  readonly served = new Float64Array(1);
+  readonly served = new Float64Array(2);
   private fd = -1;
   private readonly workers: Worker[] = [];
   private live = 0;
@@ -129,7 +130,7 @@ export class DevFuseDevice {
     ].join(',');
     const flags = MS_NOSUID | MS_NODEV | (o.readOnly ? MS_RDONLY : 0);
     const maxWrite = o.maxWrite ?? 1024 * 1024;
-    if (poll) this.startPolling(maxWrite + 64 * 1024);
+    if (poll) this.startPolling(maxWrite + 64 * 1024, defaultPermissions);
     else this.startReaders(o.readers ?? 4, maxWrite + 64 * 1024);
     try {
       native().mount(o.fsName ?? 'dpfs', mp, `fuse.${o.subtype ?? 'dpfs'}`, flags, data);
@@ -203,9 +204,9 @@ export class DevFuseDevice {
    * Reads one request each time the device is readable. Level-triggered polling calls
    * again while more are queued, and reading only once avoids a thrown EAGAIN per wakeup.
    */
-  private startPolling(bufSize: number): void {
+  private startPolling(bufSize: number, kernelChecks: boolean): void {
     let buf = Buffer.allocUnsafe(bufSize);
-    const fast = this.fastPath();
+    const fast = this.fastPath(kernelChecks);
     const onReadable = () => {
       const r = native().devRead(this.fd, buf, fast);
       if (r > SMALL_REQUEST) {
@@ -231,18 +232,24 @@ export class DevFuseDevice {
 
   /**
    * Where the backend publishes inodes whose attributes can be read at once, GETATTR is
-   * answered as the request is read: one statx, no trip through the session. Not while
-   * tracing, which logs every request.
+   * answered as the request is read: one statx, no trip through the session; so is a
+   * LOOKUP of a name absent from a directory held in memory, where the kernel checks
+   * permissions itself (`kernelChecks`: it refused callers that may not search the
+   * directory, so "no such name" is their answer too). Not while tracing, which logs every
+   * request.
    */
-  private fastPath(): unknown {
+  private fastPath(kernelChecks: boolean): unknown {
     const { fs, trace } = this.options;
     if (trace || (!fs.sharedInodes && !fs.sharedHandles)) return undefined;
-    return native().devFastCreate(fs.sharedInodes?.table ?? null, fs.sharedHandles?.table ?? null, this.served);
+    return native().devFastCreate(fs.sharedInodes?.table ?? null, fs.sharedHandles?.table ?? null, this.served, kernelChecks);
   }
 
-  /** GETATTRs answered in the read loop (see `served`), for metrics. */
+  /** Requests answered in the read loop (see `served`), for metrics. */
   servedNatively(): [op: number, count: number][] {
-    return [[Opcode.FUSE_GETATTR, this.served[0]!]];
+    return [
+      [Opcode.FUSE_GETATTR, this.served[0]!],
+      [Opcode.FUSE_LOOKUP, this.served[1]!],
+    ];
   }
 
   private stopPolling(why: string | undefined): void {
