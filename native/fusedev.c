@@ -67,11 +67,14 @@ napi_value js_backing_close(napi_env env, napi_callback_info info) {
 #define FAST_MAX 64
 #define FAST_GETATTRS 0
 #define FAST_LOOKUPS 1
+#define FAST_IN_VAIN 8 /* lookups in a row that found the name there */
+#define FAST_RETRY 16
 
 struct dev_fast {
   int32_t *inodes, *handles;
   double *counts;
   bool lookups;
+  uint32_t in_vain; /* native lookups in a row that found the name (see dev_fast_serve) */
   napi_ref refs[3];
 };
 
@@ -130,7 +133,16 @@ static bool dev_fast_serve(int fd, struct dev_fast *f, const uint8_t *req, ssize
     len = GETATTR_REPLY;
     f->counts[FAST_GETATTRS] += 1;
   } else if (op == FUSE_LOOKUP) {
-    if (!f->lookups || !published_absent(f->inodes, req, (size_t)n, out, &len)) return false;
+    /*
+     * A name that exists is the backend's to look up, and asking here first cost a statx:
+     * after a run of those (stat of existing files), ask only one lookup in FAST_RETRY until
+     * absent names come back (creates).
+     */
+    if (!f->lookups || (f->in_vain >= FAST_IN_VAIN && ++f->in_vain % FAST_RETRY)) return false;
+    enum lookup_outcome o = published_absent(f->inodes, req, (size_t)n, out, &len);
+    if (o == LOOKUP_EXISTS && f->in_vain < FAST_IN_VAIN) f->in_vain++;
+    if (o != LOOKUP_ANSWERED) return false;
+    f->in_vain = 0;
     f->counts[FAST_LOOKUPS] += 1;
   } else {
     return false;

@@ -129,21 +129,26 @@ static inline bool published_getattr(int32_t *handles, int32_t *inodes, const ui
  * OUT_HEADER + ENTRY_OUT). False for anything else (a name that exists, an odd name, any
  * other error): the backend looks it up. Asked as the daemon, not as the caller: only where
  * the tenant's kernel checked the caller may search the directory (default_permissions), so
- * that "no such name" is what the caller would have been told too.
+ * that "no such name" is what the caller would have been told too. LOOKUP_EXISTS: the name
+ * was there (the call was in vain; callers may stop asking where that is usual).
  */
-static inline bool published_absent(int32_t *inodes, const uint8_t *req, size_t n, uint8_t *out, uint32_t *len) {
-  if (!inodes || n < IN_HEADER + 2 || n > IN_HEADER + NAME_MAX_BYTES + 1) return false;
+enum lookup_outcome { LOOKUP_DECLINED, LOOKUP_ANSWERED, LOOKUP_EXISTS };
+
+static inline enum lookup_outcome published_absent(int32_t *inodes, const uint8_t *req, size_t n, uint8_t *out, uint32_t *len) {
+  if (!inodes || n < IN_HEADER + 2 || n > IN_HEADER + NAME_MAX_BYTES + 1) return LOOKUP_DECLINED;
   const char *name = (const char *)req + IN_HEADER;
   size_t l = n - IN_HEADER - 1;
   /* One component, NUL-terminated, nothing after: what the kernel sends. */
-  if (name[l] != 0 || memchr(name, 0, l) || memchr(name, '/', l) || (name[0] == '.' && (l == 1 || (l == 2 && name[1] == '.')))) return false;
+  if (name[l] != 0 || memchr(name, 0, l) || memchr(name, '/', l) || (name[0] == '.' && (l == 1 || (l == 2 && name[1] == '.')))) return LOOKUP_DECLINED;
   int32_t *s = sh_enter(inodes, u64_at(req, 16));
-  if (!s) return false;
+  if (!s) return LOOKUP_DECLINED;
   int flags = s[SH_FLAGS];
   struct statx st;
-  bool absent = (flags & SH_LOOKUP_AT_ONCE) && statx(s[SH_FD], name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, &st) != 0 && errno == ENOENT;
+  int r = (flags & SH_LOOKUP_AT_ONCE) ? statx(s[SH_FD], name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, &st) : -2;
+  int err = errno;
   sh_leave(s);
-  if (!absent) return false;
+  if (r == 0) return LOOKUP_EXISTS;
+  if (r != -1 || err != ENOENT) return LOOKUP_DECLINED;
   uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
   int32_t error = valid ? 0 : -ENOENT;
   *len = valid ? OUT_HEADER + ENTRY_OUT : OUT_HEADER;
@@ -154,7 +159,7 @@ static inline bool published_absent(int32_t *inodes, const uint8_t *req, size_t 
     memset(out + OUT_HEADER, 0, ENTRY_OUT); /* node id 0: absent */
     memcpy(out + OUT_HEADER + 16, &valid, 8); /* entry_valid */
   }
-  return true;
+  return LOOKUP_ANSWERED;
 }
 
 #endif

@@ -109,6 +109,15 @@ test('/dev/fuse (tmpfs source): LOOKUPs of absent names are answered in the read
     // stops at the kernel too.
     assert.match(await exists(`${dir}/${'n'.repeat(256)}`), /File name too long/);
   }, );
+  // After a run of names that exist (each asked here in vain, then only one in 16), absent
+  // names are answered here again within 16 lookups.
+  await withMount('/dev/shm', { cache: 'auto' }, false, async (dir, src, dev) => {
+    for (let i = 0; i < 40; i++) writeFileSync(join(src, `e${i}`), '');
+    await sh(`for i in $(seq 0 39); do stat "${dir}/e$i" >/dev/null; done`);
+    const before = dev.served[1]!;
+    await sh(`for i in $(seq 0 39); do stat "${dir}/x$i" 2>/dev/null || true; done`);
+    assert.ok(dev.served[1]! - before >= 40 - 16, `absent names answered here again: ${dev.served[1]! - before} of 40`);
+  });
   // cache=never: no negative entries; the answer is ENOENT and the next lookup asks again.
   await withMount('/dev/shm', {}, false, async (dir, src, dev) => {
     assert.match(await exists(`${dir}/a`), /No such file/);
