@@ -54,14 +54,16 @@ napi_value js_backing_close(napi_env env, napi_callback_info info) {
  *     file, -errno on failure (EAGAIN: nothing queued). The caller copies what it keeps: in
  *     JS a small copy comes from Node's buffer pool, where a native copy would be a malloc
  *     and a backing store for the collector to sweep, per request. With `fast` (from
- *     devFastCreate), a GETATTR of an inode or open file the backend published is answered
- *     here (see published_getattr) and the next request read, up to FAST_MAX of them, so
- *     the session sees only the others.
- *   devFastCreate(inodes, handles, counts, lookups) -> context: the backend's SharedHandles
- *     tables by node id and by file handle (either may be null), a Float64Array counting
- *     the GETATTRs (word 0) and LOOKUPs (word 1) answered here, and whether LOOKUPs of
- *     absent names may be answered here (only where the kernel checks permissions itself:
- *     see published_absent). The arrays are referenced by the context.
+ *     devFastCreate), a GETATTR of an inode or open file the backend published, or a
+ *     LOOKUP in a directory it published of a name that is absent or leads to an inode it
+ *     published, is answered here (published.h) and the next request read, up to FAST_MAX
+ *     of them, so the session sees only the others.
+ *   devFastCreate(inodes, handles, counts, lookups, names, namesLookups) -> context: the
+ *     backend's SharedHandles tables by node id and by file handle (either may be null), a
+ *     Float64Array counting the GETATTRs (word 0) and LOOKUPs (word 1) answered here,
+ *     whether LOOKUPs may be answered here (only where the kernel checks permissions
+ *     itself: see published_lookup), and its SharedNames table and per-slot lookup counts
+ *     (both null, or neither). The arrays are referenced by the context.
  *   devWritev(devFd, chunks) -> bytes written; throws on failure (code: the errno name).
  */
 #define FAST_MAX 64
@@ -71,17 +73,17 @@ napi_value js_backing_close(napi_env env, napi_callback_info info) {
 #define FAST_RETRY 16
 
 struct dev_fast {
-  int32_t *inodes, *handles;
-  double *counts;
+  int32_t *inodes, *handles, *names;
+  double *counts, *names_lookups;
   bool lookups;
   uint32_t in_vain; /* native lookups in a row that found the name (see dev_fast_serve) */
-  napi_ref refs[3];
+  napi_ref refs[5];
 };
 
 static void dev_fast_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   struct dev_fast *f = data;
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < 5; i++)
     if (f->refs[i]) napi_delete_reference(env, f->refs[i]);
   free(f);
 }
@@ -101,14 +103,17 @@ static bool fast_array(napi_env env, struct dev_fast *f, int i, napi_value v, si
 }
 
 napi_value js_dev_fast_create(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 6;
+  napi_value argv[6];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   struct dev_fast *f = calloc(1, sizeof *f);
   if (!f) return throw_errno(env, ENOMEM, "devFastCreate");
-  void *p[3] = {0};
-  bool ok = argc == 4 && fast_array(env, f, 0, argv[0], SH_TABLE_BYTES, true, &p[0]) && fast_array(env, f, 1, argv[1], SH_TABLE_BYTES, true, &p[1]) &&
-            fast_array(env, f, 2, argv[2], 16, false, &p[2]) && napi_get_value_bool(env, argv[3], &f->lookups) == napi_ok;
+  void *p[5] = {0};
+  napi_valuetype names_type = napi_null;
+  bool ok = argc == 6 && fast_array(env, f, 0, argv[0], SH_TABLE_BYTES, true, &p[0]) && fast_array(env, f, 1, argv[1], SH_TABLE_BYTES, true, &p[1]) &&
+            fast_array(env, f, 2, argv[2], 16, false, &p[2]) && napi_get_value_bool(env, argv[3], &f->lookups) == napi_ok &&
+            fast_array(env, f, 3, argv[4], SH_TABLE_BYTES, true, &p[3]) && napi_typeof(env, argv[4], &names_type) == napi_ok &&
+            fast_array(env, f, 4, argv[5], (size_t)SH_SLOTS * 8, names_type == napi_null, &p[4]);
   napi_value ext;
   if (!ok || napi_create_external(env, f, dev_fast_finalize, NULL, &ext) != napi_ok) {
     dev_fast_finalize(env, f, NULL);
@@ -117,6 +122,9 @@ napi_value js_dev_fast_create(napi_env env, napi_callback_info info) {
   f->inodes = p[0];
   f->handles = p[1];
   f->counts = p[2];
+  f->names = p[3];
+  f->names_lookups = p[4];
+  if (!f->names_lookups) f->names = NULL;
   return ext;
 }
 
@@ -134,12 +142,12 @@ static bool dev_fast_serve(int fd, struct dev_fast *f, const uint8_t *req, ssize
     f->counts[FAST_GETATTRS] += 1;
   } else if (op == FUSE_LOOKUP) {
     /*
-     * A name that exists is the backend's to look up, and asking here first cost a statx:
-     * after a run of those (stat of existing files), ask only one lookup in FAST_RETRY until
-     * absent names come back (creates).
+     * A name that exists but leads to an inode not published (not known yet) is the
+     * backend's to look up, and asking here first cost a statx: after a run of those, ask
+     * only one lookup in FAST_RETRY until names answered here come back.
      */
     if (!f->lookups || (f->in_vain >= FAST_IN_VAIN && ++f->in_vain % FAST_RETRY)) return false;
-    enum lookup_outcome o = published_absent(f->inodes, req, (size_t)n, out, &len);
+    enum lookup_outcome o = published_lookup(f->inodes, f->names, f->names_lookups, req, (size_t)n, out, &len);
     if (o == LOOKUP_EXISTS && f->in_vain < FAST_IN_VAIN) f->in_vain++;
     if (o != LOOKUP_ANSWERED) return false;
     f->in_vain = 0;

@@ -73,6 +73,34 @@ static inline void sh_leave(int32_t *s) {
   __atomic_fetch_sub(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
 }
 
+/* struct fuse_attr (88 bytes) from a statx, as the passthrough builds it (ids unmapped). */
+static inline void fill_attr(uint8_t *a, const struct statx *st) {
+  uint32_t zero = 0, mode = st->stx_mode;
+  uint32_t rdev = (st->stx_rdev_minor & 0xff) | (st->stx_rdev_major << 8) | ((st->stx_rdev_minor & ~0xffu) << 12);
+  int64_t at = st->stx_atime.tv_sec, mt = st->stx_mtime.tv_sec, ct = st->stx_ctime.tv_sec;
+  memcpy(a, &st->stx_ino, 8);
+  memcpy(a + 8, &st->stx_size, 8);
+  memcpy(a + 16, &st->stx_blocks, 8);
+  memcpy(a + 24, &at, 8);
+  memcpy(a + 32, &mt, 8);
+  memcpy(a + 40, &ct, 8);
+  memcpy(a + 48, &st->stx_atime.tv_nsec, 4);
+  memcpy(a + 52, &st->stx_mtime.tv_nsec, 4);
+  memcpy(a + 56, &st->stx_ctime.tv_nsec, 4);
+  memcpy(a + 60, &mode, 4);
+  memcpy(a + 64, &st->stx_nlink, 4);
+  memcpy(a + 68, &st->stx_uid, 4);
+  memcpy(a + 72, &st->stx_gid, 4);
+  memcpy(a + 76, &rdev, 4);
+  memcpy(a + 80, &st->stx_blksize, 4);
+  memcpy(a + 84, &zero, 4); /* flags */
+}
+
+/* A host device as SharedNames.deviceWord gives it. */
+static inline int32_t device_word(uint32_t major, uint32_t minor) {
+  return (int32_t)(((major & 0xfffu) << 20) | (minor & 0xfffffu));
+}
+
 /*
  * The whole reply (out header and fuse_attr_out, GETATTR_REPLY bytes) to the GETATTR request
  * `req` (its GETATTR_REQ bytes, already checked to be a plain GETATTR) of an inode, or with
@@ -91,50 +119,39 @@ static inline bool published_getattr(int32_t *handles, int32_t *inodes, const ui
   bool ok = (flags & SH_STAT_AT_ONCE) && statx(s[SH_FD], "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) == 0;
   sh_leave(s);
   if (!ok) return false;
-  uint32_t total = GETATTR_REPLY, zero = 0, mode = st.stx_mode;
+  uint32_t total = GETATTR_REPLY, zero = 0;
   memcpy(out, &total, 4);
   memcpy(out + 4, &zero, 4); /* error */
   memcpy(out + 8, req + 8, 8); /* unique */
   uint8_t *a = out + OUT_HEADER;
   uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
-  uint32_t rdev = (st.stx_rdev_minor & 0xff) | (st.stx_rdev_major << 8) | ((st.stx_rdev_minor & ~0xffu) << 12);
-  int64_t at = st.stx_atime.tv_sec, mt = st.stx_mtime.tv_sec, ct = st.stx_ctime.tv_sec;
   memcpy(a, &valid, 8); /* attr_valid, attr_valid_nsec, dummy */
   memcpy(a + 8, &zero, 4);
   memcpy(a + 12, &zero, 4);
-  memcpy(a + 16, &st.stx_ino, 8); /* struct fuse_attr */
-  memcpy(a + 24, &st.stx_size, 8);
-  memcpy(a + 32, &st.stx_blocks, 8);
-  memcpy(a + 40, &at, 8);
-  memcpy(a + 48, &mt, 8);
-  memcpy(a + 56, &ct, 8);
-  memcpy(a + 64, &st.stx_atime.tv_nsec, 4);
-  memcpy(a + 68, &st.stx_mtime.tv_nsec, 4);
-  memcpy(a + 72, &st.stx_ctime.tv_nsec, 4);
-  memcpy(a + 76, &mode, 4);
-  memcpy(a + 80, &st.stx_nlink, 4);
-  memcpy(a + 84, &st.stx_uid, 4);
-  memcpy(a + 88, &st.stx_gid, 4);
-  memcpy(a + 92, &rdev, 4);
-  memcpy(a + 96, &st.stx_blksize, 4);
-  memcpy(a + 100, &zero, 4); /* flags */
+  fill_attr(a + 16, &st);
   return true;
 }
 
 /*
- * The reply to the LOOKUP request `req` (n bytes, a plain LOOKUP already checked) of a name
- * that does not exist in a directory the backend published as one whose names resolve at
- * once (held in memory): a negative entry for the slot's timeout (the kernel then remembers
- * the name as absent), or ENOENT where that is 0. *len: the reply's bytes (out must hold
- * OUT_HEADER + ENTRY_OUT). False for anything else (a name that exists, an odd name, any
- * other error): the backend looks it up. Asked as the daemon, not as the caller: only where
- * the tenant's kernel checked the caller may search the directory (default_permissions), so
- * that "no such name" is what the caller would have been told too. LOOKUP_EXISTS: the name
- * was there (the call was in vain; callers may stop asking where that is usual).
+ * The reply to the LOOKUP request `req` (n bytes, a plain LOOKUP already checked) in a
+ * directory the backend published as one whose names resolve at once (held in memory), and
+ * its length in *len (out must hold OUT_HEADER + ENTRY_OUT):
+ *   - a name that does not exist: a negative entry for the slot's timeout (the kernel then
+ *     remembers it as absent), or ENOENT where that is 0;
+ *   - a name leading to an inode the backend published in `names` (SharedNames: by host
+ *     inode number, node id in the descriptor word, host device in the flags word): its
+ *     entry, attributes from the statx, both timeouts the directory's; the answer is
+ *     counted in names_lookups (by slot) before it is sent, since the kernel's FORGET will
+ *     count it.
+ * LOOKUP_EXISTS: a name that exists but leads elsewhere (the call was in vain; callers may
+ * stop asking where that is usual); LOOKUP_DECLINED: anything else (an odd name, another
+ * error). The backend looks those up. Asked as the daemon, not as the caller: only where the
+ * tenant's kernel checked the caller may search the directory (default_permissions), so that
+ * the answer is what the caller would have been given too.
  */
 enum lookup_outcome { LOOKUP_DECLINED, LOOKUP_ANSWERED, LOOKUP_EXISTS };
 
-static inline enum lookup_outcome published_absent(int32_t *inodes, const uint8_t *req, size_t n, uint8_t *out, uint32_t *len) {
+static inline enum lookup_outcome published_lookup(int32_t *inodes, int32_t *names, double *names_lookups, const uint8_t *req, size_t n, uint8_t *out, uint32_t *len) {
   if (!inodes || n < IN_HEADER + 2 || n > IN_HEADER + NAME_MAX_BYTES + 1) return LOOKUP_DECLINED;
   const char *name = (const char *)req + IN_HEADER;
   size_t l = n - IN_HEADER - 1;
@@ -144,21 +161,44 @@ static inline enum lookup_outcome published_absent(int32_t *inodes, const uint8_
   if (!s) return LOOKUP_DECLINED;
   int flags = s[SH_FLAGS];
   struct statx st;
-  int r = (flags & SH_LOOKUP_AT_ONCE) ? statx(s[SH_FD], name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, &st) : -2;
+  int r = (flags & SH_LOOKUP_AT_ONCE) ? statx(s[SH_FD], name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS | STATX_BTIME, &st) : -2;
   int err = errno;
   sh_leave(s);
-  if (r == 0) return LOOKUP_EXISTS;
-  if (r != -1 || err != ENOENT) return LOOKUP_DECLINED;
-  uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
-  int32_t error = valid ? 0 : -ENOENT;
-  *len = valid ? OUT_HEADER + ENTRY_OUT : OUT_HEADER;
-  memcpy(out, len, 4);
-  memcpy(out + 4, &error, 4);
-  memcpy(out + 8, req + 8, 8); /* unique */
-  if (valid) {
-    memset(out + OUT_HEADER, 0, ENTRY_OUT); /* node id 0: absent */
-    memcpy(out + OUT_HEADER + 16, &valid, 8); /* entry_valid */
+  if (r == -1 && err == ENOENT) {
+    uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
+    int32_t error = valid ? 0 : -ENOENT;
+    *len = valid ? OUT_HEADER + ENTRY_OUT : OUT_HEADER;
+    memcpy(out, len, 4);
+    memcpy(out + 4, &error, 4);
+    memcpy(out + 8, req + 8, 8); /* unique */
+    if (valid) {
+      memset(out + OUT_HEADER, 0, ENTRY_OUT); /* node id 0: absent */
+      memcpy(out + OUT_HEADER + 16, &valid, 8); /* entry_valid */
+    }
+    return LOOKUP_ANSWERED;
   }
+  if (r != 0) return LOOKUP_DECLINED;
+  int32_t *k = names ? sh_enter(names, st.stx_ino) : NULL;
+  if (!k) return LOOKUP_EXISTS;
+  uint64_t nodeid = (uint32_t)k[SH_FD];
+  bool same = k[SH_FLAGS] == device_word(st.stx_dev_major, st.stx_dev_minor);
+  size_t slot = (size_t)(k - names) / SH_WORDS;
+  sh_leave(k);
+  if (!same) return LOOKUP_EXISTS;
+  names_lookups[slot] += 1;
+  uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT, zero = 0;
+  int32_t ok = 0;
+  *len = OUT_HEADER + ENTRY_OUT;
+  memcpy(out, len, 4);
+  memcpy(out + 4, &ok, 4);
+  memcpy(out + 8, req + 8, 8); /* unique */
+  uint8_t *e = out + OUT_HEADER;
+  memcpy(e, &nodeid, 8);
+  memcpy(e + 8, &zero, 8); /* generation */
+  memcpy(e + 16, &valid, 8); /* entry_valid */
+  memcpy(e + 24, &valid, 8); /* attr_valid */
+  memcpy(e + 32, &zero, 8); /* entry_valid_nsec, attr_valid_nsec */
+  fill_attr(e + 40, &st);
   return LOOKUP_ANSWERED;
 }
 

@@ -7,7 +7,7 @@
  * check permissions itself.
  */
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync, appendFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, lstatSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -37,7 +37,7 @@ async function withMount(parent: string, opts: Partial<PassthroughOptions>, trac
 
 /** The same fields from the host's own lstat, formatted as stat(1) does. */
 function hostStat(path: string): string {
-  const s = statSync(path, { bigint: true, throwIfNoEntry: true });
+  const s = lstatSync(path, { bigint: true, throwIfNoEntry: true });
   const ns = (t: bigint) => `${t / 1_000_000_000n}.${String(t % 1_000_000_000n).padStart(9, '0')}`;
   return [s.ino, s.size, s.blocks, ns(s.mtimeNs), ns(s.ctimeNs), s.mode.toString(16), s.nlink, s.uid, s.gid, s.blksize].join(' ');
 }
@@ -94,23 +94,29 @@ test('/dev/fuse (tmpfs source): LOOKUPs of absent names are answered in the read
   await withMount('/dev/shm', { cache: 'auto' }, false, async (dir, src, dev) => {
     mkdirSync(join(src, 'd'));
     chmodSync(join(src, 'd'), 0o700);
+    // d is not known yet (the backend's to look up), a is absent (answered here).
     assert.match(await exists(`${dir}/d/a`), /No such file/);
     assert.equal(dev.served[1], 1, 'answered in the read loop');
     writeFileSync(join(src, 'd', 'a'), 'abc');
     // Within the second the kernel keeps the negative entry; after it, the name is looked up again.
     assert.match(await exists(`${dir}/d/a`), /No such file/, 'remembered as absent');
+    assert.equal(dev.served[1], 1);
     await new Promise((r) => setTimeout(r, 1200));
+    // d is known now (answered here), a leads to an inode not known yet (the backend's).
     assert.equal(await exists(`${dir}/d/a`), '3', 'looked up again once the entry expired');
-    assert.equal(dev.served[1], 1, 'an existing name is the backend\'s');
+    assert.equal(dev.served[1], 2, 'a name leading to an inode not known yet is the backend\'s');
+    await new Promise((r) => setTimeout(r, 1200));
+    assert.equal(await exists(`${dir}/d/a`), '3');
+    assert.equal(dev.served[1], 4, 'both known now');
     // The kernel refuses a caller that may not search the directory before asking anyone.
     assert.match(await sh(`setpriv --reuid=1000 --regid=1000 --clear-groups -- stat "${dir}/d/b" 2>&1 || true`), /Permission denied/);
-    assert.equal(dev.served[1], 1);
+    assert.equal(dev.served[1], 4);
     // Names the kernel would never send as one component cannot be asked at all; a long one
     // stops at the kernel too.
     assert.match(await exists(`${dir}/${'n'.repeat(256)}`), /File name too long/);
   }, );
-  // After a run of names that exist (each asked here in vain, then only one in 16), absent
-  // names are answered here again within 16 lookups.
+  // After a run of names that lead to inodes not known yet (each asked here in vain, then
+  // only one in 16), absent names are answered here again within 16 lookups.
   await withMount('/dev/shm', { cache: 'auto' }, false, async (dir, src, dev) => {
     for (let i = 0; i < 40; i++) writeFileSync(join(src, `e${i}`), '');
     await sh(`for i in $(seq 0 39); do stat "${dir}/e$i" >/dev/null; done`);
@@ -136,4 +142,35 @@ test('/dev/fuse: no LOOKUP is answered in the read loop on a disk file system or
     assert.match(await exists(`${dir}/a`), /No such file/);
     assert.equal(dev.served[1], 0, 'no default_permissions: the backend asks as the caller');
   }, false);
+});
+
+test('/dev/fuse (tmpfs source): LOOKUPs leading to known inodes are answered in the read loop, with the host\'s attributes, and counted for FORGET', { timeout: 60000 }, async () => {
+  const fs = { current: undefined as PassthroughFs | undefined };
+  await withMount('/dev/shm', { cache: 'auto' }, false, async (dir, src, dev) => {
+    for (const n of ['f', 'g']) writeFileSync(join(src, n), n.repeat(100));
+    mkdirSync(join(src, 'd'));
+    symlinkSync('f', join(src, 'l'));
+    const names = ['f', 'g', 'd', 'l'];
+    const statAll = () => sh(names.map((n) => `stat -c '${FORMAT}' "${dir}/${n}"`).join('; '));
+    await statAll(); // first lookups: the backend's (the inodes become known)
+    const before = dev.served[1]!;
+    for (let round = 0; round < 3; round++) {
+      await new Promise((r) => setTimeout(r, 1100)); // entries and attributes expire
+      appendFileSync(join(src, 'f'), 'more'); // changed on the host meanwhile
+      const got = (await statAll()).trim().split('\n');
+      assert.deepEqual(got, names.map((n) => hostStat(join(src, n))), `round ${round}: the attributes the lookup brought`);
+    }
+    assert.ok(dev.served[1]! - before >= 3 * names.length, `answered in the read loop: ${dev.served[1]! - before}`);
+    // The kernel forgets what it looked up, natively answered lookups included: held open by
+    // a process, f stays usable across a cache drop; once nothing holds them, every inode
+    // but the root is forgotten (none kept by a lookup counted twice, none dropped early).
+    const holder = sh(`exec 3<"${dir}/f"; sleep 1.5; cat <&3 >/dev/null; stat -L -c %s /dev/fd/3`);
+    await new Promise((r) => setTimeout(r, 300));
+    await sh('echo 2 > /proc/sys/vm/drop_caches');
+    assert.equal((await holder).trim(), String(100 + 3 * 4), 'an open file survives the drop');
+    await sh('echo 2 > /proc/sys/vm/drop_caches');
+    const inodes = (dev.options.fs as PassthroughFs).inodeCount;
+    assert.equal(inodes, 1, 'only the root is left');
+    fs.current = dev.options.fs as PassthroughFs;
+  });
 });

@@ -223,6 +223,7 @@ export interface FsCapabilities {
 
 import type { Sample } from '../metrics/sample.js';
 import type { SharedHandles } from './shared-handles.js';
+import type { SharedNames } from './shared-names.js';
 
 type Ctx = RequestContext;
 type R<T> = Promise<T> | T;
@@ -251,6 +252,13 @@ export interface FileSystem {
    * bits; see statFlags); the backend withdraws an inode before closing its descriptor.
    */
   readonly sharedInodes?: SharedHandles;
+  /**
+   * Inodes by host identity (see SharedNames): a LOOKUP of a name in a directory of
+   * `sharedInodes` flagged SH_LOOKUP_AT_ONCE that leads to one of them may be answered off the
+   * session with its node id and the name's attributes (/dev/fuse); the backend counts such
+   * answers into the inode's lookups before it applies a FORGET.
+   */
+  readonly sharedNames?: SharedNames;
 
   lookup?(ctx: Ctx, parent: number, name: string): R<Entry>;
   /** Drops `nlookup` references the kernel held on `ino`. No reply is sent. */

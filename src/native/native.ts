@@ -54,16 +54,17 @@ export interface NativeAddon {
   /**
    * read(2) of one request from /dev/fuse into `scratch`: its bytes, 0 at end of file, or
    * -errno. With `fast` (devFastCreate), GETATTRs of published inodes and open files, and
-   * LOOKUPs of names absent from published directories, are answered natively and the next
-   * request read instead (see native/fusedev.c).
+   * LOOKUPs in published directories of names absent or leading to published inodes, are
+   * answered natively and the next request read instead (see native/fusedev.c).
    */
   devRead(devFd: number, scratch: Buffer, fast?: unknown): number;
   /**
    * A context for devRead: the backend's SharedHandles tables by node id and by handle,
-   * counts of the GETATTRs [0] and LOOKUPs [1] answered, and whether LOOKUPs of absent
-   * names may be answered (only where the kernel checks permissions).
+   * counts of the GETATTRs [0] and LOOKUPs [1] answered, whether LOOKUPs may be answered
+   * (only where the kernel checks permissions), and the backend's SharedNames table and
+   * per-slot lookup counts (see src/fs/shared-names.ts).
    */
-  devFastCreate(inodes: Int32Array | null, handles: Int32Array | null, counts: Float64Array, lookups: boolean): unknown;
+  devFastCreate(inodes: Int32Array | null, handles: Int32Array | null, counts: Float64Array, lookups: boolean, names: Int32Array | null, namesLookups: Float64Array | null): unknown;
   /** writev(2) of a reply to /dev/fuse; throws on failure. */
   devWritev(devFd: number, chunks: Uint8Array[]): number;
   /** Registers `fd` as a FUSE passthrough backing file on the /dev/fuse `devFd`; returns its id. */

@@ -14,12 +14,15 @@ import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, closeNow, p
 import { S_IFDIR } from '../../util/mode.js';
 import type { StallBudget } from './file-io.js';
 import { SH_LOOKUP_AT_ONCE, type SharedHandles } from '../../fs/shared-handles.js';
+import { SharedNames } from '../../fs/shared-names.js';
 import { type LruLinks, LruList } from '../../util/lru-list.js';
 
 export interface PInode extends LruLinks<PInode> {
   nodeid: number;
   /** `${dev}:${ino}` on the host. */
   key: string;
+  /** The host inode number. */
+  ino: number;
   /** S_IFMT bits. */
   type: number;
   handle?: FileHandle;
@@ -51,9 +54,11 @@ export interface InodeTableOptions {
   /**
    * Where inodes on local file systems are published with their open descriptor, and with
    * which flags, so that GETATTR can be answered off the rings (see SharedHandles); the
-   * table withdraws an inode before it closes the descriptor.
+   * table withdraws an inode before it closes the descriptor. `names`: where inodes on file
+   * systems held in memory are published by host identity, so that a LOOKUP leading to one
+   * can be answered off the session (see SharedNames).
    */
-  shared?: { table: SharedHandles; flags: number };
+  shared?: { table: SharedHandles; flags: number; names?: SharedNames };
 }
 
 export class InodeTable {
@@ -84,8 +89,8 @@ export class InodeTable {
   }
 
   /** Registers the root (pinned: its descriptor stays open). */
-  async addRoot(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): Promise<PInode> {
-    const root: PInode = { nodeid: 1, key, type, fd, handle, users: 0, nlookup: 1, pinned: true, dev };
+  async addRoot(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice): Promise<PInode> {
+    const root: PInode = { nodeid: 1, key, ino, type, fd, handle, users: 0, nlookup: 1, pinned: true, dev };
     if (handle) await this.mountFdFor(fd, type, handle.mountId);
     this.byNode.set(1, root);
     this.byKey.set(key, root);
@@ -98,7 +103,7 @@ export class InodeTable {
    * Adds a freshly looked-up host inode whose O_PATH descriptor is `fd` (ownership passes
    * to the table), or returns the existing one (closing `fd`).
    */
-  add(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode | Promise<PInode> {
+  add(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode | Promise<PInode> {
     const existing = this.byKey.get(key);
     if (existing) {
       closeNow(fd);
@@ -108,27 +113,28 @@ export class InodeTable {
     if (handle && !this.mountFds.has(handle.mountId)) {
       return this.mountFdFor(fd, type, handle.mountId).then(() => {
         const raced = this.byKey.get(key);
-        if (!raced) return this.insert(fd, key, type, handle, dev);
+        if (!raced) return this.insert(fd, key, ino, type, handle, dev);
         closeNow(fd);
         return raced;
       });
     }
-    return this.insert(fd, key, type, handle, dev);
+    return this.insert(fd, key, ino, type, handle, dev);
   }
 
-  private insert(fd: number, key: string, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode {
+  private insert(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode {
     const pinned = !handle || !this.mountFds.has(handle.mountId);
     if (pinned && this.pinnedCount >= this.opts.maxPinned) {
       closeNow(fd);
       throw new FsError(Errno.ENFILE, 'too many inodes that cannot be reopened');
     }
-    const n: PInode = { nodeid: this.nextNode++, key, type, handle, fd, users: 0, nlookup: 0, pinned, dev };
+    const n: PInode = { nodeid: this.nextNode++, key, ino, type, handle, fd, users: 0, nlookup: 0, pinned, dev };
     if (pinned) this.pinnedCount++;
     else this.lru.use(n);
     this.openFds++;
     this.byNode.set(n.nodeid, n);
     this.byKey.set(key, n);
     this.publish(n);
+    if (dev.memory) this.opts.shared?.names?.publish(ino, SharedNames.deviceWord(dev.major, dev.minor), n.nodeid);
     this.trim();
     return n;
   }
@@ -196,7 +202,12 @@ export class InodeTable {
   forget(nodeid: number, nlookup: number): boolean {
     const n = this.byNode.get(nodeid);
     if (!n || nodeid === 1) return false;
+    const names = this.opts.shared?.names;
+    // The kernel counts the lookups answered off the session too.
+    if (names) n.nlookup += names.take(n.ino, nodeid);
     n.nlookup -= nlookup;
+    if (n.nlookup > 0) return false;
+    if (names) n.nlookup += names.withdraw(n.ino, nodeid); // none can come in between: same thread
     if (n.nlookup > 0) return false;
     this.byNode.delete(nodeid);
     this.byKey.delete(n.key);

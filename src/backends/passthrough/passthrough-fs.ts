@@ -9,6 +9,7 @@
  * on local file systems, and the metadata calls on file systems held in memory.
  */
 import type { Sample } from '../../metrics/sample.js';
+import { SharedNames } from '../../fs/shared-names.js';
 import { SH_READ, SH_READ_AT_ONCE, SH_WRITE, SH_WRITE_AT_ONCE, SharedHandles, statFlags } from '../../fs/shared-handles.js';
 import type {
   Attr,
@@ -148,7 +149,7 @@ export class PassthroughFs implements FileSystem {
     this.gids = new IdMap(opts.gidMap ?? []);
     // GETATTR off the rings needs attributes as they are: not where ids are mapped.
     this.statFlags = this.uids.identity && this.gids.identity ? statFlags(this.timeout) : 0;
-    this.table = new InodeTable({ maxFds: opts.maxFds ?? 4096, maxPinned: 16384, shared: this.statFlags ? { table: this.sharedInodes, flags: this.statFlags } : undefined });
+    this.table = new InodeTable({ maxFds: opts.maxFds ?? 4096, maxPinned: 16384, shared: this.statFlags ? { table: this.sharedInodes, flags: this.statFlags, names: this.sharedNames } : undefined });
     this.switchCreds = process.getuid?.() === 0;
     // A write at once off a ring that waited counts against its device's budget as ours do.
     this.sharedHandles.onStall = (fh, ms) => {
@@ -179,13 +180,15 @@ export class PassthroughFs implements FileSystem {
     // The tenant's kernel applied the caller's umask already; ours must not apply again.
     process.umask(0);
     const root = await sys.lookup(null, AT_FDCWD, this.opts.root, O_DIRECTORY);
-    await this.table.addRoot(root.fd, key(root.st), root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
+    await this.table.addRoot(root.fd, key(root.st), root.st.ino, root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
   }
 
   /** Open regular files whose I/O (and attributes) the rings' native data path may serve. */
   readonly sharedHandles = new SharedHandles();
   /** Inodes whose GETATTR the rings' native data path may answer (see InodeTable). */
   readonly sharedInodes = new SharedHandles();
+  /** Inodes on file systems held in memory by host identity, for LOOKUP off the session (see InodeTable). */
+  readonly sharedNames = new SharedNames();
   /** What published descriptors on local file systems carry for GETATTR (0: ids are mapped). */
   private readonly statFlags: number;
 
@@ -282,7 +285,7 @@ export class PassthroughFs implements FileSystem {
 
   /** Registers a looked-up (or created) host inode and answers with its Entry (at once where nothing waits). */
   private entryFor(l: Looked): Entry | Promise<Entry> {
-    const add = (dev: HostDevice) => this.table.add(l.fd, key(l.st), l.st.mode & S_IFMT, l.handle, dev);
+    const add = (dev: HostDevice) => this.table.add(l.fd, key(l.st), l.st.ino, l.st.mode & S_IFMT, l.handle, dev);
     return then(then(this.deviceOf(l), add), (node) => this.entryOf(node, l.st));
   }
 

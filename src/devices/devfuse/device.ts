@@ -63,7 +63,7 @@ export class DevFuseDevice {
   /**
    * Requests answered in the read loop itself (native/fusedev.c), which the session never
    * saw: [GETATTRs of inodes and open files the backend published (FileSystem.sharedInodes),
-   * LOOKUPs of names absent from directories it published].
+   * LOOKUPs in directories it published].
    */
   readonly served = new Float64Array(2);
   private fd = -1;
@@ -233,15 +233,16 @@ export class DevFuseDevice {
   /**
    * Where the backend publishes inodes whose attributes can be read at once, GETATTR is
    * answered as the request is read: one statx, no trip through the session; so is a
-   * LOOKUP of a name absent from a directory held in memory, where the kernel checks
-   * permissions itself (`kernelChecks`: it refused callers that may not search the
-   * directory, so "no such name" is their answer too). Not while tracing, which logs every
-   * request.
+   * LOOKUP in a directory held in memory of a name that is absent or leads to an inode the
+   * backend knows (FileSystem.sharedNames), where the kernel checks permissions itself
+   * (`kernelChecks`: it refused callers that may not search the directory, so the answer is
+   * theirs too). Not while tracing, which logs every request.
    */
   private fastPath(kernelChecks: boolean): unknown {
     const { fs, trace } = this.options;
     if (trace || (!fs.sharedInodes && !fs.sharedHandles)) return undefined;
-    return native().devFastCreate(fs.sharedInodes?.table ?? null, fs.sharedHandles?.table ?? null, this.served, kernelChecks);
+    const names = fs.sharedNames;
+    return native().devFastCreate(fs.sharedInodes?.table ?? null, fs.sharedHandles?.table ?? null, this.served, kernelChecks, names?.table.table ?? null, names?.lookups ?? null);
   }
 
   /** Requests answered in the read loop (see `served`), for metrics. */
