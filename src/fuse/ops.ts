@@ -130,8 +130,9 @@ function attrOut(r: AttrReply): Uint8Array[] {
 
 /**
  * Runs one request against the backend. The requests that dominate a busy device (LOOKUP,
- * FORGET, GETATTR, READ, WRITE) finish at once when the backend answered at once, with no
- * trip through the microtask queue; a backend's promise, or any other opcode, gives a promise.
+ * FORGET, GETATTR, READ, WRITE, UNLINK, RMDIR, RELEASE) finish at once when the backend
+ * answered at once, with no trip through the microtask queue; a backend's promise, or any
+ * other opcode, gives a promise.
  * A backend's synchronous throw is thrown here.
  */
 export function runOp(op: Opcode, o: OpContext): OpResult | Promise<OpResult> {
@@ -174,6 +175,15 @@ export function runOp(op: Opcode, o: OpContext): OpResult | Promise<OpResult> {
       has(fs, 'write');
       return then(fs.write!(ctx, ino, a.fh as number, a.offset as number, src ? Buffer.concat(src) : (a.data as Uint8Array), info), done);
     }
+    case Opcode.FUSE_UNLINK:
+    case Opcode.FUSE_RMDIR:
+      return then(method(fs, op === Opcode.FUSE_UNLINK ? 'unlink' : 'rmdir')(ctx, ino, decodeName(a.name as Uint8Array)), () => undefined);
+    case Opcode.FUSE_RELEASE: {
+      const rf = a.release_flags as number;
+      if (!fs.release) return;
+      const info = { flags: a.flags as number, flush: (rf & O.FUSE_RELEASE_FLUSH) !== 0, flockUnlock: (rf & O.FUSE_RELEASE_FLOCK_UNLOCK) !== 0, lockOwner: a.lock_owner as bigint };
+      return then(fs.release(ctx, ino, a.fh as number, info), () => undefined);
+    }
     default:
       return runOpAsync(op, o);
   }
@@ -199,10 +209,6 @@ async function runOpAsync(op: Opcode, o: OpContext): Promise<OpResult> {
       return entry(await method(fs, 'mknod')(ctx, ino, decodeName(a.name as Uint8Array, false), a.mode as number, a.rdev as number));
     case Opcode.FUSE_MKDIR:
       return entry(await method(fs, 'mkdir')(ctx, ino, decodeName(a.name as Uint8Array, false), a.mode as number));
-    case Opcode.FUSE_UNLINK:
-      return void (await method(fs, 'unlink')(ctx, ino, decodeName(a.name as Uint8Array)));
-    case Opcode.FUSE_RMDIR:
-      return void (await method(fs, 'rmdir')(ctx, ino, decodeName(a.name as Uint8Array)));
     case Opcode.FUSE_RENAME:
     case Opcode.FUSE_RENAME2:
       return void (await method(fs, 'rename')(
@@ -227,17 +233,6 @@ async function runOpAsync(op: Opcode, o: OpContext): Promise<OpResult> {
       const w = new Writer(SIZE.statfs_out);
       writeStatfsOut(w, s);
       return [w.finish()];
-    }
-    case Opcode.FUSE_RELEASE: {
-      const rf = a.release_flags as number;
-      if (!fs.release) return;
-      await fs.release(ctx, ino, a.fh as number, {
-        flags: a.flags as number,
-        flush: (rf & O.FUSE_RELEASE_FLUSH) !== 0,
-        flockUnlock: (rf & O.FUSE_RELEASE_FLOCK_UNLOCK) !== 0,
-        lockOwner: a.lock_owner as bigint,
-      });
-      return;
     }
     case Opcode.FUSE_RELEASEDIR:
       if (fs.releasedir) await fs.releasedir(ctx, ino, a.fh as number);

@@ -382,6 +382,11 @@ export const sys = {
     const r = callNow(Op.STATX, c, [dirfd, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS | STATX_BTIME], name, null, scratch);
     return r < 0 ? r : parseStatx(scratch, scratchView);
   },
+  /** unlinkat(2) as `c` on this thread, for file systems held in memory; throws an FsError. */
+  unlinkatNow(c: Creds, dirfd: number, name: string, flags: number): void {
+    const r = callNow(Op.UNLINKAT, c, [dirfd, flags], name);
+    if (r < 0) throw new FsError(-r);
+  },
   /** statx of an open descriptor on this thread: for local file systems only (attributes in memory). */
   fstatxNow(fd: number): Statx {
     const r = callNow(Op.STATX, null, [fd, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME], '', null, scratch);

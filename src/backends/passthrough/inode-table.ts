@@ -182,6 +182,11 @@ export class InodeTable {
     }
   }
 
+  /** Marks `n` used (a call made with its open descriptor without withFd, at once). */
+  touch(n: PInode): void {
+    if (!n.pinned && n.fd >= 0) this.lru.use(n);
+  }
+
   /** Closes least recently used descriptors nobody is using until under the bound. */
   private trim(): void {
     for (const n of this.lru.oldestFirst()) {

@@ -54,6 +54,7 @@ import {
   O_TMPFILE,
   type Statx,
   type TimeArg,
+  closeNow,
   procPath,
   sys,
   sysNow,
@@ -439,16 +440,24 @@ export class PassthroughFs implements FileSystem {
     return this.lookupIn(null, p, name);
   }
 
-  async unlink(ctx: RequestContext, parent: number, name: string): Promise<void> {
-    this.writable();
-    const p = this.table.get(parent);
-    await this.table.withFd(p, (pfd) => this.io(p).unlinkat(this.creds(ctx), pfd, name, 0));
+  unlink(ctx: RequestContext, parent: number, name: string): void | Promise<void> {
+    return this.removeIn(ctx, parent, name, 0);
   }
 
-  async rmdir(ctx: RequestContext, parent: number, name: string): Promise<void> {
+  rmdir(ctx: RequestContext, parent: number, name: string): void | Promise<void> {
+    return this.removeIn(ctx, parent, name, AT_REMOVEDIR);
+  }
+
+  private removeIn(ctx: RequestContext, parent: number, name: string, flags: number): void | Promise<void> {
     this.writable();
     const p = this.table.get(parent);
-    await this.table.withFd(p, (pfd) => this.io(p).unlinkat(this.creds(ctx), pfd, name, AT_REMOVEDIR));
+    // Held in memory, the directory's descriptor open: at once, with no await in between
+    // for an eviction to close the descriptor under us.
+    if (p.fd >= 0 && p.dev.memory) {
+      this.table.touch(p);
+      return sys.unlinkatNow(this.creds(ctx), p.fd, name, flags);
+    }
+    return this.table.withFd(p, (pfd) => this.io(p).unlinkat(this.creds(ctx), pfd, name, flags)).then(() => undefined);
   }
 
   async rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): Promise<void> {
@@ -630,7 +639,7 @@ export class PassthroughFs implements FileSystem {
     return this.table.withFd(n, (fd) => this.io(n).fstatfs(fd));
   }
 
-  async release(_ctx: RequestContext, ino: number, fh: number, info: ReleaseInfo): Promise<void> {
+  release(_ctx: RequestContext, ino: number, fh: number, info: ReleaseInfo): void | Promise<void> {
     const h = this.handles.get(fh);
     if (!h) return;
     this.handles.delete(fh);
@@ -638,7 +647,10 @@ export class PassthroughFs implements FileSystem {
     const closable = !h.shared || this.sharedHandles.withdraw(fh);
     if (info.flockUnlock) this.locks.get(ino)?.releaseOwner(info.lockOwner, 'flock');
     if (h.backed) this.dropBacking(h.node.nodeid);
-    if (closable) await this.io(h.node).close(h.fd);
+    if (!closable) return;
+    // A file held in memory closes at once (nothing to flush); elsewhere a close may wait.
+    if (h.node.dev.memory) return closeNow(h.fd);
+    return this.io(h.node).close(h.fd).then(() => undefined);
   }
 
   async fsync(_ctx: RequestContext, _ino: number, fh: number, datasync: boolean): Promise<void> {
