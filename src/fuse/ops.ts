@@ -2,7 +2,7 @@
  * One handler per opcode: turns decoded arguments into a FileSystem call and the
  * call's result into reply bytes. Handlers throw FsError for errno answers.
  */
-import type { AttrReply, DirEntry, DirSink, Entry, FileLock, FileSystem, InitInfo, RequestContext, SetAttr } from '../fs/api.js';
+import type { AttrReply, Created, DirEntry, DirSink, Entry, FileLock, FileSystem, InitInfo, RequestContext, SetAttr } from '../fs/api.js';
 import { Errno, FsError } from './errno.js';
 import * as O from './opcodes.js';
 import { Opcode, SIZE } from './opcodes.js';
@@ -122,6 +122,14 @@ class WireDirSink implements DirSink {
 /** A reply body, the bytes a backend placed in the transport's buffers itself, or nothing. */
 export type OpResult = Uint8Array[] | { placed: number } | void;
 
+/** The reply to CREATE and TMPFILE: the new file's entry and its open. */
+function created(r: Created): Uint8Array[] {
+  const w = new Writer(SIZE.entry_out + SIZE.open_out);
+  writeEntryOut(w, r.entry);
+  writeOpenOut(w, r.open.fh, r.open.flags ?? 0, r.open.backingId);
+  return [w.finish()];
+}
+
 function attrOut(r: AttrReply): Uint8Array[] {
   const w = new Writer(SIZE.attr_out);
   writeAttrOut(w, r.attr, r.timeout);
@@ -130,9 +138,9 @@ function attrOut(r: AttrReply): Uint8Array[] {
 
 /**
  * Runs one request against the backend. The requests that dominate a busy device (LOOKUP,
- * FORGET, GETATTR, READ, WRITE, UNLINK, RMDIR, RELEASE) finish at once when the backend
- * answered at once, with no trip through the microtask queue; a backend's promise, or any
- * other opcode, gives a promise.
+ * FORGET, GETATTR, READ, WRITE, CREATE, UNLINK, RMDIR, RELEASE) finish at once when the
+ * backend answered at once, with no trip through the microtask queue; a backend's promise,
+ * or any other opcode, gives a promise.
  * A backend's synchronous throw is thrown here.
  */
 export function runOp(op: Opcode, o: OpContext): OpResult | Promise<OpResult> {
@@ -175,6 +183,8 @@ export function runOp(op: Opcode, o: OpContext): OpResult | Promise<OpResult> {
       has(fs, 'write');
       return then(fs.write!(ctx, ino, a.fh as number, a.offset as number, src ? Buffer.concat(src) : (a.data as Uint8Array), info), done);
     }
+    case Opcode.FUSE_CREATE:
+      return then(method(fs, 'create')(ctx, ino, decodeName(a.name as Uint8Array, false), a.mode as number, a.flags as number), created);
     case Opcode.FUSE_UNLINK:
     case Opcode.FUSE_RMDIR:
       return then(method(fs, op === Opcode.FUSE_UNLINK ? 'unlink' : 'rmdir')(ctx, ino, decodeName(a.name as Uint8Array)), () => undefined);
@@ -287,17 +297,8 @@ async function runOpAsync(op: Opcode, o: OpContext): Promise<OpResult> {
       }));
     case Opcode.FUSE_ACCESS:
       return void (await method(fs, 'access')(ctx, ino, a.mask as number));
-    case Opcode.FUSE_CREATE:
-    case Opcode.FUSE_TMPFILE: {
-      const r =
-        op === Opcode.FUSE_CREATE
-          ? await method(fs, 'create')(ctx, ino, decodeName(a.name as Uint8Array, false), a.mode as number, a.flags as number)
-          : await method(fs, 'tmpfile')(ctx, ino, a.mode as number, a.flags as number);
-      const w = new Writer(SIZE.entry_out + SIZE.open_out);
-      writeEntryOut(w, r.entry);
-      writeOpenOut(w, r.open.fh, r.open.flags ?? 0, r.open.backingId);
-      return [w.finish()];
-    }
+    case Opcode.FUSE_TMPFILE:
+      return created(await method(fs, 'tmpfile')(ctx, ino, a.mode as number, a.flags as number));
     case Opcode.FUSE_BMAP:
       return u64(await method(fs, 'bmap')(ctx, ino, a.blocksize as number, a.block as number));
     case Opcode.FUSE_IOCTL: {

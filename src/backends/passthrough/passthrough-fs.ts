@@ -42,6 +42,7 @@ import {
   AT_SYMLINK_FOLLOW,
   AT_SYMLINK_NOFOLLOW,
   type Creds,
+  type CreatedFile,
   type Looked,
   O_CREAT,
   O_DIRECT,
@@ -328,16 +329,35 @@ export class PassthroughFs implements FileSystem {
    * Creates and opens a file (create, tmpfile) in one trip, with its O_PATH descriptor taken
    * from the open file itself (no second name lookup to race on).
    */
-  private async createIn(ctx: RequestContext, parent: PInode, name: string, openFlags: number, mode: number, flags: number): Promise<Created> {
+  private createIn(ctx: RequestContext, parent: PInode, name: string, openFlags: number, mode: number, flags: number): Created | Promise<Created> {
     const c = this.creds(ctx);
     const here = parent.fd >= 0 && parent.dev.memory ? sys.createNow(c, parent.fd, name, openFlags, mode & ~S_IFMT) : null;
-    const r = here ?? (await this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, openFlags, mode & ~S_IFMT)));
+    if (here) {
+      // Held in memory: answered at once, with no await in between for an eviction.
+      this.table.touch(parent);
+      return this.opened(parent, here, flags);
+    }
+    return this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, openFlags, mode & ~S_IFMT)).then((r) => this.opened(parent, r, flags));
+  }
+
+  /** The entry and open reply of the file `r` just created in `parent`; closes it if they fail. */
+  private opened(parent: PInode, r: CreatedFile, flags: number): Created | Promise<Created> {
+    const undo = (err: unknown): Promise<never> => {
+      if (parent.dev.memory) {
+        closeNow(r.fd);
+        throw err;
+      }
+      return this.io(parent)
+        .close(r.fd)
+        .then(() => {
+          throw err;
+        });
+    };
     try {
-      const entry = await this.entryFor(r.looked);
-      return { entry, open: await this.openReply(r.fd, this.table.get(entry.ino), flags, entry.attr.mode) };
+      const done = then(this.entryFor(r.looked), (entry) => then(this.openReply(r.fd, this.table.get(entry.ino), flags, entry.attr.mode), (open): Created => ({ entry, open })));
+      return done instanceof Promise ? done.catch(undo) : done;
     } catch (err) {
-      await this.io(parent).close(r.fd);
-      throw err;
+      return undo(err);
     }
   }
 
@@ -495,7 +515,7 @@ export class PassthroughFs implements FileSystem {
   }
 
   /** `mode`: the file's mode when the caller just learned it (create), saving a statx. */
-  private async openReply(fd: number, node: PInode, openFlags: number, mode?: number): Promise<Opened> {
+  private openReply(fd: number, node: PInode, openFlags: number, mode?: number): Opened | Promise<Opened> {
     const fh = this.nextFh++;
     // O_DIRECT I/O waits for the device even with RWF_NOWAIT: always through the pool.
     const direct = (openFlags & O_DIRECT) !== 0;
@@ -507,22 +527,26 @@ export class PassthroughFs implements FileSystem {
     let flags = 0;
     if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
     if (this.cache === 'always') flags |= FOPEN_KEEP_CACHE;
+    const reply = (privileged: boolean): Opened => {
+      if (privileged) {
+        this.share(fh, h, openFlags);
+        return { fh, flags: flags | FOPEN_DIRECT_IO };
+      }
+      const b = this.kernelIo && node.type === S_IFREG ? this.backingOf(node, fd) : undefined;
+      if (b) {
+        // The kernel reads and writes this file itself from now on: no round trips through us.
+        b.refs++;
+        h.backed = true;
+        return { fh, flags: FOPEN_PASSTHROUGH | (flags & FOPEN_KEEP_CACHE), backingId: b.id };
+      }
+      this.share(fh, h, openFlags);
+      return { fh, flags };
+    };
     // The kernel writes a backing file with our credentials, which would keep setuid/setgid
     // bits that an unprivileged write must clear: such files are served by us, uncached.
-    const privileged = this.kernelIo && node.type === S_IFREG && !this.backing.get(node.nodeid) && hasPrivBits(mode ?? (await this.statFd(fd)).mode);
-    if (privileged) {
-      this.share(fh, h, openFlags);
-      return { fh, flags: flags | FOPEN_DIRECT_IO };
-    }
-    const b = this.kernelIo && node.type === S_IFREG ? this.backingOf(node, fd) : undefined;
-    if (b) {
-      // The kernel reads and writes this file itself from now on: no round trips through us.
-      b.refs++;
-      h.backed = true;
-      return { fh, flags: FOPEN_PASSTHROUGH | (flags & FOPEN_KEEP_CACHE), backingId: b.id };
-    }
-    this.share(fh, h, openFlags);
-    return { fh, flags };
+    if (!(this.kernelIo && node.type === S_IFREG && !this.backing.get(node.nodeid))) return reply(false);
+    if (mode !== undefined) return reply(hasPrivBits(mode));
+    return then(this.statFd(fd, node), (st) => reply(hasPrivBits(st.mode)));
   }
 
   /**
@@ -757,7 +781,7 @@ export class PassthroughFs implements FileSystem {
     await this.table.withFd(n, (fd) => this.io(n).faccessat(this.creds(ctx), AT_FDCWD, procPath(fd), mask, 0));
   }
 
-  async create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number): Promise<Created> {
+  create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number): Created | Promise<Created> {
     this.writable();
     const p = this.table.get(parent);
     return this.createIn(ctx, p, name, this.openFlags(flags) | O_CREAT | O_NOFOLLOW, mode, flags);
