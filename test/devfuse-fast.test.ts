@@ -174,3 +174,24 @@ test('/dev/fuse (tmpfs source): LOOKUPs leading to known inodes are answered in 
     fs.current = dev.options.fs as PassthroughFs;
   });
 });
+
+test('/dev/fuse: a RELEASE held back for the request after it is served within milliseconds when none comes, and every file is closed', { timeout: 60000 }, async () => {
+  await withMount('/dev/shm', { cache: 'auto' }, false, async (dir, _src, dev) => {
+    const fs = dev.options.fs as PassthroughFs;
+    const closed = async (what: string) => {
+      const until = Date.now() + 1000;
+      while (fs.openFiles > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 2));
+      assert.equal(fs.openFiles, 0, what);
+    };
+    // One close and nothing after it: only the timer can serve the RELEASE.
+    await sh(`exec 3>"${dir}/one"; exec 3>&-`);
+    await closed('released without a request after it');
+    // A create loop: each RELEASE waits for the next request, the last for the timer.
+    await sh(`for i in $(seq 1 200); do : > "${dir}/f$i"; done`);
+    await closed('all 200 released');
+    // flock: the holder's close (a RELEASE with FLOCK_UNLOCK) lets the waiter in.
+    const out = await sh(`flock "${dir}/one" sleep 0.3 & sleep 0.1; flock "${dir}/one" echo got; wait`);
+    assert.equal(out.trim(), 'got');
+    await closed('the lock holders released');
+  });
+});

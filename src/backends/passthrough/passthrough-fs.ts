@@ -194,6 +194,11 @@ export class PassthroughFs implements FileSystem {
   /** What published descriptors on local file systems carry for GETATTR (0: ids are mapped). */
   private readonly statFlags: number;
 
+  /** Files the kernel holds open (for tests). */
+  get openFiles(): number {
+    return this.handles.size;
+  }
+
   /** Open descriptors held by the backend (for tests and metrics). */
   get openFds(): number {
     return this.table.openFds + this.handles.size;

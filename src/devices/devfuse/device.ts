@@ -189,6 +189,7 @@ export class DevFuseDevice {
   };
 
   private finish(): void {
+    this.later.flush(true);
     this.mounted = false;
     this.log.info({ requests: this.session.stats.requests, overIoUring: this.uring?.served }, 'connection ended');
     this.uring?.close();
@@ -214,6 +215,7 @@ export class DevFuseDevice {
         // buffer free for the next read; still in flight, it keeps it, and the next read
         // goes into a new one (no copy either way).
         if (!this.session.handle(r === buf.length ? buf : buf.subarray(0, r), this.send)) buf = Buffer.allocUnsafe(bufSize);
+        this.later.flush();
         return;
       }
       if (r > 0) {
@@ -221,9 +223,11 @@ export class DevFuseDevice {
         // the buffer stays free whatever becomes of it.
         const req = Buffer.allocUnsafe(r);
         req.set(buf.subarray(0, r));
-        this.session.handle(req, this.send);
+        if (!this.later.defer(req)) this.session.handle(req, this.send);
+        this.later.flush();
         return;
       }
+      this.later.flush();
       if (r === -Errno.EAGAIN || r === -Errno.EINTR || r === -Errno.ENOENT) return;
       this.stopPolling(r === 0 ? 'EOF' : errnoName(-r));
     };
@@ -252,6 +256,15 @@ export class DevFuseDevice {
       [Opcode.FUSE_LOOKUP, this.served[1]!],
     ];
   }
+
+  /**
+   * RELEASEs held back until the next turn of the read loop: the kernel waits for no one on
+   * a RELEASE (the closing process has moved on), and the request a caller sends next (the
+   * directory's GETATTR for its next create) follows it within µs; served first, it is
+   * answered while the caller would otherwise wait for our RELEASE. A RELEASE waits at most
+   * one more turn of the loop, or a millisecond when nothing else comes.
+   */
+  private readonly later = new Deferred((req) => this.session.handle(req, this.send));
 
   private stopPolling(why: string | undefined): void {
     if (why !== 'ENODEV' && why !== 'EOF') this.log.error({ err: why }, 'reading /dev/fuse failed');
@@ -392,4 +405,39 @@ export function devFuseUsable(): { ok: boolean; reason: string } {
   const fsTypes = readFileSync('/proc/filesystems', 'utf8');
   if (!/\bfuse\b/.test(fsTypes)) return { ok: false, reason: 'kernel has no fuse file system type' };
   return { ok: true, reason: 'ok' };
+}
+
+/** Background requests (RELEASE) held for one turn of the read loop (see DevFuseDevice.later). */
+class Deferred {
+  private held: Buffer[] = [];
+  /** How many of `held` came in this turn (they wait for the next). */
+  private fresh = 0;
+  private timer?: NodeJS.Timeout;
+
+  constructor(private readonly serve: (req: Buffer) => void) {}
+
+  /** Holds `req` if it is a RELEASE; false if it is to be served now. */
+  defer(req: Buffer): boolean {
+    if (req.length < 8 || req.readUInt32LE(4) !== Opcode.FUSE_RELEASE || this.held.length >= 64) return false;
+    this.held.push(req);
+    this.fresh++;
+    this.timer ??= setTimeout(() => {
+      this.timer = undefined;
+      this.flush(true);
+    }, 1);
+    return true;
+  }
+
+  /** Ends a turn: serves what was held before it (all of it when `all`). */
+  flush(all = false): void {
+    const keep = all ? 0 : this.fresh;
+    this.fresh = 0;
+    if (this.held.length <= keep) return;
+    const due = this.held.splice(0, this.held.length - keep);
+    if (!this.held.length && this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    for (const req of due) this.serve(req);
+  }
 }
