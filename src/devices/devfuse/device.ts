@@ -258,11 +258,12 @@ export class DevFuseDevice {
   }
 
   /**
-   * RELEASEs held back until the next turn of the read loop: the kernel waits for no one on
-   * a RELEASE (the closing process has moved on), and the request a caller sends next (the
-   * directory's GETATTR for its next create) follows it within µs; served first, it is
-   * answered while the caller would otherwise wait for our RELEASE. A RELEASE waits at most
-   * one more turn of the loop, or a millisecond when nothing else comes.
+   * RELEASEs and FORGETs held back until the next turn of the read loop: the kernel waits for
+   * no one on them (the closing or unlinking process has moved on), and the request that
+   * caller sends next (the directory's GETATTR for its next create or unlink) follows within
+   * µs; served first, it is answered while the caller would otherwise wait for ours. They
+   * wait at most one more turn of the loop, or a millisecond when nothing else comes. (A
+   * LOOKUP served before a FORGET sent earlier is no harm: lookup counts only add up.)
    */
   private readonly later = new Deferred((req) => this.session.handle(req, this.send));
 
@@ -407,7 +408,7 @@ export function devFuseUsable(): { ok: boolean; reason: string } {
   return { ok: true, reason: 'ok' };
 }
 
-/** Background requests (RELEASE) held for one turn of the read loop (see DevFuseDevice.later). */
+/** Requests nobody waits for (RELEASE, FORGET) held for one turn of the read loop (see DevFuseDevice.later). */
 class Deferred {
   private held: Buffer[] = [];
   /** How many of `held` came in this turn (they wait for the next). */
@@ -416,9 +417,11 @@ class Deferred {
 
   constructor(private readonly serve: (req: Buffer) => void) {}
 
-  /** Holds `req` if it is a RELEASE; false if it is to be served now. */
+  /** Holds `req` if it is a RELEASE or a FORGET; false if it is to be served now. */
   defer(req: Buffer): boolean {
-    if (req.length < 8 || req.readUInt32LE(4) !== Opcode.FUSE_RELEASE || this.held.length >= 64) return false;
+    if (req.length < 8 || this.held.length >= 64) return false;
+    const op = req.readUInt32LE(4);
+    if (op !== Opcode.FUSE_RELEASE && op !== Opcode.FUSE_FORGET && op !== Opcode.FUSE_BATCH_FORGET) return false;
     this.held.push(req);
     this.fresh++;
     this.timer ??= setTimeout(() => {
