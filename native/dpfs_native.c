@@ -5,12 +5,12 @@
  *   busy_poll.c  adaptive spinning before the event loop sleeps
  *   fsops.c  *at() system calls run on libuv's pool with the caller's credentials
  *   vhost.c  unix sockets with descriptor passing, memfd, eventfd
- *   fusedev.c  /dev/fuse reads (GETATTR of published inodes answered there) and writes,
+ *   fusedev.c  /dev/fuse reads (GETATTR and LOOKUP of published inodes answered there) and writes,
  *              kernel FUSE passthrough backing files (ioctls)
  *   shared_map.cc  guest memory as a SharedArrayBuffer shared by threads
  *   nowait.c  page-cache reads and writes that never block (RWF_NOWAIT)
  *   ring_fast.c  READ, WRITE and GETATTR on published files served straight off a virtqueue
- *   published.h  the SharedHandles protocol and GETATTR replies, shared by those two
+ *   published.h  the SharedHandles protocol and GETATTR and LOOKUP replies, shared by those two
  *   uring.c  io_uring for the reads, writes and fsyncs that may wait
  *   fuse_uring.c  FUSE requests and replies over io_uring instead of /dev/fuse reads and writes
  * Errors are thrown (or rejected) as Errors carrying `code`, `errno` and `syscall`.

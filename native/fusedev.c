@@ -130,7 +130,7 @@ napi_value js_dev_fast_create(napi_env env, napi_callback_info info) {
 
 /*
  * Answers `req` (n bytes) here if it is a plain GETATTR the backend published, or (where
- * `lookups`) a LOOKUP of a name absent from a directory it published.
+ * `lookups`) a LOOKUP that published_lookup can answer.
  */
 static bool dev_fast_serve(int fd, struct dev_fast *f, const uint8_t *req, ssize_t n) {
   if (n < IN_HEADER || u32_at(req, 0) != (uint32_t)n || req[36] || req[37]) return false;

@@ -1,7 +1,7 @@
 /*
  * What the native request paths (ring_fast.c for virtqueues, fusedev.c for /dev/fuse) share:
- * the SharedHandles protocol (src/fs/shared-handles.ts) and the GETATTR reply built from a
- * descriptor a backend published.
+ * the SharedHandles protocol (src/fs/shared-handles.ts), the out header, and the GETATTR and
+ * LOOKUP replies built from what a backend published.
  */
 #ifndef DPFS_PUBLISHED_H
 #define DPFS_PUBLISHED_H
@@ -73,6 +73,13 @@ static inline void sh_leave(int32_t *s) {
   __atomic_fetch_sub(&s[SH_USERS], 1, __ATOMIC_SEQ_CST);
 }
 
+/* The out header of the reply to `req`: total length, error (0 or -errno), req's unique. */
+static inline void out_header(uint8_t *out, uint32_t len, int32_t error, const uint8_t *req) {
+  memcpy(out, &len, 4);
+  memcpy(out + 4, &error, 4);
+  memcpy(out + 8, req + 8, 8);
+}
+
 /* struct fuse_attr (88 bytes) from a statx, as the passthrough builds it (ids unmapped). */
 static inline void fill_attr(uint8_t *a, const struct statx *st) {
   uint32_t zero = 0, mode = st->stx_mode;
@@ -119,10 +126,8 @@ static inline bool published_getattr(int32_t *handles, int32_t *inodes, const ui
   bool ok = (flags & SH_STAT_AT_ONCE) && statx(s[SH_FD], "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) == 0;
   sh_leave(s);
   if (!ok) return false;
-  uint32_t total = GETATTR_REPLY, zero = 0;
-  memcpy(out, &total, 4);
-  memcpy(out + 4, &zero, 4); /* error */
-  memcpy(out + 8, req + 8, 8); /* unique */
+  uint32_t zero = 0;
+  out_header(out, GETATTR_REPLY, 0, req);
   uint8_t *a = out + OUT_HEADER;
   uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
   memcpy(a, &valid, 8); /* attr_valid, attr_valid_nsec, dummy */
@@ -164,13 +169,10 @@ static inline enum lookup_outcome published_lookup(int32_t *inodes, int32_t *nam
   int r = (flags & SH_LOOKUP_AT_ONCE) ? statx(s[SH_FD], name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS | STATX_BTIME, &st) : -2;
   int err = errno;
   sh_leave(s);
+  uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT, zero = 0;
   if (r == -1 && err == ENOENT) {
-    uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT;
-    int32_t error = valid ? 0 : -ENOENT;
     *len = valid ? OUT_HEADER + ENTRY_OUT : OUT_HEADER;
-    memcpy(out, len, 4);
-    memcpy(out + 4, &error, 4);
-    memcpy(out + 8, req + 8, 8); /* unique */
+    out_header(out, *len, valid ? 0 : -ENOENT, req);
     if (valid) {
       memset(out + OUT_HEADER, 0, ENTRY_OUT); /* node id 0: absent */
       memcpy(out + OUT_HEADER + 16, &valid, 8); /* entry_valid */
@@ -186,12 +188,8 @@ static inline enum lookup_outcome published_lookup(int32_t *inodes, int32_t *nam
   sh_leave(k);
   if (!same) return LOOKUP_EXISTS;
   names_lookups[slot] += 1;
-  uint64_t valid = (uint32_t)flags >> SH_TIMEOUT_SHIFT, zero = 0;
-  int32_t ok = 0;
   *len = OUT_HEADER + ENTRY_OUT;
-  memcpy(out, len, 4);
-  memcpy(out + 4, &ok, 4);
-  memcpy(out + 8, req + 8, 8); /* unique */
+  out_header(out, *len, 0, req);
   uint8_t *e = out + OUT_HEADER;
   memcpy(e, &nodeid, 8);
   memcpy(e + 8, &zero, 8); /* generation */

@@ -259,10 +259,7 @@ enum outcome { DECLINED, SERVED, SERVED_STALLED };
 
 /* The reply header, and what follows it in `out`, into the chain's writable buffers. */
 static void reply(struct chain *c, const uint8_t *head, uint8_t *out, uint32_t body, uint32_t total) {
-  int32_t ok = 0;
-  memcpy(out, &total, 4);
-  memcpy(out + 4, &ok, 4);
-  memcpy(out + 8, head + 8, 8); /* unique */
+  out_header(out, total, 0, head);
   iov_copy(c->wr, c->nwr, 0, out, OUT_HEADER + body, true);
 }
 

@@ -21,8 +21,9 @@ export const SH_WRITE_AT_ONCE = 8;
 /** GETATTR may be answered with a statx of the descriptor at once (attributes in memory). */
 export const SH_STAT_AT_ONCE = 16;
 /**
- * A directory whose names resolve at once (held in memory): a LOOKUP of a name it lacks may
- * be answered with a negative entry for the slot's timeout (/dev/fuse: native/fusedev.c).
+ * A directory whose names resolve at once (held in memory): a LOOKUP in it of a name that is
+ * absent, or that leads to an inode in the backend's SharedNames, may be answered natively
+ * with the slot's timeout (/dev/fuse: native/fusedev.c).
  */
 export const SH_LOOKUP_AT_ONCE = 32;
 const TIMEOUT_SHIFT = 8;

@@ -38,11 +38,9 @@ export class SharedNames {
     return n;
   }
 
-  /** Withdraws `nodeid` (published as `ino`), returning the lookups answered for it meanwhile. */
-  withdraw(ino: number, nodeid: number): number {
-    const n = this.take(ino, nodeid);
+  /** Withdraws `nodeid` (published as `ino`); take its lookups first. */
+  withdraw(ino: number, nodeid: number): void {
     if (this.owns(ino, nodeid)) this.table.withdraw(ino);
-    return n;
   }
 
   private owns(ino: number, nodeid: number): boolean {

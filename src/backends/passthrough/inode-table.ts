@@ -208,12 +208,12 @@ export class InodeTable {
     const n = this.byNode.get(nodeid);
     if (!n || nodeid === 1) return false;
     const names = this.opts.shared?.names;
-    // The kernel counts the lookups answered off the session too.
+    // The kernel counts the lookups answered off the session too (on this thread, between
+    // requests: none can come in between the take and the withdraw below).
     if (names) n.nlookup += names.take(n.ino, nodeid);
     n.nlookup -= nlookup;
     if (n.nlookup > 0) return false;
-    if (names) n.nlookup += names.withdraw(n.ino, nodeid); // none can come in between: same thread
-    if (n.nlookup > 0) return false;
+    names?.withdraw(n.ino, nodeid);
     this.byNode.delete(nodeid);
     this.byKey.delete(n.key);
     this.lru.remove(n);

@@ -147,6 +147,7 @@ export class PassthroughFs implements FileSystem {
   constructor(readonly opts: PassthroughOptions) {
     this.cache = opts.cache ?? 'auto';
     this.timeout = TIMEOUTS[this.cache];
+    if (this.timeout > 0) this.missing = negativeEntry(this.timeout);
     this.uids = new IdMap(opts.uidMap ?? []);
     this.gids = new IdMap(opts.gidMap ?? []);
     // GETATTR off the rings needs attributes as they are: not where ids are mapped.
@@ -193,6 +194,8 @@ export class PassthroughFs implements FileSystem {
   readonly sharedNames = new SharedNames();
   /** What published descriptors on local file systems carry for GETATTR (0: ids are mapped). */
   private readonly statFlags: number;
+  /** The answer to a lookup of a name that does not exist: remembered as long as names are (none with cache=never). */
+  private readonly missing?: Entry;
 
   /** Files the kernel holds open (for tests). */
   get openFiles(): number {
@@ -371,14 +374,13 @@ export class PassthroughFs implements FileSystem {
   lookup(ctx: RequestContext, parent: number, name: string): Entry | Promise<Entry> {
     // The kernel resolves "." and ".." itself; from anyone else they could climb out.
     if (name === '.' || name === '..') throw new FsError(Errno.EPERM, 'no dot lookups');
-    // A name that does not exist: the kernel may remember that as long as it remembers names.
     const absent = (err: unknown): Entry => {
-      if (this.timeout > 0 && errnoOf(err) === Errno.ENOENT) return negativeEntry(this.timeout);
+      if (this.missing && errnoOf(err) === Errno.ENOENT) return this.missing;
       throw err;
     };
     let e: Entry | Promise<Entry>;
     try {
-      e = this.lookupIn(ctx, this.table.get(parent), name, this.timeout > 0 ? negativeEntry(this.timeout) : undefined);
+      e = this.lookupIn(ctx, this.table.get(parent), name, this.missing);
     } catch (err) {
       return absent(err);
     }

@@ -208,14 +208,13 @@ export class DevFuseDevice {
   private startPolling(bufSize: number, kernelChecks: boolean): void {
     let buf = Buffer.allocUnsafe(bufSize);
     const fast = this.fastPath(kernelChecks);
-    const onReadable = () => {
+    const readOne = () => {
       const r = native().devRead(this.fd, buf, fast);
       if (r > SMALL_REQUEST) {
         // A big request (WRITE data) is served in place: answered at once, it leaves the
         // buffer free for the next read; still in flight, it keeps it, and the next read
         // goes into a new one (no copy either way).
         if (!this.session.handle(r === buf.length ? buf : buf.subarray(0, r), this.send)) buf = Buffer.allocUnsafe(bufSize);
-        this.later.flush();
         return;
       }
       if (r > 0) {
@@ -224,14 +223,16 @@ export class DevFuseDevice {
         const req = Buffer.allocUnsafe(r);
         req.set(buf.subarray(0, r));
         if (!this.later.defer(req)) this.session.handle(req, this.send);
-        this.later.flush();
         return;
       }
-      this.later.flush();
       if (r === -Errno.EAGAIN || r === -Errno.EINTR || r === -Errno.ENOENT) return;
       this.stopPolling(r === 0 ? 'EOF' : errnoName(-r));
     };
-    this.watcher = native().watch(this.fd, onReadable);
+    // Each turn ends by serving what the turn before held back (see `later`).
+    this.watcher = native().watch(this.fd, () => {
+      readOne();
+      this.later.flush();
+    });
   }
 
   /**
