@@ -401,6 +401,28 @@ for (const mode of [['--cache', 'never'], ['--cache', 'always', '--writeback'], 
     }, mode));
 }
 
+test('passthrough --writeback: appended data lands on the host where the tenant put it', () =>
+  withPassthrough(async (dir, src) => {
+    // The kernel places appends itself and writes whole dirty pages back at their offsets:
+    // a host descriptor opened O_APPEND would move each of them to the end of the file again.
+    const out = await sh(
+      `
+      cd "${dir}"
+      for i in 1 2 3; do head -c 100000 /dev/urandom > a$i; head -c 5000 /dev/urandom >> a$i; done
+      python3 - <<'PY'
+import os
+a = os.open('b', os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+b = os.open('b', os.O_WRONLY | os.O_APPEND)
+for i in range(40):
+    os.write(a if i % 2 else b, bytes([65 + i % 26]) * (1000 + i))
+os.close(a); os.close(b)
+PY
+      for f in a1 a2 a3 b; do cmp "$f" "${src}/$f" && stat -c '%s' "${src}/$f"; done
+      `,
+    );
+    assert.deepEqual(out.trim().split('\n'), ['105000', '105000', '105000', String(40 * 1000 + (39 * 40) / 2)]);
+  }, ['--cache', 'always', '--writeback']));
+
 bothSources('O_TMPFILE, copy_file_range, SEEK_DATA/SEEK_HOLE, fallocate reach the host', async (parent) => {
   await withPassthrough(async (dir, src) => {
     const out = await sh(

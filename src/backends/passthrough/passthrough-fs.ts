@@ -44,6 +44,7 @@ import {
   type Creds,
   type CreatedFile,
   type Looked,
+  O_APPEND,
   O_CREAT,
   O_DIRECT,
   O_DIRECTORY,
@@ -516,8 +517,13 @@ export class PassthroughFs implements FileSystem {
   /** Flags for reopening through /proc (whose magic link O_NOFOLLOW would refuse). */
   private openFlags(flags: number): number {
     let f = flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
-    // With writeback caching the kernel reads pages of files opened write-only.
-    if (this.capabilities.writebackCache && (f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+    if (this.capabilities.writebackCache) {
+      // With writeback caching the kernel reads pages of files opened write-only, and it
+      // places appended data itself: it writes whole dirty pages back at their offsets, which
+      // a descriptor opened O_APPEND would move to the end of the file again.
+      if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+      f &= ~O_APPEND;
+    }
     return f;
   }
 
