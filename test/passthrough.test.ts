@@ -401,7 +401,7 @@ for (const mode of [['--cache', 'never'], ['--cache', 'always', '--writeback'], 
     }, mode));
 }
 
-test('passthrough --writeback: appended data lands on the host where the tenant put it', () =>
+test('passthrough --writeback: appends land on the host where the tenant put them; write-only files and UTIME_NOW keep their rules', () =>
   withPassthrough(async (dir, src) => {
     // The kernel places appends itself and writes whole dirty pages back at their offsets:
     // a host descriptor opened O_APPEND would move each of them to the end of the file again.
@@ -418,9 +418,16 @@ for i in range(40):
 os.close(a); os.close(b)
 PY
       for f in a1 a2 a3 b; do cmp "$f" "${src}/$f" && stat -c '%s' "${src}/$f"; done
+      # The daemon opens files read-write for the kernel's writeback, but a file its owner
+      # may only write still opens for writing (and its partial pages are read back whole).
+      chmod 1777 . && ${as(1000, 1000)} sh -c 'printf "hello world" > wo && chmod 200 wo && printf XY | dd of=wo bs=1 seek=3 conv=notrunc status=none && cat wo 2>/dev/null || echo unreadable'
+      cat "${src}/wo"; echo
+      # UTIME_NOW needs write permission only; the kernel sends it as a time of its own.
+      touch -d 2001-01-01 g && chmod 666 g && ${as(1001, 1001)} touch g && stat -c '%Y' "${src}/g" | awk '{ print ($1 > 1e9 + 1e8) ? "now" : "old" }'
+      ${as(1001, 1001)} touch -d 2002-02-02 g 2>/dev/null && echo LEAK || echo denied
       `,
     );
-    assert.deepEqual(out.trim().split('\n'), ['105000', '105000', '105000', String(40 * 1000 + (39 * 40) / 2)]);
+    assert.deepEqual(out.trim().split('\n'), ['105000', '105000', '105000', String(40 * 1000 + (39 * 40) / 2), 'unreadable', 'helXY world', 'now', 'denied']);
   }, ['--cache', 'always', '--writeback']));
 
 bothSources('O_TMPFILE, copy_file_range, SEEK_DATA/SEEK_HOLE, fallocate reach the host', async (parent) => {

@@ -54,6 +54,7 @@ import {
   O_NONBLOCK,
   O_PATH,
   O_TMPFILE,
+  O_TRUNC,
   type Statx,
   type TimeArg,
   closeNow,
@@ -340,6 +341,26 @@ export class PassthroughFs implements FileSystem {
    */
   private createIn(ctx: RequestContext, parent: PInode, name: string, openFlags: number, mode: number, flags: number): Created | Promise<Created> {
     const c = this.creds(ctx);
+    if ((openFlags & O_ACCMODE) === O_RDWR && (flags & O_ACCMODE) === O_WRONLY) {
+      // Widened for writeback (see openFlags): an existing file the caller may write but not
+      // read is opened as asked, then widened.
+      const undo = async (err: unknown): Promise<Created> => {
+        if (!this.widened(err, flags, openFlags)) throw err;
+        const r = await this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, (openFlags & ~O_ACCMODE) | O_WRONLY, mode & ~S_IFMT));
+        r.fd = await this.widen(sys, r.fd, openFlags);
+        return this.opened(parent, r, flags);
+      };
+      try {
+        const done = this.createWith(c, parent, name, openFlags, mode, flags);
+        return done instanceof Promise ? done.catch(undo) : done;
+      } catch (err) {
+        return undo(err);
+      }
+    }
+    return this.createWith(c, parent, name, openFlags, mode, flags);
+  }
+
+  private createWith(c: Creds, parent: PInode, name: string, openFlags: number, mode: number, flags: number): Created | Promise<Created> {
     const here = parent.fd >= 0 && parent.dev.memory ? sys.createNow(c, parent.fd, name, openFlags, mode & ~S_IFMT) : null;
     if (here) {
       // Held in memory: answered at once, with no await in between for an eviction.
@@ -431,8 +452,19 @@ export class PassthroughFs implements FileSystem {
       if (s.atime !== undefined || s.mtime !== undefined) {
         const a: TimeArg = s.atime ?? 'omit';
         const m: TimeArg = s.mtime ?? 'omit';
-        if (n.type === S_IFLNK) await sys.utimensat(c, fd, '', a, m, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
-        else await sys.utimensat(c, AT_FDCWD, procPath(fd), a, m, 0);
+        const utimens = (a: TimeArg, m: TimeArg) =>
+          n.type === S_IFLNK ? sys.utimensat(c, fd, '', a, m, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) : sys.utimensat(c, AT_FDCWD, procPath(fd), a, m, 0);
+        try {
+          await utimens(a, m);
+        } catch (err) {
+          // With writeback caching the kernel keeps the times itself and sends even a
+          // UTIME_NOW as the time it took, which only the owner may set: a caller who may
+          // write the file (the host checks, as for any UTIME_NOW) gets the host's now.
+          if (!this.capabilities.writebackCache || errnoOf(err) !== Errno.EPERM) throw err;
+          await utimens(s.atime === undefined ? 'omit' : 'now', s.mtime === undefined ? 'omit' : 'now').catch(() => {
+            throw err;
+          });
+        }
       }
       return { attr: this.attr(await this.statFd(fd)), timeout: this.timeout };
     });
@@ -635,15 +667,44 @@ export class PassthroughFs implements FileSystem {
   }
 
   async open(ctx: RequestContext, ino: number, flags: number): Promise<Opened> {
-    if ((flags & O_ACCMODE) !== 0 || flags & 0o1000 /* O_TRUNC */) this.writable();
+    if ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC) this.writable();
     const n = this.table.get(ino);
     // The kernel never opens a symlink; reopening one through /proc would open its target.
     if (n.type === S_IFLNK) fail(Errno.ELOOP);
     if (n.type === S_IFDIR && (flags & O_ACCMODE) !== 0) fail(Errno.EISDIR);
     // Only files and directories here: opening a FIFO or a device may wait for a peer.
     const io = n.type === S_IFREG || n.type === S_IFDIR ? this.io(n) : sys;
-    const fd = await this.table.withFd(n, (pfd) => io.openat(this.creds(ctx), AT_FDCWD, procPath(pfd), this.openFlags(flags)));
+    const c = this.creds(ctx);
+    const fd = await this.table.withFd(n, async (pfd) => {
+      const f = this.openFlags(flags);
+      try {
+        return await io.openat(c, AT_FDCWD, procPath(pfd), f);
+      } catch (err) {
+        if (!this.widened(err, flags, f)) throw err;
+        return this.widen(io, await io.openat(c, AT_FDCWD, procPath(pfd), (f & ~O_ACCMODE) | O_WRONLY), f);
+      }
+    });
     return await this.openReply(fd, n, flags);
+  }
+
+  /** The open as `f` failed for want of read access, where the caller asked to write only (see openFlags). */
+  private widened(err: unknown, asked: number, f: number): boolean {
+    return errnoOf(err) === Errno.EACCES && (asked & O_ACCMODE) === O_WRONLY && (f & O_ACCMODE) === O_RDWR;
+  }
+
+  /**
+   * A write-only descriptor `fd`, opened as the caller (who may write the file but not read
+   * it), reopened read-write as the daemon for the kernel's writeback (it reads the rest of
+   * a page it writes in part). Where the daemon may not either, `fd` stays as it is.
+   */
+  private async widen(io: typeof sysNow, fd: number, f: number): Promise<number> {
+    try {
+      const wide = await io.openat(null, AT_FDCWD, procPath(fd), f & ~(O_CREAT | O_EXCL | O_TRUNC | O_TMPFILE));
+      await io.close(fd);
+      return wide;
+    } catch {
+      return fd;
+    }
   }
 
   read(_ctx: RequestContext, _ino: number, fh: number, offset: number, size: number, _info: ReadInfo): Uint8Array | Promise<Uint8Array> {
