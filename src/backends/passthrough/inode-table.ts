@@ -37,6 +37,15 @@ export interface PInode extends LruLinks<PInode> {
   dev: HostDevice;
 }
 
+/**
+ * A new inode, every field set (the LRU's links and `dead` too): all of them share one shape,
+ * so the code that handles them stays monomorphic (a field added later would give V8 a new
+ * hidden class, and the hot paths optimised for the first would be thrown away).
+ */
+function node(nodeid: number, key: string, ino: number, type: number, handle: FileHandle | undefined, fd: number, pinned: boolean, dev: HostDevice): PInode {
+  return { nodeid, key, ino, type, handle, fd, users: 0, nlookup: 0, pinned, dead: false, dev, lruPrev: undefined, lruNext: undefined, inLru: false };
+}
+
 export interface HostDevice {
   major: number;
   minor: number;
@@ -90,7 +99,8 @@ export class InodeTable {
 
   /** Registers the root (pinned: its descriptor stays open). */
   async addRoot(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice): Promise<PInode> {
-    const root: PInode = { nodeid: 1, key, ino, type, fd, handle, users: 0, nlookup: 1, pinned: true, dev };
+    const root = node(1, key, ino, type, handle, fd, true, dev);
+    root.nlookup = 1;
     if (handle) await this.mountFdFor(fd, type, handle.mountId);
     this.byNode.set(1, root);
     this.byKey.set(key, root);
@@ -127,7 +137,7 @@ export class InodeTable {
       closeNow(fd);
       throw new FsError(Errno.ENFILE, 'too many inodes that cannot be reopened');
     }
-    const n: PInode = { nodeid: this.nextNode++, key, ino, type, handle, fd, users: 0, nlookup: 0, pinned, dev };
+    const n = node(this.nextNode++, key, ino, type, handle, fd, pinned, dev);
     if (pinned) this.pinnedCount++;
     else this.lru.use(n);
     this.openFds++;

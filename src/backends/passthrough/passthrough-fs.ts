@@ -119,6 +119,14 @@ interface Handle extends NowaitState {
   cookies?: bigint[];
 }
 
+/**
+ * A handle with every field set: one shape for all of them, so the code that handles them
+ * stays monomorphic (see node() in inode-table.ts).
+ */
+function newHandle(fd: number, node: PInode): Handle {
+  return { fd, node, noNowaitRead: false, noNowaitWrite: false, inMemory: false, localDisk: undefined, backed: false, shared: false, sharedFlags: undefined, dirQueue: undefined, cookies: undefined };
+}
+
 const TIMEOUTS: Record<CacheMode, number> = { never: 0, metadata: 86400, auto: 1, always: 86400 };
 
 /** Locks are kept here (per inode) and so hold among this mount's clients. */
@@ -283,8 +291,8 @@ export class PassthroughFs implements FileSystem {
     const known = this.devices.get(k);
     if (known) return known;
     return sys.fsType(l.fd).then(
-      (type) => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: LOCAL_FS_TYPES.has(type), memory: MEMORY_FS_TYPES.has(type) }),
-      () => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: false, memory: false }),
+      (type) => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: LOCAL_FS_TYPES.has(type), memory: MEMORY_FS_TYPES.has(type), stalls: undefined }),
+      () => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: false, memory: false, stalls: undefined }),
     );
   }
 
@@ -567,7 +575,10 @@ export class PassthroughFs implements FileSystem {
     // Calls at once only on regular files: a FIFO or a device may wait for a peer however
     // the file system holds it.
     const atOnce = node.type === S_IFREG && !direct;
-    const h: Handle = { fd, node, noNowaitRead: direct, noNowaitWrite: direct, inMemory: atOnce && node.dev.memory, localDisk: atOnce && node.dev.local && !node.dev.memory ? (node.dev.stalls ??= this.stallBudget()) : undefined };
+    const h = newHandle(fd, node);
+    h.noNowaitRead = h.noNowaitWrite = direct;
+    h.inMemory = atOnce && node.dev.memory;
+    if (atOnce && node.dev.local && !node.dev.memory) h.localDisk = node.dev.stalls ??= this.stallBudget();
     this.handles.set(fh, h);
     let flags = 0;
     if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
@@ -792,7 +803,10 @@ export class PassthroughFs implements FileSystem {
       this.io(n).openat(this.creds(ctx), AT_FDCWD, procPath(pfd), (this.openFlags(flags) & ~O_ACCMODE) | O_DIRECTORY | O_NONBLOCK),
     );
     const fh = this.nextFh++;
-    this.handles.set(fh, { fd, node: n, dirQueue: Promise.resolve(), cookies: [] });
+    const h = newHandle(fd, n);
+    h.dirQueue = Promise.resolve();
+    h.cookies = [];
+    this.handles.set(fh, h);
     return { fh, flags: this.cache === 'always' ? 0b1000 /* FOPEN_CACHE_DIR */ : 0 };
   }
 
