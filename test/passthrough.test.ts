@@ -392,7 +392,7 @@ test('passthrough: read-only export and id mapping', async () => {
   );
 });
 
-for (const mode of [['--cache', 'never'], ['--cache', 'always', '--writeback'], ['--direct-io', '--no-xattr']]) {
+for (const mode of [['--cache', 'never'], ['--cache', 'always'], ['--cache', 'always', '--writeback'], ['--direct-io', '--no-xattr']]) {
   test(`passthrough ${mode.join(' ')}: coreutils, sqlite3 and fio verify`, () =>
     withPassthrough(async (dir) => {
       await workloads['coreutils: create, link, rename, chmod, truncate, stat, remove']!(dir);

@@ -591,9 +591,11 @@ export class PassthroughFs implements FileSystem {
       const b = this.kernelIo && node.type === S_IFREG ? this.backingOf(node, fd) : undefined;
       if (b) {
         // The kernel reads and writes this file itself from now on: no round trips through us.
+        // Nothing else: its pages are the backing file's, and the kernel fails an open that
+        // also asks to keep the cache (FOPEN_KEEP_CACHE) with EIO.
         b.refs++;
         h.backed = true;
-        return { fh, flags: FOPEN_PASSTHROUGH | (flags & FOPEN_KEEP_CACHE), backingId: b.id };
+        return { fh, flags: FOPEN_PASSTHROUGH, backingId: b.id };
       }
       this.share(fh, h, openFlags);
       return { fh, flags };
