@@ -296,6 +296,48 @@ bothSources('inodes whose descriptors were evicted are reopened by handle', asyn
   );
 });
 
+test('passthrough: a host inode number freed and reused while the kernel still knows the old inode leads to the new one', async () => {
+  // Disk file systems (ext4 here) give a freed inode number to the next file made; a node
+  // whose descriptor was evicted no longer holds its inode, so only the handle tells them apart.
+  const src = mkdtempSync(join(tmpdir(), 'dpfs-reuse-'));
+  try {
+    await withPassthroughPeer(
+      src,
+      async (p) => {
+        const lookup = async (name: string) => {
+          const r = await p.call(Opcode.FUSE_LOOKUP, 1, { name });
+          assert.equal(r.error, 0, name);
+          return { node: Number(r.body.readBigUInt64LE(0)), ino: Number(r.body.readBigUInt64LE(40)) };
+        };
+        let reuses = 0;
+        for (let i = 0; i < 20 && reuses < 3; i++) {
+          writeFileSync(join(src, `old${i}`), 'old');
+          const old = await lookup(`old${i}`); // the kernel keeps this reference: no FORGET
+          for (let j = 0; j < 8; j++) {
+            writeFileSync(join(src, `other${i}.${j}`), '');
+            await lookup(`other${i}.${j}`); // evicts old's descriptor (max 4)
+          }
+          rmSync(join(src, `old${i}`));
+          writeFileSync(join(src, `new${i}`), 'new data');
+          if (statSync(join(src, `new${i}`)).ino !== old.ino) continue; // not reused this time
+          reuses++;
+          const fresh = await lookup(`new${i}`);
+          assert.notEqual(fresh.node, old.node, 'a new node for the new inode');
+          const o = await p.call(Opcode.FUSE_OPEN, fresh.node, { flags: 0 });
+          assert.equal(o.error, 0);
+          const r = await p.call(Opcode.FUSE_READ, fresh.node, { fh: o.body.readBigUInt64LE(0), offset: 0n, size: 100, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 });
+          assert.equal(r.body.toString(), 'new data');
+          assert.equal((await p.call(Opcode.FUSE_GETATTR, old.node, { getattr_flags: 0, dummy: 0, fh: 0 })).error, -Errno.ESTALE, 'the old node is stale');
+        }
+        assert.ok(reuses > 0, 'the host reused an inode number');
+      },
+      { maxFds: 4 },
+    );
+  } finally {
+    rmSync(src, { recursive: true, force: true });
+  }
+});
+
 bothSources('escapes through symlinks, "..", /proc reopen and renames all fail', async (parent) => {
   const outside = mkdtempSync(join(tmpdir(), 'dpfs-outside-'));
   const src = mkdtempSync(join(parent, 'dpfs-src-'));

@@ -1,6 +1,6 @@
 /** An in-process passthrough backend behind a SessionPeer, for tests that speak FUSE to it directly. */
 import assert from 'node:assert/strict';
-import { PassthroughFs } from '../../src/backends/passthrough/passthrough-fs.js';
+import { PassthroughFs, type PassthroughOptions } from '../../src/backends/passthrough/passthrough-fs.js';
 import { SessionPeer } from './session-peer.js';
 
 /**
@@ -8,9 +8,9 @@ import { SessionPeer } from './session-peer.js';
  * umask, as a daemon must; the test process gets its own back afterwards (the daemons and
  * programs later tests start inherit it).
  */
-export async function withPassthroughPeer(root: string, fn: (p: SessionPeer) => Promise<void>): Promise<void> {
+export async function withPassthroughPeer(root: string, fn: (p: SessionPeer) => Promise<void>, opts: Omit<PassthroughOptions, 'root'> = {}): Promise<void> {
   const umask = process.umask();
-  const fs = new PassthroughFs({ root });
+  const fs = new PassthroughFs({ root, ...opts });
   try {
     const p = new SessionPeer(fs);
     assert.equal((await p.init()).error, 0);

@@ -38,6 +38,15 @@ export interface PInode extends LruLinks<PInode> {
 }
 
 /**
+ * Whether the host inode known as `n` was freed and its number given to the one whose handle
+ * is `handle`. Never while `n`'s descriptor is open (that holds the inode); otherwise the
+ * handles tell (they carry a generation number that reuse changes).
+ */
+function reused(n: PInode, handle: FileHandle | undefined): boolean {
+  return n.fd < 0 && handle !== undefined && n.handle !== undefined && (handle.mountId !== n.handle.mountId || !handle.handle.equals(n.handle.handle));
+}
+
+/**
  * A new inode, every field set (the LRU's links and `dead` too): all of them share one shape,
  * so the code that handles them stays monomorphic (a field added later would give V8 a new
  * hidden class, and the hot paths optimised for the first would be thrown away).
@@ -116,8 +125,11 @@ export class InodeTable {
   add(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode | Promise<PInode> {
     const existing = this.byKey.get(key);
     if (existing) {
-      closeNow(fd);
-      return existing;
+      if (!reused(existing, handle)) {
+        closeNow(fd);
+        return existing;
+      }
+      this.supersede(existing);
     }
     // An inode on a mount not seen before: reopened by handle only once that mount has a descriptor.
     if (handle && !this.mountFds.has(handle.mountId)) {
@@ -129,6 +141,19 @@ export class InodeTable {
       });
     }
     return this.insert(fd, key, ino, type, handle, dev);
+  }
+
+  /**
+   * `n`'s host inode is gone and its number belongs to another now: `n` stays until the
+   * kernel forgets it (its node id leads to ESTALE), but its key leads to the new inode.
+   */
+  private supersede(n: PInode): void {
+    this.byKey.delete(n.key);
+    const names = this.opts.shared?.names;
+    if (names && n.dev.memory) {
+      n.nlookup += names.take(n.ino, n.nodeid);
+      names.withdraw(n.ino, n.nodeid);
+    }
   }
 
   private insert(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode {
@@ -225,7 +250,7 @@ export class InodeTable {
     if (n.nlookup > 0) return false;
     names?.withdraw(n.ino, nodeid);
     this.byNode.delete(nodeid);
-    this.byKey.delete(n.key);
+    if (this.byKey.get(n.key) === n) this.byKey.delete(n.key);
     this.lru.remove(n);
     if (n.pinned) this.pinnedCount--;
     n.dead = true;

@@ -336,7 +336,10 @@ export class PassthroughFs implements FileSystem {
       // comes back null and takes the pool. A known inode's handle is not asked for again.
       const l = sys.lookupNow(c, parent.fd, name, dev.major, dev.minor, !dev.memory, false);
       if (l) {
-        if (!this.table.find(key(l.st))) l.handle = sys.handleNow(l.fd);
+        // A known inode's handle only where its descriptor was evicted: its number may have
+        // been freed and given to another inode since (see InodeTable.add).
+        const known = this.table.find(key(l.st));
+        if (!known || known.fd < 0) l.handle = sys.handleNow(l.fd);
         return this.entryFor(l);
       }
     }
