@@ -69,14 +69,12 @@ napi_value js_backing_close(napi_env env, napi_callback_info info) {
 #define FAST_MAX 64
 #define FAST_GETATTRS 0
 #define FAST_LOOKUPS 1
-#define FAST_IN_VAIN 8 /* lookups in a row that found the name there */
-#define FAST_RETRY 16
 
 struct dev_fast {
   int32_t *inodes, *handles, *names;
   double *counts, *names_lookups;
   bool lookups;
-  uint32_t in_vain; /* native lookups in a row that found the name (see dev_fast_serve) */
+  struct lookup_gate gate;
   napi_ref refs[5];
 };
 
@@ -141,16 +139,10 @@ static bool dev_fast_serve(int fd, struct dev_fast *f, const uint8_t *req, ssize
     len = GETATTR_REPLY;
     f->counts[FAST_GETATTRS] += 1;
   } else if (op == FUSE_LOOKUP) {
-    /*
-     * A name that exists but leads to an inode not published (not known yet) is the
-     * backend's to look up, and asking here first cost a statx: after a run of those, ask
-     * only one lookup in FAST_RETRY until names answered here come back.
-     */
-    if (!f->lookups || (f->in_vain >= FAST_IN_VAIN && ++f->in_vain % FAST_RETRY)) return false;
+    if (!f->lookups || !lookup_gate_open(&f->gate)) return false;
     enum lookup_outcome o = published_lookup(f->inodes, f->names, f->names_lookups, req, (size_t)n, out, &len);
-    if (o == LOOKUP_EXISTS && f->in_vain < FAST_IN_VAIN) f->in_vain++;
+    lookup_gate_saw(&f->gate, o);
     if (o != LOOKUP_ANSWERED) return false;
-    f->in_vain = 0;
     f->counts[FAST_LOOKUPS] += 1;
   } else {
     return false;

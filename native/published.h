@@ -200,4 +200,26 @@ static inline enum lookup_outcome published_lookup(int32_t *inodes, int32_t *nam
   return LOOKUP_ANSWERED;
 }
 
+/*
+ * Where a name found leads to an inode not published (not known yet), asking here cost a
+ * statx in vain: after LOOKUP_IN_VAIN of those in a row, only one lookup in LOOKUP_RETRY is
+ * tried until names answered here come back. One gate per reader (a /dev/fuse connection,
+ * a ring).
+ */
+#define LOOKUP_IN_VAIN 8
+#define LOOKUP_RETRY 16
+
+struct lookup_gate {
+  uint32_t in_vain; /* lookups in a row that found the name but not its inode */
+};
+
+static inline bool lookup_gate_open(struct lookup_gate *g) {
+  return g->in_vain < LOOKUP_IN_VAIN || ++g->in_vain % LOOKUP_RETRY == 0;
+}
+
+static inline void lookup_gate_saw(struct lookup_gate *g, enum lookup_outcome o) {
+  if (o == LOOKUP_ANSWERED) g->in_vain = 0;
+  else if (o == LOOKUP_EXISTS && g->in_vain < LOOKUP_IN_VAIN) g->in_vain++;
+}
+
 #endif

@@ -1,19 +1,21 @@
 /*
  * The data path of a virtio-fs request queue in one call: READ and WRITE requests on open
- * files a backend published (src/fs/shared-handles.ts), and GETATTR of inodes it published,
- * are taken from the avail ring, done with one preadv/pwritev between the host file and
- * guest memory (or one statx), answered and returned to the used ring, without a
- * JavaScript object per request. Everything else stops the call *before* that chain is
+ * files a backend published (src/fs/shared-handles.ts), GETATTR of inodes it published and
+ * LOOKUP in its directories held in memory (published.h) are taken from the avail ring,
+ * done with one preadv/pwritev between the host file and guest memory (or one statx),
+ * answered and returned to the used ring, without a JavaScript object per request. Everything else stops the call *before* that chain is
  * taken, and the JavaScript ring (virtqueue.ts) takes it with its own checks: an unusual
  * chain, a malformed or extended request, another opcode, a handle not published, a read
  * the page cache cannot answer at once, any I/O error. So this file only
  * has to be safe, never complete: whatever it declines is served, or refused with a reason,
  * the usual way.
  *
- *   ringFastCreate(desc, avail, used, num, indirect, regions, handles, inodes, counts, stall) -> context
+ *   ringFastCreate(desc, avail, used, num, indirect, regions, handles, inodes, counts, stall[, names, lookups]) -> context
  *       desc/avail/used: Uint8Arrays over the rings; regions: [gpa, Uint8Array, ...] (guest
  *       memory); handles, inodes: Int32Arrays of SharedHandles tables, by file handle and by
- *       node id (inodes may be null); counts: Float64Array(4) of running totals, COUNT_*,
+ *       node id (inodes may be null); names, lookups: a SharedNames table and its per-slot
+ *       counts (null or left out: LOOKUPs are the session's; only with inodes, and only on
+ *       the backend's own thread); counts: Float64Array(5) of running totals, COUNT_*,
  *       added to before each request's used entry is published (so a driver that sees the
  *       reply sees it counted); stall: Float64Array(2), the handle and ms of the last write
  *       at once that waited (ms 0: none since the caller cleared it). The arrays are
@@ -56,14 +58,16 @@
 #define FUSE_READ 15
 #define FUSE_WRITE 16
 #define FUSE_WRITE_KILL_SUIDGID (1u << 2)
-#define COPY_MAX GETATTR_REPLY /* the most bytes iov_copy moves (≥ REQ_HEAD) */
+#define LOOKUP_REQ_MAX (IN_HEADER + NAME_MAX_BYTES + 1)
+#define COPY_MAX LOOKUP_REQ_MAX /* the most bytes iov_copy moves (≥ REQ_HEAD, GETATTR_REPLY, an entry reply) */
 
 /* Count words (virtqueue.ts FAST_COUNTS), and the stall's. */
 #define COUNT_READS 0
 #define COUNT_WRITES 1
 #define COUNT_READ_BYTES 2
 #define COUNT_GETATTRS 3
-#define COUNT_WORDS 4
+#define COUNT_LOOKUPS 4
+#define COUNT_WORDS 5
 #define STALL_FH 0
 #define STALL_MS 1
 #define STALL_WORDS 2
@@ -93,9 +97,12 @@ struct ring_fast {
   uint32_t nregions;
   int32_t *handles;
   int32_t *inodes; /* NULL: none published */
+  int32_t *names;  /* SharedNames; NULL: LOOKUPs are the session's */
+  double *names_lookups;
+  struct lookup_gate gate;
   double *counts;
   double *stall;
-  napi_ref refs[MAX_REGIONS + 5];
+  napi_ref refs[MAX_REGIONS + 7];
   uint32_t nrefs;
 };
 
@@ -185,7 +192,7 @@ static bool maybe_io(const struct ring_fast *r, uint32_t head) {
   if (!p) return true;
   uint32_t op;
   memcpy(&op, p + 4, 4);
-  return op == FUSE_READ || op == FUSE_WRITE || op == FUSE_GETATTR;
+  return op == FUSE_READ || op == FUSE_WRITE || op == FUSE_GETATTR || (op == FUSE_LOOKUP && r->names);
 }
 
 /* Fills `out` with the part [skip, skip + len) of `iov`; returns how many entries. */
@@ -274,7 +281,28 @@ static enum outcome serve_getattr(struct ring_fast *r, struct chain *c, const ui
   return SERVED;
 }
 
-/* Serves one chain if it is a plain READ, WRITE or GETATTR the backend published. */
+/*
+ * LOOKUP in a directory the backend published as held in memory (see published_lookup).
+ * Only on the thread that runs the backend (the event loop: no queue threads), which takes
+ * the per-slot counts between requests: the context has `names` only there. Guests mount
+ * virtio-fs with default_permissions, so their kernel has checked the caller.
+ */
+static enum outcome serve_lookup(struct ring_fast *r, struct chain *c, uint32_t len, uint32_t *written) {
+  if (!r->names || len != c->rd_bytes || len > LOOKUP_REQ_MAX || c->wr_bytes < OUT_HEADER + ENTRY_OUT) return DECLINED;
+  if (!lookup_gate_open(&r->gate)) return DECLINED;
+  uint8_t req[LOOKUP_REQ_MAX], out[OUT_HEADER + ENTRY_OUT];
+  iov_copy(c->rd, c->nrd, 0, req, len, false);
+  uint32_t n = 0;
+  enum lookup_outcome o = published_lookup(r->inodes, r->names, r->names_lookups, req, len, out, &n);
+  lookup_gate_saw(&r->gate, o);
+  if (o != LOOKUP_ANSWERED) return DECLINED;
+  iov_copy(c->wr, c->nwr, 0, out, n, true);
+  r->counts[COUNT_LOOKUPS] += 1;
+  *written = n;
+  return SERVED;
+}
+
+/* Serves one chain if it is a plain READ, WRITE or GETATTR the backend published, or a LOOKUP it can answer. */
 /* `slept`: the thread's voluntary switches before the call's first write at once (-1: none yet). */
 static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_at_once_max, long *slept, uint32_t *written) {
   uint8_t head[REQ_HEAD];
@@ -283,6 +311,7 @@ static enum outcome serve(struct ring_fast *r, struct chain *c, uint32_t write_a
   uint32_t len = u32_at(head, 0), op = u32_at(head, 4);
   if (head[36] | head[37]) return DECLINED; /* extensions: the session's business */
   if (op == FUSE_GETATTR) return serve_getattr(r, c, head, written);
+  if (op == FUSE_LOOKUP) return serve_lookup(r, c, len, written);
   if ((op != FUSE_READ && op != FUSE_WRITE) || c->rd_bytes < REQ_HEAD) return DECLINED;
   uint64_t fh = u64_at(head, 40), offset = u64_at(head, 48);
   uint32_t size = u32_at(head, 56), flags_in = u32_at(head, 60);
@@ -366,15 +395,15 @@ static bool hold_array(napi_env env, struct ring_fast *r, napi_value v, void **d
 }
 
 napi_value js_ring_fast_create(napi_env env, napi_callback_info info) {
-  size_t argc = 10;
-  napi_value argv[10];
+  size_t argc = 12;
+  napi_value argv[12];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 10) return throw_errno(env, EINVAL, "ringFastCreate");
   struct ring_fast *r = calloc(1, sizeof *r);
   if (!r) return throw_errno(env, ENOMEM, "ringFastCreate");
-  void *p[7] = {0};
-  size_t b[7] = {0};
-  napi_valuetype inodes_type;
+  void *p[9] = {0};
+  size_t b[9] = {0};
+  napi_valuetype inodes_type, names_type = napi_null;
   uint32_t num = 0, nreg = 0;
   bool ok = napi_get_value_uint32(env, argv[3], &num) == napi_ok && num > 0 && num <= 32768 && (num & (num - 1)) == 0 &&
             napi_get_value_bool(env, argv[4], &r->indirect) == napi_ok && hold_array(env, r, argv[0], &p[0], &b[0]) &&
@@ -385,7 +414,10 @@ napi_value js_ring_fast_create(napi_env env, napi_callback_info info) {
             (inodes_type == napi_null || (hold_array(env, r, argv[7], &p[5], &b[5]) && b[5] >= SH_TABLE_BYTES)) &&
             b[0] >= 16 * (size_t)num && b[1] >= 6 + 2 * (size_t)num && b[2] >= 6 + 8 * (size_t)num &&
             b[3] >= SH_TABLE_BYTES && b[4] >= COUNT_WORDS * 8 && (uintptr_t)p[1] % 2 == 0 && (uintptr_t)p[2] % 4 == 0 &&
-            napi_get_array_length(env, argv[5], &nreg) == napi_ok && nreg % 2 == 0 && nreg / 2 <= MAX_REGIONS;
+            napi_get_array_length(env, argv[5], &nreg) == napi_ok && nreg % 2 == 0 && nreg / 2 <= MAX_REGIONS &&
+            (argc < 12 || napi_typeof(env, argv[10], &names_type) == napi_ok) &&
+            (names_type == napi_null || (p[5] && hold_array(env, r, argv[10], &p[7], &b[7]) && b[7] >= SH_TABLE_BYTES &&
+                                         hold_array(env, r, argv[11], &p[8], &b[8]) && b[8] >= SH_SLOTS * 8));
   for (uint32_t i = 0; ok && i < nreg; i += 2) {
     napi_value gpa, bytes;
     double g;
@@ -408,6 +440,8 @@ napi_value js_ring_fast_create(napi_env env, napi_callback_info info) {
   r->counts = p[4];
   r->stall = p[6];
   r->inodes = p[5];
+  r->names = p[7];
+  r->names_lookups = p[8];
   napi_value ext;
   if (napi_create_external(env, r, finalize, NULL, &ext) != napi_ok) {
     finalize(env, r, NULL);

@@ -399,6 +399,47 @@ for (const threads of [0, 1]) {
   });
 }
 
+for (const threads of [0, 1]) {
+  test(`LOOKUP in a directory held in memory is answered off the ring and counted for FORGET (${where(threads)})`, async () => {
+    const src = mkdtempSync(join('/dev/shm', 'dpfs-lookup-'));
+    const names = Array.from({ length: 5 }, (_, i) => `f${i}`);
+    names.forEach((n, i) => writeFileSync(join(src, n), Buffer.alloc(i * 100 + 1)));
+    try {
+      await withHarness(new PassthroughFs({ root: src }), { threads }, async (c, _drv, dev) => {
+        const offRing = () => dev.servedCount(1, 'lookups');
+        const lookup = async (name: string) => {
+          const r = await c.call(Opcode.FUSE_LOOKUP, 1, { name }, 128);
+          assert.equal(r.error, 0, name);
+          return { node: Number(r.body.readBigUInt64LE(0)), entryValid: r.body.readBigUInt64LE(16), ino: r.body.readBigUInt64LE(40), size: r.body.readBigUInt64LE(48), mode: r.body.readUInt32LE(100) };
+        };
+        // Not known yet: the backend looks them up (and the native try finds them in vain).
+        const first = new Map<string, number>();
+        for (const n of names) first.set(n, (await lookup(n)).node);
+        assert.equal(offRing(), 0);
+        // An absent name: a negative entry for the directory's timeout.
+        const absent = await lookup('absent');
+        assert.deepEqual([absent.node, absent.entryValid], [0, 1n]);
+        const native = threads ? 0 : 1;
+        assert.equal(offRing(), native, threads ? 'a queue thread leaves LOOKUPs to the backend' : 'off the ring');
+        // Known now: the same node ids, the host's attributes.
+        for (const n of names) {
+          const e = await lookup(n);
+          const st = lstatSync(join(src, n), { bigint: true });
+          assert.deepEqual([e.node, e.ino, e.size, BigInt(e.mode)], [first.get(n), st.ino, st.size, st.mode], n);
+        }
+        assert.equal(offRing(), threads ? 0 : 1 + names.length);
+        // The kernel's FORGET counts both lookups: after one, each node is still there.
+        for (const n of names) await c.forget(first.get(n)!, 1);
+        for (const n of names) assert.equal((await c.getattr(first.get(n)!)).error, 0, `${n} still known`);
+        for (const n of names) await c.forget(first.get(n)!, 1);
+        for (const n of names) assert.equal((await c.getattr(first.get(n)!)).error, -116, `${n} forgotten`);
+      });
+    } finally {
+      rmSync(src, { recursive: true, force: true });
+    }
+  });
+}
+
 test('with busy polling (a daemon\'s default), a ring that ran dry is watched for more work and the thread\'s other rings are served from the watch: every request answered, byte for byte', { timeout: 60000 }, async () => {
   const dir = mkdtempSync(join('/var/tmp', 'dpfs-spin-'));
   const socket = join(dir, 'vfs.sock');

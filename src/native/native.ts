@@ -43,7 +43,7 @@ export interface NativeAddon {
    * inodes, `counts` (READs, WRITEs, READ bytes, GETATTRs served: added to) and `stall` (the
    * handle and ms of the last write at once that waited).
    */
-  ringFastCreate(desc: Uint8Array, avail: Uint8Array, used: Uint8Array, num: number, indirect: boolean, regions: (number | Uint8Array)[], handles: Int32Array, inodes: Int32Array | null, counts: Float64Array, stall: Float64Array): unknown;
+  ringFastCreate(desc: Uint8Array, avail: Uint8Array, used: Uint8Array, num: number, indirect: boolean, regions: (number | Uint8Array)[], handles: Int32Array, inodes: Int32Array | null, counts: Float64Array, stall: Float64Array, names?: Int32Array | null, lookups?: Float64Array | null): unknown;
   /**
    * Serves up to `max` READ/WRITE chains from `lastAvail` on, writes "at once" only up to
    * `writeAtOnceMax` bytes; returns how many (both indices advance by it).

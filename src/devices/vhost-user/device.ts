@@ -48,7 +48,8 @@ export class VhostUserFsDevice implements RequestSink {
   connections = 0;
   /**
    * What the rings' native data path served (the session never saw it): each queue's
-   * FAST_COUNTS (READs, WRITEs, READ bytes written straight into guest memory, GETATTRs); in
+   * FAST_COUNTS (READs, WRITEs, READ bytes written straight into guest memory, GETATTRs,
+   * LOOKUPs); in
    * shared memory, since queue threads add theirs.
    */
   readonly served = new Float64Array(new SharedArrayBuffer(32 * 1024));
@@ -134,30 +135,31 @@ export class VhostUserFsDevice implements RequestSink {
 
   /** Requests of queue q the native data path served. */
   servedOn(q: number): number {
-    return this.servedCount(q, 'reads') + this.servedCount(q, 'writes') + this.servedCount(q, 'getattrs');
+    return this.servedCount(q, 'reads') + this.servedCount(q, 'writes') + this.servedCount(q, 'getattrs') + this.servedCount(q, 'lookups');
   }
 
   /** The native data path's share of each queue's requests (see `served`). */
   fastPath(q: number): FastPathSpec | undefined {
     const handles = this.options.fs.sharedHandles;
     if (!handles || FAST_COUNTS.words * (q + 1) > this.served.length) return undefined;
-    return { handles, inodes: this.options.fs.sharedInodes, counts: fastCounts(this.served, q), onStall: (fh, ms) => handles.onStall?.(fh, ms) };
+    // The event loop serves this ring (queue threads set theirs up without names): LOOKUPs
+    // too, unless each request is to be traced.
+    const names = this.options.trace ? undefined : this.options.fs.sharedNames;
+    return { handles, inodes: this.options.fs.sharedInodes, names, counts: fastCounts(this.served, q), onStall: (fh, ms) => handles.onStall?.(fh, ms) };
   }
 
-  /** READs, WRITEs and GETATTRs the native data path served (the session never saw them). */
+  /** READs, WRITEs, GETATTRs and LOOKUPs the native data path served (the session never saw them). */
   servedNatively(): [op: number, count: number][] {
-    let reads = 0;
-    let writes = 0;
-    let getattrs = 0;
-    for (let q = 1; q <= this.requestQueues; q++) {
-      reads += this.servedCount(q, 'reads');
-      writes += this.servedCount(q, 'writes');
-      getattrs += this.servedCount(q, 'getattrs');
-    }
+    const sum = (what: FastCount) => {
+      let n = 0;
+      for (let q = 1; q <= this.requestQueues; q++) n += this.servedCount(q, what);
+      return n;
+    };
     return [
-      [Opcode.FUSE_READ, reads],
-      [Opcode.FUSE_WRITE, writes],
-      [Opcode.FUSE_GETATTR, getattrs],
+      [Opcode.FUSE_READ, sum('reads')],
+      [Opcode.FUSE_WRITE, sum('writes')],
+      [Opcode.FUSE_GETATTR, sum('getattrs')],
+      [Opcode.FUSE_LOOKUP, sum('lookups')],
     ];
   }
 

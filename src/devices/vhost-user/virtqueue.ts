@@ -7,6 +7,7 @@
  */
 import { u64FromWords } from '../../fuse/wire.js';
 import type { SharedHandles } from '../../fs/shared-handles.js';
+import type { SharedNames } from '../../fs/shared-names.js';
 import { native } from '../../native/native.js';
 import { type GuestMemory, VirtioError } from './guest-memory.js';
 
@@ -45,7 +46,7 @@ export function ringViews(mem: GuestMemory, addr: { desc: number; avail: number;
  * The words of FastPathSpec.counts, per queue, in an array of them (see fastCounts);
  * ring_fast.c adds to them (COUNT_*) before a request's used entry is published.
  */
-export const FAST_COUNTS = { reads: 0, writes: 1, readBytes: 2, getattrs: 3, words: 4 } as const;
+export const FAST_COUNTS = { reads: 0, writes: 1, readBytes: 2, getattrs: 3, lookups: 4, words: 5 } as const;
 export type FastCount = Exclude<keyof typeof FAST_COUNTS, 'words'>;
 
 /** Queue q's counts in an array of every queue's. */
@@ -56,6 +57,12 @@ export function fastCounts(all: Float64Array, q: number): Float64Array {
 export interface FastPathSpec {
   handles: SharedHandles;
   inodes?: SharedHandles;
+  /**
+   * Known inodes by host identity (with `inodes`): LOOKUPs in directories held in memory are
+   * answered natively too, counted per slot for the backend. Only where the backend's own
+   * thread serves the ring, since it takes the counts between requests.
+   */
+  names?: SharedNames;
   counts: Float64Array;
   onStall?: (fh: number, ms: number) => void;
 }
@@ -103,7 +110,7 @@ export class Virtqueue {
   enableFastPath(spec: FastPathSpec): void {
     if (spec.counts.length < FAST_COUNTS.words) throw new RangeError('fast path counts too short');
     const stall = new Float64Array(2); // handle, ms
-    const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, spec.inodes?.table ?? null, spec.counts, stall);
+    const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, spec.inodes?.table ?? null, spec.counts, stall, spec.inodes ? (spec.names?.table.table ?? null) : null, spec.inodes ? (spec.names?.lookups ?? null) : null);
     this.fast = { ctx, stall, spec };
   }
 
