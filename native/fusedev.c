@@ -54,13 +54,15 @@ napi_value js_backing_close(napi_env env, napi_callback_info info) {
  *     file, -errno on failure (EAGAIN: nothing queued). The caller copies what it keeps: in
  *     JS a small copy comes from Node's buffer pool, where a native copy would be a malloc
  *     and a backing store for the collector to sweep, per request. With `fast` (from
- *     devFastCreate), a GETATTR of an inode or open file the backend published, or a
- *     LOOKUP in a directory it published of a name that is absent or leads to an inode it
- *     published, is answered here (published.h) and the next request read, up to FAST_MAX
- *     of them, so the session sees only the others.
+ *     devFastCreate), a GETATTR of an inode or open file the backend published, a LOOKUP
+ *     in a directory it published of a name that is absent or leads to an inode it
+ *     published, or a root caller's UNLINK or RMDIR in a directory published for that, is
+ *     answered here (published.h) and the next request read, up to FAST_MAX of them, so
+ *     the session sees only the others.
  *   devFastCreate(inodes, handles, counts, lookups, names, namesLookups) -> context: the
  *     backend's SharedHandles tables by node id and by file handle (either may be null), a
- *     Float64Array counting the GETATTRs (word 0) and LOOKUPs (word 1) answered here,
+ *     Float64Array counting the GETATTRs (word 0), LOOKUPs (1), UNLINKs (2) and RMDIRs (3)
+ *     answered here,
  *     whether LOOKUPs may be answered here (only where the kernel checks permissions
  *     itself: see published_lookup), and its SharedNames table and per-slot lookup counts
  *     (both null, or neither). The arrays are referenced by the context.
@@ -69,6 +71,8 @@ napi_value js_backing_close(napi_env env, napi_callback_info info) {
 #define FAST_MAX 64
 #define FAST_GETATTRS 0
 #define FAST_LOOKUPS 1
+#define FAST_UNLINKS 2
+#define FAST_RMDIRS 3
 
 struct dev_fast {
   int32_t *inodes, *handles, *names;
@@ -109,7 +113,7 @@ napi_value js_dev_fast_create(napi_env env, napi_callback_info info) {
   void *p[5] = {0};
   napi_valuetype names_type = napi_null;
   bool ok = argc == 6 && fast_array(env, f, 0, argv[0], SH_TABLE_BYTES, true, &p[0]) && fast_array(env, f, 1, argv[1], SH_TABLE_BYTES, true, &p[1]) &&
-            fast_array(env, f, 2, argv[2], 16, false, &p[2]) && napi_get_value_bool(env, argv[3], &f->lookups) == napi_ok &&
+            fast_array(env, f, 2, argv[2], 32, false, &p[2]) && napi_get_value_bool(env, argv[3], &f->lookups) == napi_ok &&
             fast_array(env, f, 3, argv[4], SH_TABLE_BYTES, true, &p[3]) && napi_typeof(env, argv[4], &names_type) == napi_ok &&
             fast_array(env, f, 4, argv[5], (size_t)SH_SLOTS * 8, names_type == napi_null, &p[4]);
   napi_value ext;
@@ -144,6 +148,10 @@ static bool dev_fast_serve(int fd, struct dev_fast *f, const uint8_t *req, ssize
     lookup_gate_saw(&f->gate, o);
     if (o != LOOKUP_ANSWERED) return false;
     f->counts[FAST_LOOKUPS] += 1;
+  } else if (op == FUSE_UNLINK || op == FUSE_RMDIR) {
+    if (!published_unlink(f->inodes, req, (size_t)n, op == FUSE_RMDIR, out)) return false;
+    len = OUT_HEADER;
+    f->counts[op == FUSE_UNLINK ? FAST_UNLINKS : FAST_RMDIRS] += 1;
   } else {
     return false;
   }

@@ -12,12 +12,15 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* FUSE wire layout (fuse.h). */
 #define IN_HEADER 40
 #define OUT_HEADER 16
 #define FUSE_LOOKUP 1
 #define FUSE_GETATTR 3
+#define FUSE_UNLINK 10
+#define FUSE_RMDIR 11
 #define FUSE_GETATTR_FH (1u << 0)
 #define GETATTR_REQ 56 /* in header and fuse_getattr_in */
 #define ATTR_OUT 104   /* fuse_attr_out */
@@ -42,6 +45,7 @@
 #define SH_WRITE_AT_ONCE 8
 #define SH_STAT_AT_ONCE 16
 #define SH_LOOKUP_AT_ONCE 32
+#define SH_UNLINK_AT_ONCE 64
 #define SH_TIMEOUT_SHIFT 8
 
 static inline uint32_t u32_at(const uint8_t *b, size_t at) {
@@ -156,12 +160,19 @@ static inline bool published_getattr(int32_t *handles, int32_t *inodes, const ui
  */
 enum lookup_outcome { LOOKUP_DECLINED, LOOKUP_ANSWERED, LOOKUP_EXISTS };
 
-static inline enum lookup_outcome published_lookup(int32_t *inodes, int32_t *names, double *names_lookups, const uint8_t *req, size_t n, uint8_t *out, uint32_t *len) {
-  if (!inodes || n < IN_HEADER + 2 || n > IN_HEADER + NAME_MAX_BYTES + 1) return LOOKUP_DECLINED;
+/* The name a LOOKUP, UNLINK or RMDIR request `req` (n bytes) carries, if it is one component,
+ * NUL-terminated with nothing after, not "." or "..": what a kernel sends. NULL otherwise. */
+static inline const char *one_name(const uint8_t *req, size_t n) {
+  if (n < IN_HEADER + 2 || n > IN_HEADER + NAME_MAX_BYTES + 1) return NULL;
   const char *name = (const char *)req + IN_HEADER;
   size_t l = n - IN_HEADER - 1;
-  /* One component, NUL-terminated, nothing after: what the kernel sends. */
-  if (name[l] != 0 || memchr(name, 0, l) || memchr(name, '/', l) || (name[0] == '.' && (l == 1 || (l == 2 && name[1] == '.')))) return LOOKUP_DECLINED;
+  if (name[l] != 0 || memchr(name, 0, l) || memchr(name, '/', l) || (name[0] == '.' && (l == 1 || (l == 2 && name[1] == '.')))) return NULL;
+  return name;
+}
+
+static inline enum lookup_outcome published_lookup(int32_t *inodes, int32_t *names, double *names_lookups, const uint8_t *req, size_t n, uint8_t *out, uint32_t *len) {
+  const char *name = inodes ? one_name(req, n) : NULL;
+  if (!name) return LOOKUP_DECLINED;
   int32_t *s = sh_enter(inodes, u64_at(req, 16));
   if (!s) return LOOKUP_DECLINED;
   int flags = s[SH_FLAGS];
@@ -198,6 +209,28 @@ static inline enum lookup_outcome published_lookup(int32_t *inodes, int32_t *nam
   memcpy(e + 32, &zero, 8); /* entry_valid_nsec, attr_valid_nsec */
   fill_attr(e + 40, &st);
   return LOOKUP_ANSWERED;
+}
+
+/*
+ * UNLINK (or RMDIR, `dir`) of the name in `req` (n bytes, a plain request already checked)
+ * in a directory the backend published as one where the daemon may remove names itself
+ * (SH_UNLINK_AT_ONCE: held in memory, no ids mapped, and the daemon is root), for a caller
+ * who is root too: the removal is then exactly the one the backend would make as that
+ * caller. The answer, error or not, goes into `out` (OUT_HEADER bytes). False: the
+ * session's (another caller, an odd name, a directory not published so).
+ */
+static inline bool published_unlink(int32_t *inodes, const uint8_t *req, size_t n, bool dir, uint8_t *out) {
+  const char *name = inodes && u32_at(req, 24) == 0 ? one_name(req, n) : NULL;
+  if (!name) return false;
+  int32_t *s = sh_enter(inodes, u64_at(req, 16));
+  if (!s) return false;
+  bool mine = (s[SH_FLAGS] & SH_UNLINK_AT_ONCE) != 0;
+  int r = mine ? unlinkat(s[SH_FD], name, dir ? AT_REMOVEDIR : 0) : 0;
+  int err = errno;
+  sh_leave(s);
+  if (!mine) return false;
+  out_header(out, OUT_HEADER, r == 0 ? 0 : -err, req);
+  return true;
 }
 
 /*

@@ -203,3 +203,40 @@ test('/dev/fuse: RELEASEs and FORGETs held back for the request after them are s
     await closed('the lock holders released');
   });
 });
+
+test('/dev/fuse (tmpfs source): a root caller\'s UNLINK and RMDIR are answered in the read loop, errors too; other callers\', a read-only export\'s and a disk\'s are the backend\'s', { timeout: 60000 }, async () => {
+  const as1000 = 'setpriv --reuid=1000 --regid=1000 --clear-groups --';
+  await withMount('/dev/shm', { cache: 'auto' }, false, async (dir, src, dev) => {
+    chmodSync(src, 0o755);
+    mkdirSync(join(src, 'd'));
+    chmodSync(join(src, 'd'), 0o1777);
+    for (const n of ['a', 'b']) writeFileSync(join(src, 'd', n), n);
+    mkdirSync(join(src, 'd', 'sub'));
+    writeFileSync(join(src, 'd', 'sub', 'x'), 'x');
+    await sh(`ls -la "${dir}/d" > /dev/null; ${as1000} touch "${dir}/d/mine"`);
+    await sh(`rm "${dir}/d/a"`);
+    assert.equal(dev.served[2], 1, 'answered in the read loop');
+    assert.throws(() => lstatSync(join(src, 'd', 'a')), /ENOENT/);
+    // The host's answer, whatever it is: a name the host removed meanwhile, a full directory.
+    rmSync(join(src, 'd', 'b'));
+    assert.match(await sh(`rm "${dir}/d/b" 2>&1 || true`), /No such file/);
+    assert.equal(dev.served[2], 2);
+    assert.match(await sh(`rmdir "${dir}/d/sub" 2>&1 || true`), /not empty/);
+    assert.equal(dev.served[3], 1);
+    await sh(`rm "${dir}/d/sub/x" && rmdir "${dir}/d/sub"`);
+    assert.deepEqual([dev.served[2], dev.served[3]], [3, 2]);
+    assert.throws(() => lstatSync(join(src, 'd', 'sub')), /ENOENT/);
+    // Another caller: the backend removes the name as that caller.
+    await sh(`${as1000} rm "${dir}/d/mine"`);
+    assert.equal(dev.served[2], 3, 'the backend\'s');
+    assert.throws(() => lstatSync(join(src, 'd', 'mine')), /ENOENT/);
+  });
+  for (const [parent, opts] of [['/dev/shm', { cache: 'auto', readOnly: true }], [tmpdir(), { cache: 'auto' }]] as const) {
+    await withMount(parent, opts, false, async (dir, src, dev) => {
+      writeFileSync(join(src, 'f'), 'f');
+      const out = await sh(`rm "${dir}/f" 2>&1 || true`);
+      if (opts.readOnly) assert.match(out, /Read-only/);
+      assert.equal(dev.served[2], 0, opts.readOnly ? 'read-only: the backend refuses' : 'a disk: the backend\'s');
+    });
+  }
+});

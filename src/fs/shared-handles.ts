@@ -26,6 +26,12 @@ export const SH_STAT_AT_ONCE = 16;
  * with the slot's timeout (/dev/fuse: native/fusedev.c).
  */
 export const SH_LOOKUP_AT_ONCE = 32;
+/**
+ * A directory (held in memory, like SH_LOOKUP_AT_ONCE) whose names the daemon may remove
+ * itself for a root caller: the daemon is root and ids are not mapped, so its unlink is the
+ * one the backend would make as that caller (/dev/fuse: native/fusedev.c).
+ */
+export const SH_UNLINK_AT_ONCE = 64;
 const TIMEOUT_SHIFT = 8;
 
 /**

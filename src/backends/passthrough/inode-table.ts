@@ -13,7 +13,7 @@ import { Errno, FsError, errnoOf } from '../../fuse/errno.js';
 import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, closeNow, procPath, sys } from '../../native/syscalls.js';
 import { S_IFDIR } from '../../util/mode.js';
 import type { StallBudget } from './file-io.js';
-import { SH_LOOKUP_AT_ONCE, type SharedHandles } from '../../fs/shared-handles.js';
+import { SH_LOOKUP_AT_ONCE, SH_UNLINK_AT_ONCE, type SharedHandles } from '../../fs/shared-handles.js';
 import { SharedNames } from '../../fs/shared-names.js';
 import { type LruLinks, LruList } from '../../util/lru-list.js';
 
@@ -74,9 +74,10 @@ export interface InodeTableOptions {
    * which flags, so that GETATTR can be answered off the rings (see SharedHandles); the
    * table withdraws an inode before it closes the descriptor. `names`: where inodes on file
    * systems held in memory are published by host identity, so that a LOOKUP leading to one
-   * can be answered off the session (see SharedNames).
+   * can be answered off the session (see SharedNames). `unlinks`: directories held in memory
+   * are published for removals too (SH_UNLINK_AT_ONCE).
    */
-  shared?: { table: SharedHandles; flags: number; names?: SharedNames };
+  shared?: { table: SharedHandles; flags: number; names?: SharedNames; unlinks?: boolean };
 }
 
 export class InodeTable {
@@ -234,7 +235,7 @@ export class InodeTable {
 
   private publish(n: PInode): void {
     if (!this.opts.shared || !n.dev.local) return;
-    const names = n.type === S_IFDIR && n.dev.memory ? SH_LOOKUP_AT_ONCE : 0;
+    const names = n.type === S_IFDIR && n.dev.memory ? SH_LOOKUP_AT_ONCE | (this.opts.shared.unlinks ? SH_UNLINK_AT_ONCE : 0) : 0;
     this.opts.shared.table.publish(n.nodeid, n.fd, this.opts.shared.flags | names);
   }
 

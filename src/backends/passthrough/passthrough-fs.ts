@@ -162,8 +162,10 @@ export class PassthroughFs implements FileSystem {
     this.gids = new IdMap(opts.gidMap ?? []);
     // GETATTR off the rings needs attributes as they are: not where ids are mapped.
     this.statFlags = this.uids.identity && this.gids.identity ? statFlags(this.timeout) : 0;
-    this.table = new InodeTable({ maxFds: opts.maxFds ?? 4096, maxPinned: 16384, shared: this.statFlags ? { table: this.sharedInodes, flags: this.statFlags, names: this.sharedNames } : undefined });
     this.switchCreds = process.getuid?.() === 0;
+    // Removals off the session (root callers) only where the daemon's own are theirs.
+    const unlinks = this.switchCreds && !opts.readOnly;
+    this.table = new InodeTable({ maxFds: opts.maxFds ?? 4096, maxPinned: 16384, shared: this.statFlags ? { table: this.sharedInodes, flags: this.statFlags, names: this.sharedNames, unlinks } : undefined });
     // A write at once off a ring that waited counts against its device's budget as ours do.
     this.sharedHandles.onStall = (fh, ms) => {
       const h = this.handles.get(fh);

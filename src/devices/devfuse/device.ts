@@ -63,9 +63,9 @@ export class DevFuseDevice {
   /**
    * Requests answered in the read loop itself (native/fusedev.c), which the session never
    * saw: [GETATTRs of inodes and open files the backend published (FileSystem.sharedInodes),
-   * LOOKUPs in directories it published].
+   * LOOKUPs in directories it published, root callers' UNLINKs and RMDIRs there].
    */
-  readonly served = new Float64Array(2);
+  readonly served = new Float64Array(4);
   private fd = -1;
   private readonly workers: Worker[] = [];
   private live = 0;
@@ -255,6 +255,8 @@ export class DevFuseDevice {
     return [
       [Opcode.FUSE_GETATTR, this.served[0]!],
       [Opcode.FUSE_LOOKUP, this.served[1]!],
+      [Opcode.FUSE_UNLINK, this.served[2]!],
+      [Opcode.FUSE_RMDIR, this.served[3]!],
     ];
   }
 
