@@ -1,7 +1,7 @@
 /** The passthrough backend: real programs on a mount, host-side checks, credentials, confinement. */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, lstatSync } from 'node:fs';
+import { chmodSync, closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync, lstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -471,6 +471,36 @@ PY
     );
     assert.deepEqual(out.trim().split('\n'), ['105000', '105000', '105000', String(40 * 1000 + (39 * 40) / 2), 'unreadable', 'helXY world', 'now', 'denied']);
   }, ['--cache', 'always', '--writeback']));
+
+test('passthrough --writeback: a CREATE that finds a file its caller may write but not read opens it for writing, widened for the kernel', async () => {
+  // The kernel sends CREATE where it believed the name absent (the host made it meanwhile).
+  const src = mkdtempSync(join(tmpdir(), 'dpfs-wo-'));
+  try {
+    chmodSync(src, 0o755);
+    writeFileSync(join(src, 'wo'), 'hello world');
+    await execFileP('chown', ['1000:1000', join(src, 'wo')]);
+    await execFileP('chmod', ['0200', join(src, 'wo')]);
+    await withPassthroughPeer(
+      src,
+      async (p) => {
+        const c = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101 /* O_WRONLY | O_CREAT */, mode: 0o100644, umask: 0, name: 'wo' }, { uid: 1000, gid: 1000 });
+        assert.equal(c.error, 0, 'opened for writing as asked');
+        const ino = Number(c.body.readBigUInt64LE(0));
+        const fh = c.body.readBigUInt64LE(128);
+        // The kernel reads the rest of a page it writes in part: the daemon's descriptor can.
+        const r = await p.call(Opcode.FUSE_READ, ino, { fh, offset: 0n, size: 100, read_flags: 0, lock_owner: 0n, flags: 0, padding: 0 }, { uid: 1000, gid: 1000 });
+        assert.equal(r.error, 0);
+        assert.equal(r.body.toString(), 'hello world');
+        // Another caller may not write it at all.
+        const other = await p.call(Opcode.FUSE_CREATE, 1, { flags: 0o101, mode: 0o100644, umask: 0, name: 'wo' }, { uid: 1001, gid: 1001 });
+        assert.equal(other.error, -Errno.EACCES);
+      },
+      { writeback: true },
+    );
+  } finally {
+    rmSync(src, { recursive: true, force: true });
+  }
+});
 
 bothSources('O_TMPFILE, copy_file_range, SEEK_DATA/SEEK_HOLE, fallocate reach the host', async (parent) => {
   await withPassthrough(async (dir, src) => {

@@ -717,7 +717,7 @@ export class PassthroughFs implements FileSystem {
    */
   private async widen(io: typeof sysNow, fd: number, f: number): Promise<number> {
     try {
-      const wide = await io.openat(null, AT_FDCWD, procPath(fd), f & ~(O_CREAT | O_EXCL | O_TRUNC | O_TMPFILE));
+      const wide = await io.openat(null, AT_FDCWD, procPath(fd), f & ~(O_CREAT | O_EXCL | O_TRUNC | O_TMPFILE | O_NOFOLLOW));
       await io.close(fd);
       return wide;
     } catch {
