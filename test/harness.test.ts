@@ -168,8 +168,10 @@ test('the null backend\'s READ and WRITE are served by the queue threads themsel
     }
     const here = dev.servedOn(1) + dev.servedOn(2);
     const byMain = [1, 2].reduce((n, q, i) => n + (dev.connection!.stats.perQueue[q] ?? 0) - before[i]!, 0);
-    assert.ok(here >= 80, `served on the queue threads: ${here}`);
-    assert.equal(byMain, 0, 'none left to the main thread');
+    assert.equal(here + byMain, 80, 'every request served once');
+    // A read of /dev/zero that a signal cuts short (a child process of another test exiting:
+    // SIGCHLD may land on any thread) is declined and handed on, as any short count is.
+    assert.ok(here >= 78 && byMain <= 2, `served on the queue threads: ${here}, left to the main thread: ${byMain}`);
     // Released: the threads no longer take it; the backend answers the same way.
     assert.equal((await c.call(Opcode.FUSE_RELEASE, ino, { fh, flags: 2, release_flags: 0, lock_owner: 0n })).error, 0);
     const r = await c.read(ino, fh, 0, 100);
