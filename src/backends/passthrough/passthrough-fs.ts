@@ -894,6 +894,10 @@ export class PassthroughFs implements FileSystem {
   }
 
   lseek(_ctx: RequestContext, _ino: number, fh: number, offset: number, whence: number): Promise<number> {
+    // Under writeback caching the host file lacks what the kernel has not written back yet
+    // (a SEEK_HOLE past the host's end fails ENXIO): ENOSYS makes the kernel answer SEEK_DATA
+    // and SEEK_HOLE itself from its own size, a file without holes.
+    if (this.capabilities.writebackCache) throw new FsError(Errno.ENOSYS);
     const h = this.handle(fh);
     return this.io(h.node).lseek(h.fd, offset, whence);
   }
