@@ -3,12 +3,12 @@
  * files a backend published (src/fs/shared-handles.ts), GETATTR of inodes it published and
  * LOOKUP in its directories held in memory (published.h) are taken from the avail ring,
  * done with one preadv/pwritev between the host file and guest memory (or one statx),
- * answered and returned to the used ring, without a JavaScript object per request. Everything else stops the call *before* that chain is
- * taken, and the JavaScript ring (virtqueue.ts) takes it with its own checks: an unusual
- * chain, a malformed or extended request, another opcode, a handle not published, a read
- * the page cache cannot answer at once, any I/O error. So this file only
- * has to be safe, never complete: whatever it declines is served, or refused with a reason,
- * the usual way.
+ * answered and returned to the used ring, without a JavaScript object per request.
+ * Everything else stops the call *before* that chain is taken, and the JavaScript ring
+ * (virtqueue.ts) takes it with its own checks: an unusual chain, a malformed or extended
+ * request, another opcode, a handle not published, a read the page cache cannot answer at
+ * once, any I/O error. So this file only has to be safe, never complete: whatever it
+ * declines is served, or refused with a reason, the usual way.
  *
  *   ringFastCreate(desc, avail, used, num, indirect, regions, handles, inodes, counts, stall[, names, lookups]) -> context
  *       desc/avail/used: Uint8Arrays over the rings; regions: [gpa, Uint8Array, ...] (guest

@@ -292,9 +292,10 @@ export class PassthroughFs implements FileSystem {
     const k = `${l.st.devMajor}:${l.st.devMinor}`;
     const known = this.devices.get(k);
     if (known) return known;
+    const dev = (local: boolean, memory: boolean): HostDevice => ({ major: l.st.devMajor, minor: l.st.devMinor, local, memory, stalls: undefined });
     return sys.fsType(l.fd).then(
-      (type) => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: LOCAL_FS_TYPES.has(type), memory: MEMORY_FS_TYPES.has(type), stalls: undefined }),
-      () => this.remember(k, { major: l.st.devMajor, minor: l.st.devMinor, local: false, memory: false, stalls: undefined }),
+      (type) => this.remember(k, dev(LOCAL_FS_TYPES.has(type), MEMORY_FS_TYPES.has(type))),
+      () => this.remember(k, dev(false, false)),
     );
   }
 

@@ -110,7 +110,8 @@ export class Virtqueue {
   enableFastPath(spec: FastPathSpec): void {
     if (spec.counts.length < FAST_COUNTS.words) throw new RangeError('fast path counts too short');
     const stall = new Float64Array(2); // handle, ms
-    const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, spec.inodes?.table ?? null, spec.counts, stall, spec.inodes ? (spec.names?.table.table ?? null) : null, spec.inodes ? (spec.names?.lookups ?? null) : null);
+    const names = spec.inodes ? spec.names : undefined; // a lookup starts from a published directory
+    const ctx = native().ringFastCreate(this.rings.desc, this.rings.avail, this.rings.used, this.num, this.opts.indirect, this.mem.regionList(), spec.handles.table, spec.inodes?.table ?? null, spec.counts, stall, names?.table.table ?? null, names?.lookups ?? null);
     this.fast = { ctx, stall, spec };
   }
 
