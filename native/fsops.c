@@ -25,6 +25,7 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sched.h>
 #include <linux/openat2.h>
 #include <sys/fsuid.h>
 #include <sys/stat.h>
@@ -359,18 +360,50 @@ static int64_t run(fsop_t *r) {
   }
 }
 
+/*
+ * a[5] of the calls that make an inode (OPENAT, CREATE, MKDIRAT, MKNODAT): UMASK_GIVEN | the
+ * caller's umask, for the host kernel to apply as it does for that caller: not where the
+ * directory's default ACL takes its place. 0: the daemon's own umask.
+ */
+#define UMASK_GIVEN 0x10000
+
+static int takes_umask(const fsop_t *r) {
+  return (r->op == OP_OPENAT || r->op == OP_CREATE || r->op == OP_MKDIRAT || r->op == OP_MKNODAT) && (r->a[5] & UMASK_GIVEN);
+}
+
+/* The umask lives in the fs_struct the process's threads share: a thread that sets one for a
+ * call first takes a copy of its own, so no other thread's calls ever see it. */
+static __thread int own_fs;
+
+static int set_umask(mode_t mask, mode_t *old) {
+  if (!own_fs) {
+    if (unshare(CLONE_FS) != 0) return -1;
+    own_fs = 1;
+  }
+  *old = umask(mask);
+  return 0;
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   fsop_t *r = data;
+  mode_t old_mask = 0;
+  int masked = takes_umask(r);
+  if (masked && set_umask((mode_t)(r->a[5] & 0777), &old_mask) != 0) {
+    r->err = errno;
+    r->ret = -1;
+    return;
+  }
   if (r->has_creds && become(r) != 0) {
     r->err = errno;
     r->ret = -1;
     restore();
-    return;
+  } else {
+    r->ret = run(r);
+    r->err = r->ret < 0 ? errno : 0;
+    if (r->has_creds) restore();
   }
-  r->ret = run(r);
-  r->err = r->ret < 0 ? errno : 0;
-  if (r->has_creds) restore();
+  if (masked) umask(old_mask);
 }
 
 static void free_op(napi_env env, fsop_t *r) {

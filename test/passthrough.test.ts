@@ -261,6 +261,36 @@ test('passthrough: locks contend across processes', async () => {
   });
 });
 
+test('passthrough: a default ACL takes the place of the caller\'s umask, as on the host; elsewhere the umask applies', async () => {
+  // Files, directories, FIFOs and O_TMPFILE files, made by root and by uid 1000 under umask
+  // 027, in a directory with a default ACL and in one without: the modes and ACLs they get
+  // on the mount must be the ones the same calls get on a host directory.
+  const script = (dir: string) => `
+    cd "${dir}"
+    mkdir acl plain && chmod 777 acl plain && setfacl -d -m u::rwx,u:1000:rwx,g::rx,m::rwx,o::rx acl
+    make() {
+      umask 027
+      touch "$1/f$2"; mkdir "$1/d$2"; mkfifo "$1/p$2"
+      python3 -c 'import os, sys; print(sys.argv[1], "tmpfile", oct(os.fstat(os.open(sys.argv[1], os.O_TMPFILE | os.O_WRONLY, 0o666)).st_mode))' "$1"
+    }
+    for d in acl plain; do make $d 0; ${as(1000, 1000)} bash -c "$(declare -f make); make $d 1"; done
+    for f in acl/* plain/*; do echo "$f $(stat -c %A "$f") $(getfacl -cp "$f" 2>/dev/null | tr '\\n' ' ')"; done
+  `;
+  const host = mkdtempSync(join(tmpdir(), 'dpfs-host-'));
+  try {
+    chmodSync(host, 0o755);
+    const expected = await sh(script(host));
+    assert.match(expected, /acl\/f1 -rw-rw-r--/, 'the host keeps the default ACL\'s mask');
+    assert.match(expected, /plain\/f1 -rw-r-----/, 'the host applies the umask');
+    await withPassthrough(async (dir, src) => {
+      chmodSync(src, 0o755);
+      assert.equal(await sh(script(dir)), expected);
+    });
+  } finally {
+    rmSync(host, { recursive: true, force: true });
+  }
+});
+
 test('passthrough: serves far more inodes than the descriptor limit with bounded descriptors', async () => {
   await withPassthrough(
     async (dir, src, d) => {

@@ -80,7 +80,10 @@ export interface RequestContext {
   readonly groups: readonly number[];
   /** Fired when the kernel interrupts the request (a signal reached the caller). */
   readonly signal: AbortSignal;
-  /** The caller's umask for create/mknod/mkdir/tmpfile (already applied to `mode` by the kernel). */
+  /**
+   * The caller's umask for create/mknod/mkdir/tmpfile: the kernel applied it to `mode`
+   * already, unless the backend applies it itself (capabilities.appliesUmask).
+   */
   readonly umask: number;
 }
 
@@ -217,6 +220,11 @@ export interface FsCapabilities {
    * (FUSE_POSIX_ACL; implies default_permissions).
    */
   posixAcl?: boolean;
+  /**
+   * The backend applies the caller's umask to the mode of what it creates (FUSE_DONT_MASK),
+   * as a file system with POSIX ACLs must: a directory's default ACL takes its place.
+   */
+  appliesUmask?: boolean;
   /** Open files may be handed to the kernel for I/O (FUSE_PASSTHROUGH), where the transport can. */
   kernelPassthrough?: boolean;
 }

@@ -25,6 +25,7 @@ export function wantedFlags(fs: FileSystem, transport: TransportInfo): bigint {
   if (caps.cacheSymlinks) flags |= F.FUSE_CACHE_SYMLINKS;
   if (caps.handleKillpriv) flags |= F.FUSE_HANDLE_KILLPRIV_V2;
   if (caps.posixAcl && fs.getxattr && fs.setxattr) flags |= F.FUSE_POSIX_ACL;
+  if (caps.appliesUmask) flags |= F.FUSE_DONT_MASK;
   // The kernel refuses passthrough opens on write-back cached mounts.
   if (caps.kernelPassthrough && transport.backing && !caps.writebackCache) flags |= F.FUSE_PASSTHROUGH;
   if (!fs.open) flags |= F.FUSE_NO_OPEN_SUPPORT;

@@ -196,6 +196,13 @@ async function statfsOf(call: Call, fd: number): Promise<Buffer> {
   return b;
 }
 
+/**
+ * The a5 word of the calls that make an inode: the caller's umask, for the host kernel to
+ * apply as for that caller (not where the directory's default ACL takes its place), or 0
+ * where the daemon's own (none) applies. native/fsops.c's UMASK_GIVEN.
+ */
+const withUmask = (umask: number | undefined) => (umask === undefined ? 0 : 0x10000 | (umask & 0o777));
+
 /** The calls, run by `callPool` or `callHere` (this thread). */
 function calls(call: Call, here: boolean) {
   return {
@@ -210,8 +217,9 @@ function calls(call: Call, here: boolean) {
         return callPool(Op.OPENAT, c, a, name);
       });
     },
-    mkdirat: (c: Creds, dirfd: number, name: string, mode: number) => call(Op.MKDIRAT, c, [dirfd, mode], name),
-    mknodat: (c: Creds, dirfd: number, name: string, mode: number, dev: number) => call(Op.MKNODAT, c, [dirfd, mode, dev], name),
+    mkdirat: (c: Creds, dirfd: number, name: string, mode: number, umask?: number) => call(Op.MKDIRAT, c, [dirfd, mode, 0, 0, 0, withUmask(umask)], name),
+    mknodat: (c: Creds, dirfd: number, name: string, mode: number, dev: number, umask?: number) =>
+      call(Op.MKNODAT, c, [dirfd, mode, dev, 0, 0, withUmask(umask)], name),
     symlinkat: (c: Creds, target: string, dirfd: number, name: string) => call(Op.SYMLINKAT, c, [dirfd], name, target),
     linkat: (c: Creds, olddirfd: number, oldname: string, newdirfd: number, newname: string, flags: number) =>
       call(Op.LINKAT, c, [olddirfd, newdirfd, flags], oldname, newname),
@@ -332,20 +340,20 @@ export const sys = {
     return looked(await callPool(Op.LOOKUP, c, [dirfd, flags, followProcFd ? 1 : 0], name, null, b), b);
   },
   /**
-   * openat(dirfd, name, flags, mode) as `c` (create, tmpfile), and in the same trip what
-   * `lookup` gives for the new file (from its descriptor).
+   * openat(dirfd, name, flags, mode) as `c` (create, tmpfile) with the caller's `umask` if
+   * given, and in the same trip what `lookup` gives for the new file (from its descriptor).
    */
-  async create(c: Creds, dirfd: number, name: string, flags: number, mode: number): Promise<CreatedFile> {
+  async create(c: Creds, dirfd: number, name: string, flags: number, mode: number, umask?: number): Promise<CreatedFile> {
     const b = Buffer.alloc(LOOKED_BYTES + 4);
-    const fd = await callPool(Op.CREATE, c, [dirfd, flags, mode], name, null, b);
+    const fd = await callPool(Op.CREATE, c, [dirfd, flags, mode, 0, 0, withUmask(umask)], name, null, b);
     return { fd, looked: looked(b.readInt32LE(LOOKED_BYTES), b) };
   },
   /**
    * `create` on this thread, for file systems held in memory; null where it was refused
    * (a lease to wait for, a mount to cross): then use `create`.
    */
-  createNow(c: Creds, dirfd: number, name: string, flags: number, mode: number): CreatedFile | null {
-    const fd = callNow(Op.CREATE, c, [dirfd, flags, mode, 1], name, null, scratch);
+  createNow(c: Creds, dirfd: number, name: string, flags: number, mode: number, umask?: number): CreatedFile | null {
+    const fd = callNow(Op.CREATE, c, [dirfd, flags, mode, 1, 0, withUmask(umask)], name, null, scratch);
     if (fd === -Errno.EAGAIN) {
       sysNowStats.poolFallbacks++;
       return null;

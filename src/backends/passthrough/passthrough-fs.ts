@@ -178,6 +178,9 @@ export class PassthroughFs implements FileSystem {
       // walk through dentries the tenant's kernel has cached does not. So it checks too.
       defaultPermissions: true,
       posixAcl: opts.xattr !== false,
+      // The host applies each caller's umask, except where a directory's default ACL takes
+      // its place (the tenant's kernel cannot tell: it would apply it always).
+      appliesUmask: true,
       // Writes, truncates and chowns run as the caller, so the host kernel clears
       // setuid/setgid exactly when it would for that user.
       handleKillpriv: true,
@@ -192,7 +195,7 @@ export class PassthroughFs implements FileSystem {
   async init(info?: InitInfo): Promise<void> {
     this.kernelIo = info?.passthrough;
     if (this.table.size > 0) return;
-    // The tenant's kernel applied the caller's umask already; ours must not apply again.
+    // Calls that make inodes carry the caller's umask (appliesUmask); no other call may mask.
     process.umask(0);
     const root = await sys.lookup(null, AT_FDCWD, this.opts.root, O_DIRECTORY);
     await this.table.addRoot(root.fd, key(root.st), root.st.ino, root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
@@ -360,28 +363,28 @@ export class PassthroughFs implements FileSystem {
       // read is opened as asked, then widened.
       const undo = async (err: unknown): Promise<Created> => {
         if (!this.widened(err, flags, openFlags)) throw err;
-        const r = await this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, (openFlags & ~O_ACCMODE) | O_WRONLY, mode & ~S_IFMT));
+        const r = await this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, (openFlags & ~O_ACCMODE) | O_WRONLY, mode & ~S_IFMT, ctx.umask));
         r.fd = await this.widen(sys, r.fd, openFlags);
         return this.opened(parent, r, flags);
       };
       try {
-        const done = this.createWith(c, parent, name, openFlags, mode, flags);
+        const done = this.createWith(c, ctx.umask, parent, name, openFlags, mode, flags);
         return done instanceof Promise ? done.catch(undo) : done;
       } catch (err) {
         return undo(err);
       }
     }
-    return this.createWith(c, parent, name, openFlags, mode, flags);
+    return this.createWith(c, ctx.umask, parent, name, openFlags, mode, flags);
   }
 
-  private createWith(c: Creds, parent: PInode, name: string, openFlags: number, mode: number, flags: number): Created | Promise<Created> {
-    const here = parent.fd >= 0 && parent.dev.memory ? sys.createNow(c, parent.fd, name, openFlags, mode & ~S_IFMT) : null;
+  private createWith(c: Creds, umask: number, parent: PInode, name: string, openFlags: number, mode: number, flags: number): Created | Promise<Created> {
+    const here = parent.fd >= 0 && parent.dev.memory ? sys.createNow(c, parent.fd, name, openFlags, mode & ~S_IFMT, umask) : null;
     if (here) {
       // Held in memory: answered at once, with no await in between for an eviction.
       this.table.touch(parent);
       return this.opened(parent, here, flags);
     }
-    return this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, openFlags, mode & ~S_IFMT)).then((r) => this.opened(parent, r, flags));
+    return this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, openFlags, mode & ~S_IFMT, umask)).then((r) => this.opened(parent, r, flags));
   }
 
   /** The entry and open reply of the file `r` just created in `parent`; closes it if they fail. */
@@ -503,14 +506,14 @@ export class PassthroughFs implements FileSystem {
     const major = (rdev >>> 8) & 0xfff;
     const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
     const dev = (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12);
-    await this.table.withFd(p, (pfd) => this.io(p).mknodat(this.creds(ctx), pfd, name, mode, dev));
+    await this.table.withFd(p, (pfd) => this.io(p).mknodat(this.creds(ctx), pfd, name, mode, dev, ctx.umask));
     return this.lookupIn(null, p, name);
   }
 
   async mkdir(ctx: RequestContext, parent: number, name: string, mode: number): Promise<Entry> {
     this.writable();
     const p = this.table.get(parent);
-    await this.table.withFd(p, (pfd) => this.io(p).mkdirat(this.creds(ctx), pfd, name, mode));
+    await this.table.withFd(p, (pfd) => this.io(p).mkdirat(this.creds(ctx), pfd, name, mode, ctx.umask));
     return this.lookupIn(null, p, name);
   }
 
