@@ -40,6 +40,8 @@ echo "CHECK logs $(cat log1 log2 log3 log4 | wc -l)"
 echo "CHECK small $(ls tree/moved/c | wc -l) $(cat tree/moved/c/f499)"
 echo "CHECK gone $(ls tree/a)"
 rm big.copy
+( umask 027 && mkdir masked && touch masked/f && mkfifo masked/p )
+echo "CHECK umask" $(stat -c %a masked masked/f masked/p)
 sync
 echo "CHECK done"
 `;
@@ -64,6 +66,7 @@ function assertWorkload(output: string): Map<string, string> {
   assert.equal(c.get('logs'), '400', 'four concurrent appenders, no lost lines');
   assert.equal(c.get('small'), '500 small file 499');
   assert.equal(c.get('gone'), '', 'renamed directory left its old parent empty');
+  assert.equal(c.get('umask'), '750 640 640', 'the caller\'s umask applies (by the guest kernel or the backend)');
   assert.equal(c.get('done'), '');
   assert.doesNotMatch(output, /BUG|Oops|Call Trace|virtio.*error/i, 'no guest kernel errors');
   return c;
@@ -115,6 +118,7 @@ test('a guest mounts the passthrough backend; the host sees what it wrote', { sk
       assert.equal(statSync(join(src, 'hard')).nlink, 2);
       assert.equal(readdirSync(join(src, 'tree/moved/c')).length, 500);
       assert.equal(existsSync(join(src, 'big.copy')), false);
+      assert.equal(statSync(join(src, 'masked/f')).mode & 0o777, 0o640, 'the guest caller\'s umask on the host');
     });
   } finally {
     process.umask(umask);
