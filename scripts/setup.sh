@@ -1,15 +1,14 @@
 #!/bin/sh
 # Prepares a fresh Debian machine for dpfs and builds it; safe to run again.
-#   scripts/setup.sh          packages the daemon and its tests need, npm dependencies, build
-#   scripts/setup.sh --bench  also the reference file systems the benchmarks compare against
+#   scripts/setup.sh   the packages the daemon, its tests and benchmarks need, npm dependencies, build
 set -eu
 cd "$(dirname "$0")/.."
 
 # g++, make, liburing-dev: the native addon (C, one C++ file, io_uring); fuse3: the FUSE
 # userspace tools; fio, stress-ng, sqlite3, git, attr, acl, rsync, python3: test workloads;
-# qemu-system-x86, linux-image-amd64, busybox-static, cpio: the virtio-fs guest.
-pkgs="g++ make liburing-dev fuse3 fio stress-ng sqlite3 git attr acl rsync python3 util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio"
-[ "${1:-}" = "--bench" ] && pkgs="$pkgs bindfs"
+# bindfs: a FUSE file system to export (and a benchmark reference); qemu-system-x86,
+# linux-image-amd64, busybox-static, cpio: the virtio-fs guest.
+pkgs="g++ make liburing-dev fuse3 fio stress-ng sqlite3 git attr acl rsync python3 util-linux bindfs qemu-system-x86 linux-image-amd64 busybox-static cpio"
 
 missing=""
 for p in $pkgs; do

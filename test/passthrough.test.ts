@@ -291,6 +291,46 @@ test('passthrough: a default ACL takes the place of the caller\'s umask, as on t
   }
 });
 
+test('passthrough over a path-based FUSE file system (bindfs): hard links outlive whichever name goes first; git works', async () => {
+  // bindfs gives each name of a hard-linked file a kernel inode of its own, which stops
+  // working when its name goes: git's objects (written, linked, the first name unlinked)
+  // and the other order too must still be readable under the name that stays.
+  const lower = mkdtempSync(join(tmpdir(), 'dpfs-bindfs-src-'));
+  const upper = mkdtempSync(join(tmpdir(), 'dpfs-bindfs-'));
+  const bindfs = spawn('bindfs', ['-f', '-o', 'allow_other', lower, upper], { stdio: 'ignore' });
+  try {
+    const until = Date.now() + 15000;
+    while (!readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${upper} `)) {
+      if (Date.now() > until || bindfs.exitCode !== null) throw new Error('bindfs did not mount');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await withPassthrough(
+      async (dir, src) => {
+        const out = await sh(
+          `
+          cd "${dir}"
+          echo one > a && ln a b && rm a && cat b
+          echo two >> b && ln b c && rm c && cat b
+          ln b d && mv d e && rm b && cat e
+          git init -q g && cd g && git config user.email t@t && git config user.name t
+          seq 1000 > f && git add f && git commit -qm one && seq 2000 > f && git commit -qam two
+          git gc -q && git fsck 2>&1 && git log --oneline | wc -l
+          `,
+        );
+        assert.deepEqual(out.trim().split('\n'), ['one', 'one', 'two', 'one', 'two', '2']);
+        assert.equal(readFileSync(join(lower, src.slice(upper.length), 'e'), 'utf8'), 'one\ntwo\n', 'on the host under the name that stayed');
+      },
+      [],
+      upper,
+    );
+  } finally {
+    await execFileP('umount', [upper]).catch(() => undefined);
+    bindfs.kill();
+    rmSync(upper, { recursive: true, force: true });
+    rmSync(lower, { recursive: true, force: true });
+  }
+});
+
 test('passthrough: serves far more inodes than the descriptor limit with bounded descriptors', async () => {
   await withPassthrough(
     async (dir, src, d) => {

@@ -35,7 +35,32 @@ export interface PInode extends LruLinks<PInode> {
   dead?: boolean;
   /** The host device it lives on (shared by all its inodes). */
   dev: HostDevice;
+  /**
+   * On a device that aliases (see HostDevice), the names it was looked up by, each with the
+   * descriptor that lookup opened, latest first; `fd` is the first one's.
+   */
+  aliases: Alias[] | undefined;
+  /** Descriptors of names gone while the inode was in use: closed when the last user is done. */
+  retired: number[] | undefined;
 }
+
+/** A name (in the directory with node id `parent`) and the descriptor it gave; parent 0: none known. */
+export interface Alias {
+  parent: number;
+  name: string;
+  fd: number;
+}
+
+/** Where a lookup found an inode. */
+export interface Via {
+  parent: number;
+  name: string;
+}
+
+/** Names with a descriptor each, kept per inode where the device aliases. */
+const MAX_ALIASES = 8;
+
+const nameKey = (parent: number, name: string) => `${parent}/${name}`;
 
 /**
  * Whether the host inode known as `n` was freed and its number given to the one whose handle
@@ -52,7 +77,7 @@ function reused(n: PInode, handle: FileHandle | undefined): boolean {
  * hidden class, and the hot paths optimised for the first would be thrown away).
  */
 function node(nodeid: number, key: string, ino: number, type: number, handle: FileHandle | undefined, fd: number, pinned: boolean, dev: HostDevice): PInode {
-  return { nodeid, key, ino, type, handle, fd, users: 0, nlookup: 0, pinned, dead: false, dev, lruPrev: undefined, lruNext: undefined, inLru: false };
+  return { nodeid, key, ino, type, handle, fd, users: 0, nlookup: 0, pinned, dead: false, dev, aliases: undefined, retired: undefined, lruPrev: undefined, lruNext: undefined, inLru: false };
 }
 
 export interface HostDevice {
@@ -62,6 +87,12 @@ export interface HostDevice {
   local: boolean;
   /** Held wholly in memory (tmpfs, ramfs): no metadata call there waits for a device. */
   memory: boolean;
+  /**
+   * One host inode may be open as several kernel inodes, one per name, each of which stops
+   * working when its name goes (FUSE: path-based servers), though the inode lives on under
+   * its other names: an inode keeps a descriptor per name (see PInode.aliases).
+   */
+  aliases: boolean;
   /** How much writes at once have stalled the event loop lately (local disk file systems). */
   stalls?: StallBudget;
 }
@@ -83,6 +114,8 @@ export interface InodeTableOptions {
 export class InodeTable {
   private readonly byNode = new Map<number, PInode>();
   private readonly byKey = new Map<string, PInode>();
+  /** Inodes with aliases, by `${parent}/${name}` of each. */
+  private readonly byName = new Map<string, PInode>();
   /** Inodes whose fd is open and may be closed, least recently used first. */
   private readonly lru = new LruList<PInode>();
   /** Per mount id, a descriptor for open_by_handle_at (which refuses O_PATH ones). */
@@ -121,13 +154,17 @@ export class InodeTable {
 
   /**
    * Adds a freshly looked-up host inode whose O_PATH descriptor is `fd` (ownership passes
-   * to the table), or returns the existing one (closing `fd`).
+   * to the table), found by name `via` if given, or returns the existing one, which keeps
+   * `fd` where it has none open (saving a reopen) or as the descriptor of name `via` on a
+   * device that aliases (see HostDevice); else `fd` is closed.
    */
-  add(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode | Promise<PInode> {
+  add(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice, via?: Via): PInode | Promise<PInode> {
     const existing = this.byKey.get(key);
     if (existing) {
       if (!reused(existing, handle)) {
-        closeNow(fd);
+        if (existing.fd < 0) this.adopt(existing, fd, via);
+        else if (via && aliased(existing)) this.alias(existing, via, fd);
+        else closeNow(fd);
         return existing;
       }
       this.supersede(existing);
@@ -136,12 +173,88 @@ export class InodeTable {
     if (handle && !this.mountFds.has(handle.mountId)) {
       return this.mountFdFor(fd, type, handle.mountId).then(() => {
         const raced = this.byKey.get(key);
-        if (!raced) return this.insert(fd, key, ino, type, handle, dev);
+        if (!raced) return this.insert(fd, key, ino, type, handle, dev, via);
         closeNow(fd);
         return raced;
       });
     }
-    return this.insert(fd, key, ino, type, handle, dev);
+    return this.insert(fd, key, ino, type, handle, dev, via);
+  }
+
+  /** Gives `n`, whose descriptor was closed, the fresh descriptor `fd` of its inode (found by `via`). */
+  private adopt(n: PInode, fd: number, via: Via | undefined): void {
+    n.fd = fd;
+    this.openFds++;
+    if (via && aliased(n)) this.firstAlias(n, via);
+    if (!n.pinned) this.lru.use(n);
+    this.publish(n);
+    this.trim();
+  }
+
+  private firstAlias(n: PInode, via: Via): void {
+    n.aliases = [{ parent: via.parent, name: via.name, fd: n.fd }];
+    this.byName.set(nameKey(via.parent, via.name), n);
+  }
+
+  /** `fd` is `n`'s descriptor by name `via`, which becomes the one `n` uses. */
+  private alias(n: PInode, via: Via, fd: number): void {
+    const list = (n.aliases ??= [{ parent: 0, name: '', fd: n.fd }]);
+    const i = list.findIndex((a) => a.parent === via.parent && a.name === via.name);
+    if (i >= 0) {
+      closeNow(fd); // the name's own descriptor is open already
+      list.unshift(...list.splice(i, 1));
+    } else {
+      list.unshift({ parent: via.parent, name: via.name, fd });
+      this.openFds++;
+      this.byName.set(nameKey(via.parent, via.name), n);
+      if (list.length > MAX_ALIASES) this.unalias(n, list.length - 1);
+    }
+    n.fd = list[0]!.fd;
+  }
+
+  /** Drops `n`'s alias `i` (not its only one), closing its descriptor once nobody can be using it. */
+  private unalias(n: PInode, i: number): void {
+    const list = n.aliases!;
+    const [a] = list.splice(i, 1);
+    const k = nameKey(a!.parent, a!.name);
+    if (this.byName.get(k) === n) this.byName.delete(k);
+    this.openFds--;
+    if (n.users > 0) (n.retired ??= []).push(a!.fd);
+    else closeNow(a!.fd);
+    n.fd = list[0]!.fd;
+  }
+
+  /**
+   * Name `name` in `parent` is gone (unlinked, or replaced by a rename): where it was one of
+   * an inode's aliases, the inode goes on with its others (its last stays, nameless).
+   */
+  unnamed(parent: number, name: string): void {
+    const n = this.byName.get(nameKey(parent, name));
+    const i = n?.aliases?.findIndex((a) => a.parent === parent && a.name === name) ?? -1;
+    if (i < 0) return;
+    if (n!.aliases!.length > 1) return this.unalias(n!, i);
+    this.byName.delete(nameKey(parent, name));
+    n!.aliases![0] = { parent: 0, name: '', fd: n!.fd };
+  }
+
+  /** A rename (`exchange`: RENAME_EXCHANGE) moved names: aliases follow them. */
+  renamed(parent: number, name: string, newParent: number, newName: string, exchange: boolean): void {
+    const from = nameKey(parent, name);
+    const to = nameKey(newParent, newName);
+    const a = this.byName.get(from);
+    const b = this.byName.get(to);
+    if (!exchange) this.unnamed(newParent, newName);
+    const move = (n: PInode | undefined, p: number, nm: string, np: number, nn: string) => {
+      const e = n?.aliases?.find((x) => x.parent === p && x.name === nm);
+      if (!e) return;
+      e.parent = np;
+      e.name = nn;
+      this.byName.set(nameKey(np, nn), n!);
+    };
+    if (a && this.byName.get(from) === a) this.byName.delete(from);
+    if (exchange && b && this.byName.get(to) === b) this.byName.delete(to);
+    move(a, parent, name, newParent, newName);
+    if (exchange) move(b, newParent, newName, parent, name);
   }
 
   /**
@@ -157,7 +270,7 @@ export class InodeTable {
     }
   }
 
-  private insert(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice): PInode {
+  private insert(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice, via: Via | undefined): PInode {
     const pinned = !handle || !this.mountFds.has(handle.mountId);
     if (pinned && this.pinnedCount >= this.opts.maxPinned) {
       closeNow(fd);
@@ -169,6 +282,7 @@ export class InodeTable {
     this.openFds++;
     this.byNode.set(n.nodeid, n);
     this.byKey.set(key, n);
+    if (via && aliased(n)) this.firstAlias(n, via);
     this.publish(n);
     if (dev.memory) this.opts.shared?.names?.publish(ino, SharedNames.deviceWord(dev.major, dev.minor), n.nodeid);
     this.trim();
@@ -213,6 +327,10 @@ export class InodeTable {
       throw err;
     } finally {
       n.users--;
+      if (n.retired && n.users === 0) {
+        for (const fd of n.retired) closeNow(fd);
+        n.retired = undefined;
+      }
       if (n.dead && n.users === 0 && n.fd >= 0) this.closeFd(n);
       else if (this.openFds > this.opts.maxFds) this.trim();
     }
@@ -252,6 +370,7 @@ export class InodeTable {
     names?.withdraw(n.ino, nodeid);
     this.byNode.delete(nodeid);
     if (this.byKey.get(n.key) === n) this.byKey.delete(n.key);
+    for (const a of n.aliases ?? []) if (this.byName.get(nameKey(a.parent, a.name)) === n) this.byName.delete(nameKey(a.parent, a.name));
     this.lru.remove(n);
     if (n.pinned) this.pinnedCount--;
     n.dead = true;
@@ -264,7 +383,21 @@ export class InodeTable {
     const fd = n.fd;
     n.fd = -1;
     this.openFds--;
+    if (n.aliases) {
+      // Reopened by handle, if at all: one descriptor then, and no names.
+      for (const a of n.aliases) {
+        if (this.byName.get(nameKey(a.parent, a.name)) === n) this.byName.delete(nameKey(a.parent, a.name));
+        if (a.fd === fd) continue;
+        closeNow(a.fd);
+        this.openFds--;
+      }
+      n.aliases = undefined;
+    }
     if (!this.opts.shared || this.opts.shared.table.withdraw(n.nodeid)) closeNow(fd);
   }
 }
 
+/** Whether `n` keeps a descriptor per name: a non-directory on a device that aliases (directories have one name). */
+function aliased(n: PInode): boolean {
+  return n.dev.aliases && n.type !== S_IFDIR;
+}

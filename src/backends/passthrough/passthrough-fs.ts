@@ -65,7 +65,7 @@ import {
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, S_ISUID } from '../../util/mode.js';
 import { type NowaitState, type StallBudget, readAt, syncFile, tookAtOnce, writeAt } from './file-io.js';
 import { IdMap, type IdRange } from './id-map.js';
-import { type HostDevice, InodeTable, type PInode } from './inode-table.js';
+import { type HostDevice, InodeTable, type PInode, type Via } from './inode-table.js';
 import { then } from '../../util/maybe-async.js';
 
 export type CacheMode = 'never' | 'metadata' | 'auto' | 'always';
@@ -295,10 +295,17 @@ export class PassthroughFs implements FileSystem {
     const k = `${l.st.devMajor}:${l.st.devMinor}`;
     const known = this.devices.get(k);
     if (known) return known;
-    const dev = (local: boolean, memory: boolean): HostDevice => ({ major: l.st.devMajor, minor: l.st.devMinor, local, memory, stalls: undefined });
+    const dev = (type: number | undefined): HostDevice => ({
+      major: l.st.devMajor,
+      minor: l.st.devMinor,
+      local: type !== undefined && LOCAL_FS_TYPES.has(type),
+      memory: type !== undefined && MEMORY_FS_TYPES.has(type),
+      aliases: type === FUSE_FS_TYPE,
+      stalls: undefined,
+    });
     return sys.fsType(l.fd).then(
-      (type) => this.remember(k, dev(LOCAL_FS_TYPES.has(type), MEMORY_FS_TYPES.has(type))),
-      () => this.remember(k, dev(false, false)),
+      (type) => this.remember(k, dev(type)),
+      () => this.remember(k, dev(undefined)),
     );
   }
 
@@ -310,8 +317,8 @@ export class PassthroughFs implements FileSystem {
   }
 
   /** Registers a looked-up (or created) host inode and answers with its Entry (at once where nothing waits). */
-  private entryFor(l: Looked): Entry | Promise<Entry> {
-    const add = (dev: HostDevice) => this.table.add(l.fd, key(l.st), l.st.ino, l.st.mode & S_IFMT, l.handle, dev);
+  private entryFor(l: Looked, via?: Via): Entry | Promise<Entry> {
+    const add = (dev: HostDevice) => this.table.add(l.fd, key(l.st), l.st.ino, l.st.mode & S_IFMT, l.handle, dev, via);
     return then(then(this.deviceOf(l), add), (node) => this.entryOf(node, l.st));
   }
 
@@ -346,10 +353,10 @@ export class PassthroughFs implements FileSystem {
         // been freed and given to another inode since (see InodeTable.add).
         const known = this.table.find(key(l.st));
         if (!known || known.fd < 0) l.handle = sys.handleNow(l.fd);
-        return this.entryFor(l);
+        return this.entryFor(l, { parent: parent.nodeid, name });
       }
     }
-    return this.table.withFd(parent, (pfd) => sys.lookup(c, pfd, name)).then((l) => this.entryFor(l));
+    return this.table.withFd(parent, (pfd) => sys.lookup(c, pfd, name)).then((l) => this.entryFor(l, { parent: parent.nodeid, name }));
   }
 
   /**
@@ -365,7 +372,7 @@ export class PassthroughFs implements FileSystem {
         if (!this.widened(err, flags, openFlags)) throw err;
         const r = await this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, (openFlags & ~O_ACCMODE) | O_WRONLY, mode & ~S_IFMT, ctx.umask));
         r.fd = await this.widen(sys, r.fd, openFlags);
-        return this.opened(parent, r, flags);
+        return this.opened(parent, r, flags, name);
       };
       try {
         const done = this.createWith(c, ctx.umask, parent, name, openFlags, mode, flags);
@@ -382,13 +389,13 @@ export class PassthroughFs implements FileSystem {
     if (here) {
       // Held in memory: answered at once, with no await in between for an eviction.
       this.table.touch(parent);
-      return this.opened(parent, here, flags);
+      return this.opened(parent, here, flags, name);
     }
-    return this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, openFlags, mode & ~S_IFMT, umask)).then((r) => this.opened(parent, r, flags));
+    return this.table.withFd(parent, (pfd) => sys.create(c, pfd, name, openFlags, mode & ~S_IFMT, umask)).then((r) => this.opened(parent, r, flags, name));
   }
 
-  /** The entry and open reply of the file `r` just created in `parent`; closes it if they fail. */
-  private opened(parent: PInode, r: CreatedFile, flags: number): Created | Promise<Created> {
+  /** The entry and open reply of the file `r` just created as `name` in `parent` ('.': tmpfile); closes it if they fail. */
+  private opened(parent: PInode, r: CreatedFile, flags: number, name: string): Created | Promise<Created> {
     const undo = (err: unknown): Promise<never> => {
       if (parent.dev.memory) {
         closeNow(r.fd);
@@ -401,7 +408,7 @@ export class PassthroughFs implements FileSystem {
         });
     };
     try {
-      const done = then(this.entryFor(r.looked), (entry) => then(this.openReply(r.fd, this.table.get(entry.ino), flags, entry.attr.mode), (open): Created => ({ entry, open })));
+      const done = then(this.entryFor(r.looked, name === '.' ? undefined : { parent: parent.nodeid, name }), (entry) => then(this.openReply(r.fd, this.table.get(entry.ino), flags, entry.attr.mode), (open): Created => ({ entry, open })));
       return done instanceof Promise ? done.catch(undo) : done;
     } catch (err) {
       return undo(err);
@@ -534,7 +541,11 @@ export class PassthroughFs implements FileSystem {
       this.table.touch(p);
       return sys.unlinkatNow(this.creds(ctx), p.fd, name, flags);
     }
-    return this.table.withFd(p, (pfd) => this.io(p).unlinkat(this.creds(ctx), pfd, name, flags)).then(() => undefined);
+    return this.table
+      .withFd(p, (pfd) => this.io(p).unlinkat(this.creds(ctx), pfd, name, flags))
+      .then(() => {
+        if (p.dev.aliases) this.table.unnamed(p.nodeid, name);
+      });
   }
 
   async rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): Promise<void> {
@@ -542,6 +553,7 @@ export class PassthroughFs implements FileSystem {
     const a = this.table.get(parent);
     const b = this.table.get(newParent);
     await this.table.withFd(a, (afd) => this.table.withFd(b, (bfd) => this.io(a, b).renameat2(this.creds(ctx), afd, name, bfd, newName, flags)));
+    if (a.dev.aliases || b.dev.aliases) this.table.renamed(parent, name, newParent, newName, (flags & RENAME_EXCHANGE) !== 0);
   }
 
   async link(ctx: RequestContext, ino: number, newParent: number, newName: string): Promise<Entry> {
@@ -940,6 +952,15 @@ const MEMORY_FS_TYPES = new Set([
   0x01021994, // tmpfs
   0x858458f6, // ramfs
 ]);
+
+/** renameat2's flag (api.ts). */
+const RENAME_EXCHANGE = 2;
+
+/**
+ * FUSE (statfs f_type): a path-based server (bindfs, sshfs: libfuse's high-level API) gives
+ * each name of a hard-linked file a kernel inode of its own, which dies with its name.
+ */
+const FUSE_FS_TYPE = 0x65735546;
 
 /** File systems whose inode attributes and cached dentries are in memory (statfs f_type). */
 const LOCAL_FS_TYPES = new Set([
