@@ -201,8 +201,11 @@ export class InodeTable {
     const list = (n.aliases ??= [{ parent: 0, name: '', fd: n.fd }]);
     const i = list.findIndex((a) => a.parent === via.parent && a.name === via.name);
     if (i >= 0) {
-      closeNow(fd); // the name's own descriptor is open already
-      list.unshift(...list.splice(i, 1));
+      // The name's fresh descriptor, in case the file was relinked there behind our back.
+      const [a] = list.splice(i, 1);
+      this.retire(n, a!.fd);
+      a!.fd = fd;
+      list.unshift(a!);
     } else {
       list.unshift({ parent: via.parent, name: via.name, fd });
       this.openFds++;
@@ -219,9 +222,14 @@ export class InodeTable {
     const k = nameKey(a!.parent, a!.name);
     if (this.byName.get(k) === n) this.byName.delete(k);
     this.openFds--;
-    if (n.users > 0) (n.retired ??= []).push(a!.fd);
-    else closeNow(a!.fd);
+    this.retire(n, a!.fd);
     n.fd = list[0]!.fd;
+  }
+
+  /** Closes `fd`, one of `n`'s, once no operation can be using it. */
+  private retire(n: PInode, fd: number): void {
+    if (n.users > 0) (n.retired ??= []).push(fd);
+    else closeNow(fd);
   }
 
   /**
