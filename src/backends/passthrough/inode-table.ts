@@ -210,7 +210,8 @@ export class InodeTable {
       list.unshift({ parent: via.parent, name: via.name, fd });
       this.openFds++;
       this.byName.set(nameKey(via.parent, via.name), n);
-      if (list.length > MAX_ALIASES) this.unalias(n, list.length - 1);
+      // Past the descriptor budget a name's descriptor takes the place of the oldest.
+      if (list.length > MAX_ALIASES || this.openFds > this.opts.maxFds) this.unalias(n, list.length - 1);
     }
     n.fd = list[0]!.fd;
   }
