@@ -294,7 +294,8 @@ test('passthrough: a default ACL takes the place of the caller\'s umask, as on t
 test('passthrough over a path-based FUSE file system (bindfs): hard links outlive whichever name goes first; git works', async () => {
   // bindfs gives each name of a hard-linked file a kernel inode of its own, which stops
   // working when its name goes: git's objects (written, linked, the first name unlinked)
-  // and the other order too must still be readable under the name that stays.
+  // and the other order too must still be readable under the name that stays, also where
+  // the name went on the host, out of the daemon's sight.
   const lower = mkdtempSync(join(tmpdir(), 'dpfs-bindfs-src-'));
   const upper = mkdtempSync(join(tmpdir(), 'dpfs-bindfs-'));
   const bindfs = spawn('bindfs', ['-f', '-o', 'allow_other', lower, upper], { stdio: 'ignore' });
@@ -312,12 +313,13 @@ test('passthrough over a path-based FUSE file system (bindfs): hard links outliv
           echo one > a && ln a b && rm a && cat b
           echo two >> b && ln b c && rm c && cat b
           ln b d && mv d e && rm b && cat e
+          echo three > f && ln f g && cat g >/dev/null && rm "${lower}${src.slice(upper.length)}/g" && cat f
           git init -q g && cd g && git config user.email t@t && git config user.name t
           seq 1000 > f && git add f && git commit -qm one && seq 2000 > f && git commit -qam two
           git gc -q && git fsck 2>&1 && git log --oneline | wc -l
           `,
         );
-        assert.deepEqual(out.trim().split('\n'), ['one', 'one', 'two', 'one', 'two', '2']);
+        assert.deepEqual(out.trim().split('\n'), ['one', 'one', 'two', 'one', 'two', 'three', '2']);
         assert.equal(readFileSync(join(lower, src.slice(upper.length), 'e'), 'utf8'), 'one\ntwo\n', 'on the host under the name that stayed');
       },
       [],

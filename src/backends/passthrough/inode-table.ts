@@ -330,7 +330,7 @@ export class InodeTable {
         }
       }
       if (!n.pinned) this.lru.use(n);
-      return await fn(n.fd);
+      return n.aliases ? await this.viaAliases(n, fn) : await fn(n.fd);
     } catch (err) {
       if (errnoOf(err) === Errno.ESTALE) throw new FsError(Errno.ESTALE);
       throw err;
@@ -342,6 +342,24 @@ export class InodeTable {
       }
       if (n.dead && n.users === 0 && n.fd >= 0) this.closeFd(n);
       else if (this.openFds > this.opts.maxFds) this.trim();
+    }
+  }
+
+  /**
+   * `fn` with `n`'s descriptor, and where that answers ENOENT (its name went on the host,
+   * out of our sight), with the descriptors of its other names in turn, each dropped as it
+   * fails. Safe to repeat: a dead name fails before the call does anything.
+   */
+  private async viaAliases<T>(n: PInode, fn: (fd: number) => Promise<T>): Promise<T> {
+    for (;;) {
+      const fd = n.fd;
+      try {
+        return await fn(fd);
+      } catch (err) {
+        const i = errnoOf(err) === Errno.ENOENT && n.aliases && n.aliases.length > 1 ? n.aliases.findIndex((a) => a.fd === fd) : -1;
+        if (i < 0) throw err;
+        this.unalias(n, i);
+      }
     }
   }
 
