@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { Errno } from '../src/fuse/errno.js';
 import { Opcode } from '../src/fuse/opcodes.js';
 import { AT_EMPTY_PATH, sys, sysNowStats } from '../src/native/syscalls.js';
-import { sh, withPassthrough } from './helpers/daemon.js';
+import { sh, withMount, withPassthrough } from './helpers/daemon.js';
 import { withPassthroughPeer } from './helpers/passthrough-peer.js';
 import { type OutMsg, parseOut } from './helpers/session-peer.js';
 import { encodeRequest } from '../src/fuse/request-codec.js';
@@ -331,6 +331,31 @@ test('passthrough over a path-based FUSE file system (bindfs): hard links outliv
     rmSync(upper, { recursive: true, force: true });
     rmSync(lower, { recursive: true, force: true });
   }
+});
+
+test('passthrough over a source without POSIX ACLs (a memory-backend mount): modes decide, and ACLs are refused', async () => {
+  // The tenant's kernel asks for the ACL of a file its caller does not own; a source without
+  // ACLs answers ENOTSUP, which must not turn into an error of the caller's open or stat.
+  await withMount((memory) =>
+    withPassthrough(
+      async (dir, src) => {
+        chmodSync(src, 0o755);
+        const out = await sh(
+          `
+          cd "${dir}"
+          echo mine > f && chown 1000:1000 f && chmod 664 f
+          mkdir d && chown 1000:1000 d && chmod 775 d && touch d/x
+          cat f; ls d; ${as(2000, 2000)} cat f; ${as(2000, 2000)} ls d
+          ${as(2000, 2000)} sh -c 'echo no >> f' 2>/dev/null && echo LEAK || echo denied
+          setfacl -m u:2000:rw f 2>/dev/null && echo LEAK || echo no-acls
+          `,
+        );
+        assert.deepEqual(out.trim().split('\n'), ['mine', 'x', 'mine', 'x', 'denied', 'no-acls']);
+      },
+      [],
+      memory,
+    ),
+  );
 });
 
 test('passthrough: serves far more inodes than the descriptor limit with bounded descriptors', async () => {

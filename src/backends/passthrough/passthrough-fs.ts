@@ -805,7 +805,14 @@ export class PassthroughFs implements FileSystem {
   }
 
   getxattr(ctx: RequestContext, ino: number, name: string): Promise<Uint8Array> {
-    return this.xattrPath(ino, Errno.ENODATA, (p, io) => io.getxattr(this.creds(ctx), p, name));
+    const value = this.xattrPath(ino, Errno.ENODATA, (p, io) => io.getxattr(this.creds(ctx), p, name));
+    if (!name.startsWith('system.posix_acl_')) return value;
+    // The tenant's kernel asks for ACLs in its permission checks (FUSE_POSIX_ACL), and takes
+    // ENOTSUP for an error: a file on a source without ACLs has none, and its mode decides,
+    // as the host's own checks there do.
+    return value.catch((err: unknown) => {
+      throw errnoOf(err) === Errno.EOPNOTSUPP ? new FsError(Errno.ENODATA) : err;
+    });
   }
 
   listxattr(ctx: RequestContext, ino: number): Promise<string[]> {
