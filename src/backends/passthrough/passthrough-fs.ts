@@ -604,12 +604,17 @@ export class PassthroughFs implements FileSystem {
     let flags = 0;
     if (this.cache === 'never' || this.opts.directIo) flags |= FOPEN_DIRECT_IO;
     if (this.cache === 'always') flags |= FOPEN_KEEP_CACHE;
+    // The kernel opens a backing file again for each open it serves, as the opener where the
+    // file system checks opens itself (FUSE, NFS: not local): a file just created with a mode
+    // that denies its creator the access it asked for (git's 0444 objects, opened O_RDWR)
+    // would fail there (EIO). Such an open is served by us.
+    const reopens = mode === undefined || node.dev.local || ownerGrants(mode, openFlags);
     const reply = (privileged: boolean): Opened => {
       if (privileged) {
         this.share(fh, h, openFlags);
         return { fh, flags: flags | FOPEN_DIRECT_IO };
       }
-      const b = this.kernelIo && node.type === S_IFREG ? this.backingOf(node, fd) : undefined;
+      const b = this.kernelIo && node.type === S_IFREG && reopens ? this.backingOf(node, fd) : undefined;
       if (b) {
         // The kernel reads and writes this file itself from now on: no round trips through us.
         // Nothing else: its pages are the backing file's, and the kernel fails an open that
@@ -959,6 +964,12 @@ const MEMORY_FS_TYPES = new Set([
   0x01021994, // tmpfs
   0x858458f6, // ramfs
 ]);
+
+/** Whether mode's owner bits grant the access `openFlags` asks for. */
+function ownerGrants(mode: number, openFlags: number): boolean {
+  const acc = openFlags & O_ACCMODE;
+  return (acc === O_WRONLY || (mode & 0o400) !== 0) && (acc === O_RDONLY || (mode & 0o200) !== 0);
+}
 
 /** renameat2's flag (api.ts). */
 const RENAME_EXCHANGE = 2;
