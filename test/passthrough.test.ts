@@ -334,7 +334,7 @@ test('passthrough over a path-based FUSE file system (bindfs): hard links outliv
   }
 });
 
-test('passthrough over a FUSE source without POSIX ACLs (a memory-backend mount): modes decide, ACLs are refused, read-only creations are written', async () => {
+test('passthrough over a FUSE source without POSIX ACLs (a memory-backend mount): modes decide, ACLs are refused, read-only creations are written, groups are the callers\'', async () => {
   // The tenant's kernel asks for the ACL of a file its caller does not own; a source without
   // ACLs answers ENOTSUP, which must not turn into an error of the caller's open or stat.
   await withMount((memory) =>
@@ -351,10 +351,19 @@ test('passthrough over a FUSE source without POSIX ACLs (a memory-backend mount)
           setfacl -m u:2000:rw f 2>/dev/null && echo LEAK || echo no-acls
           # A file created read-only and written through the descriptor that created it (git's
           # objects): the source checks opens itself, so the kernel cannot reopen it for this.
-          cd d && ${as(1000, 1000)} /usr/bin/python3 -c 'import os; fd = os.open("ro", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o444); os.write(fd, b"object"); os.close(fd)' && cat ro
+          cd d && ${as(1000, 1000)} /usr/bin/python3 -c 'import os; fd = os.open("ro", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o444); os.write(fd, b"object\\n"); os.close(fd)' && cat ro
+          # Supplementary groups come from /proc: a process that used the mount as root, then
+          # took other ids and groups, is known by its new ones; and so are the callers of the
+          # source (our pool threads, which take each caller's groups in turn).
+          cd .. && touch g && chown 65534:65532 g
+          for i in 1 2 3 4; do
+            /usr/bin/python3 -c 'import os; os.stat("g"); os.setgroups([65531]); os.setgid(65532); os.setuid(65534); os.chown("g", -1, 65531); os.chown("g", -1, 65532)'
+          done
+          setpriv --reuid=65534 --regid=65532 --groups=65531 -- chgrp 65531 g
+          stat -c %g g
           `,
         );
-        assert.deepEqual(out.trim().split('\n'), ['mine', 'x', 'mine', 'x', 'denied', 'no-acls', 'object']);
+        assert.deepEqual(out.trim().split('\n'), ['mine', 'x', 'mine', 'x', 'denied', 'no-acls', 'object', '65531']);
       },
       [],
       memory,

@@ -44,8 +44,9 @@ export interface TransportInfo {
   /**
    * Supplementary groups of a caller, for requests that do not carry them (the kernel
    * sends them only with create-type requests). Local transports can read them from /proc.
+   * `uid` and `gid` are the request's (a process that changed them has changed its groups).
    */
-  groupsOf?: (pid: number) => readonly number[];
+  groupsOf?: (pid: number, uid: number, gid: number) => readonly number[];
   /** Kernel passthrough backing files (/dev/fuse on Linux 6.9+). */
   backing?: import('../fs/api.js').KernelPassthrough;
   /** virtio-fs: no interrupts, DESTROY at unmount, submounts. */
@@ -485,7 +486,7 @@ class RequestState implements RequestContext {
     readonly umask: number,
     /** Undefined until asked for, when they must be looked up (most requests never need them). */
     private groupList: readonly number[] | undefined,
-    private readonly groupsOf: ((pid: number) => readonly number[]) | undefined,
+    private readonly groupsOf: ((pid: number, uid: number, gid: number) => readonly number[]) | undefined,
   ) {
     this.unique = h.unique;
     this.uid = h.uid;
@@ -494,7 +495,7 @@ class RequestState implements RequestContext {
   }
 
   get groups(): readonly number[] {
-    return (this.groupList ??= this.groupsOf ? this.groupsOf(this.pid) : []);
+    return (this.groupList ??= this.groupsOf ? this.groupsOf(this.pid, this.uid, this.gid) : []);
   }
 
   /** Created on first use: few backends watch it. */

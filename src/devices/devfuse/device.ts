@@ -372,30 +372,36 @@ function abortConnection(conn: number | undefined, log: Logger): void {
   }
 }
 
-const groupCache = new Map<number, { groups: number[]; at: number }>();
+const groupCache = new Map<number, { groups: number[]; at: number; uid: number; gid: number }>();
 const GROUPS_TTL_MS = 1000;
 
 /**
- * Supplementary groups of a local process, from /proc (empty if it is gone). Cached for a
- * second: a process's groups rarely change, and reading /proc costs more than a request.
+ * Supplementary groups of a local caller (a thread: the kernel gives its id), from /proc
+ * (empty if it is gone). Reading /proc costs more than a request, so a process's main
+ * thread's are kept for a second while its uid and gid stay the same (dropping privileges
+ * changes those). Other threads' are read each time: servers that switch credentials per
+ * call do it on theirs (another passthrough daemon exporting this mount, for one).
  */
-export function procGroups(pid: number): number[] {
+export function procGroups(pid: number, uid: number, gid: number): number[] {
   const now = Date.now();
   const hit = groupCache.get(pid);
-  if (hit && now - hit.at < GROUPS_TTL_MS) return hit.groups;
-  const groups = readProcGroups(pid);
-  if (groupCache.size >= 4096) groupCache.clear();
-  groupCache.set(pid, { groups, at: now });
+  if (hit && hit.uid === uid && hit.gid === gid && now - hit.at < GROUPS_TTL_MS) return hit.groups;
+  const { groups, leader } = readProcGroups(pid);
+  if (leader) {
+    if (groupCache.size >= 4096) groupCache.clear();
+    groupCache.set(pid, { groups, at: now, uid, gid });
+  }
   return groups;
 }
 
-function readProcGroups(pid: number): number[] {
+function readProcGroups(pid: number): { groups: number[]; leader: boolean } {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const line = /^Groups:(.*)$/m.exec(status);
-    return line ? line[1]!.trim().split(/\s+/).filter(Boolean).map(Number) : [];
+    const groups = line ? line[1]!.trim().split(/\s+/).filter(Boolean).map(Number) : [];
+    return { groups, leader: /^Tgid:\s*(\d+)$/m.exec(status)?.[1] === String(pid) };
   } catch {
-    return [];
+    return { groups: [], leader: false };
   }
 }
 
