@@ -406,6 +406,33 @@ bothSources('inodes whose descriptors were evicted are reopened by handle', asyn
   );
 });
 
+test('passthrough over a FUSE source: inodes whose descriptors were evicted are reopened by name once the source forgot them', async () => {
+  // A FUSE file system's handles open an inode only while its kernel has it cached (without
+  // export support): a directory the tenant holds (a shell's cwd) and a file in it, their
+  // descriptors evicted by a walk of 300 others, then the host's caches dropped.
+  await withMount((memory) =>
+    withPassthrough(
+      async (dir, src) => {
+        await sh(`cd "${src}" && mkdir 0held && echo kept > 0held/f && for i in $(seq 300); do mkdir d$i; done`);
+        const holder = spawn('bash', ['-c', 'read line; cat f; ls; echo moved > g; mv g h; cat h'], { cwd: join(dir, '0held'), stdio: ['pipe', 'pipe', 'inherit'] });
+        let out = '';
+        holder.stdout.on('data', (b: Buffer) => (out += b.toString()));
+        const done = new Promise((r) => holder.on('exit', r));
+        try {
+          await sh(`ls -R "${dir}" > /dev/null && sync && echo 3 > /proc/sys/vm/drop_caches`);
+          holder.stdin.end('go\n');
+          assert.equal(await done, 0, out);
+          assert.deepEqual(out.trim().split('\n'), ['kept', 'f', 'moved']);
+        } finally {
+          holder.kill();
+        }
+      },
+      ['--max-fds', '64'],
+      memory,
+    ),
+  );
+});
+
 test('passthrough: a host inode number freed and reused while the kernel still knows the old inode leads to the new one', async () => {
   // Disk file systems (ext4 here) give a freed inode number to the next file made; a node
   // whose descriptor was evicted no longer holds its inode, so only the handle tells them apart.

@@ -10,7 +10,7 @@
  * can never close (and so recycle the number of) a descriptor an operation is using.
  */
 import { Errno, FsError, errnoOf } from '../../fuse/errno.js';
-import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, closeNow, procPath, sys } from '../../native/syscalls.js';
+import { AT_FDCWD, type FileHandle, O_DIRECTORY, O_NONBLOCK, O_PATH, type Statx, closeNow, procPath, sys } from '../../native/syscalls.js';
 import { S_IFDIR } from '../../util/mode.js';
 import type { StallBudget } from './file-io.js';
 import { SH_LOOKUP_AT_ONCE, SH_UNLINK_AT_ONCE, type SharedHandles } from '../../fs/shared-handles.js';
@@ -42,6 +42,13 @@ export interface PInode extends LruLinks<PInode> {
   aliases: Alias[] | undefined;
   /** Descriptors of names gone while the inode was in use: closed when the last user is done. */
   retired: number[] | undefined;
+  /** On a device whose handles are weak (see HostDevice), the last name it was known by. */
+  name: Via | undefined;
+}
+
+/** An inode's identity on the host: device and inode number. */
+export function hostKey(st: Statx): string {
+  return `${st.devMajor}:${st.devMinor}:${st.ino}`;
 }
 
 /** A name (in the directory with node id `parent`) and the descriptor it gave; parent 0: none known. */
@@ -77,7 +84,7 @@ function reused(n: PInode, handle: FileHandle | undefined): boolean {
  * hidden class, and the hot paths optimised for the first would be thrown away).
  */
 function node(nodeid: number, key: string, ino: number, type: number, handle: FileHandle | undefined, fd: number, pinned: boolean, dev: HostDevice): PInode {
-  return { nodeid, key, ino, type, handle, fd, users: 0, nlookup: 0, pinned, dead: false, dev, aliases: undefined, retired: undefined, lruPrev: undefined, lruNext: undefined, inLru: false };
+  return { nodeid, key, ino, type, handle, fd, users: 0, nlookup: 0, pinned, dead: false, dev, aliases: undefined, retired: undefined, name: undefined, lruPrev: undefined, lruNext: undefined, inLru: false };
 }
 
 export interface HostDevice {
@@ -93,6 +100,11 @@ export interface HostDevice {
    * its other names: an inode keeps a descriptor per name (see PInode.aliases).
    */
   aliases: boolean;
+  /**
+   * Its handles open an inode only while the file system still has it cached (FUSE without
+   * export support): an inode whose descriptor was evicted is reopened by its last name.
+   */
+  weakHandles: boolean;
   /** How much writes at once have stalled the event loop lately (local disk file systems). */
   stalls?: StallBudget;
 }
@@ -116,6 +128,8 @@ export class InodeTable {
   private readonly byKey = new Map<string, PInode>();
   /** Inodes with aliases, by `${parent}/${name}` of each. */
   private readonly byName = new Map<string, PInode>();
+  /** Inodes on devices with weak handles, by their last name. */
+  private readonly byLastName = new Map<string, PInode>();
   /** Inodes whose fd is open and may be closed, least recently used first. */
   private readonly lru = new LruList<PInode>();
   /** Per mount id, a descriptor for open_by_handle_at (which refuses O_PATH ones). */
@@ -162,6 +176,7 @@ export class InodeTable {
     const existing = this.byKey.get(key);
     if (existing) {
       if (!reused(existing, handle)) {
+        if (via && existing.dev.weakHandles) this.setName(existing, via);
         if (existing.fd < 0) this.adopt(existing, fd, via);
         else if (via && aliased(existing)) this.alias(existing, via, fd);
         else closeNow(fd);
@@ -238,12 +253,32 @@ export class InodeTable {
    * an inode's aliases, the inode goes on with its others (its last stays, nameless).
    */
   unnamed(parent: number, name: string): void {
+    const last = this.byLastName.get(nameKey(parent, name));
+    if (last) this.clearName(last);
     const n = this.byName.get(nameKey(parent, name));
     const i = n?.aliases?.findIndex((a) => a.parent === parent && a.name === name) ?? -1;
     if (i < 0) return;
-    if (n!.aliases!.length > 1) return this.unalias(n!, i);
+    if (n!.aliases!.length > 1) {
+      this.unalias(n!, i);
+      const other = n!.aliases![0]!;
+      if (n!.dev.weakHandles && other.parent !== 0) this.setName(n!, other);
+      return;
+    }
     this.byName.delete(nameKey(parent, name));
     n!.aliases![0] = { parent: 0, name: '', fd: n!.fd };
+  }
+
+  private setName(n: PInode, via: Via): void {
+    this.clearName(n);
+    n.name = { parent: via.parent, name: via.name };
+    this.byLastName.set(nameKey(via.parent, via.name), n);
+  }
+
+  private clearName(n: PInode): void {
+    if (!n.name) return;
+    const k = nameKey(n.name.parent, n.name.name);
+    if (this.byLastName.get(k) === n) this.byLastName.delete(k);
+    n.name = undefined;
   }
 
   /** A rename (`exchange`: RENAME_EXCHANGE) moved names: aliases follow them. */
@@ -252,7 +287,11 @@ export class InodeTable {
     const to = nameKey(newParent, newName);
     const a = this.byName.get(from);
     const b = this.byName.get(to);
+    const lastA = this.byLastName.get(from);
+    const lastB = exchange ? this.byLastName.get(to) : undefined;
     if (!exchange) this.unnamed(newParent, newName);
+    if (lastA) this.setName(lastA, { parent: newParent, name: newName });
+    if (lastB) this.setName(lastB, { parent, name });
     const move = (n: PInode | undefined, p: number, nm: string, np: number, nn: string) => {
       const e = n?.aliases?.find((x) => x.parent === p && x.name === nm);
       if (!e) return;
@@ -292,6 +331,7 @@ export class InodeTable {
     this.byNode.set(n.nodeid, n);
     this.byKey.set(key, n);
     if (via && aliased(n)) this.firstAlias(n, via);
+    if (via && dev.weakHandles) this.setName(n, via);
     this.publish(n);
     if (dev.memory) this.opts.shared?.names?.publish(ino, SharedNames.deviceWord(dev.major, dev.minor), n.nodeid);
     this.trim();
@@ -319,14 +359,13 @@ export class InodeTable {
     n.users++;
     try {
       if (n.fd < 0) {
-        const mountFd = n.handle && this.mountFds.get(n.handle.mountId);
-        if (!n.handle || mountFd === undefined) throw new FsError(Errno.ESTALE);
-        const fd = await sys.openByHandleAt(mountFd, n.handle.handle, O_PATH);
+        const fd = await this.reopen(n);
         if (n.fd >= 0) closeNow(fd); // reopened concurrently
         else {
           n.fd = fd;
           this.openFds++;
           if (!n.dead) this.publish(n);
+          if (n.name && aliased(n)) this.firstAlias(n, n.name);
         }
       }
       if (!n.pinned) this.lru.use(n);
@@ -361,6 +400,26 @@ export class InodeTable {
         this.unalias(n, i);
       }
     }
+  }
+
+  /** A descriptor of `n`, whose own was evicted: by its handle, or by its last name where handles are weak. */
+  private async reopen(n: PInode): Promise<number> {
+    const mountFd = n.handle && this.mountFds.get(n.handle.mountId);
+    if (n.handle && mountFd !== undefined) {
+      try {
+        return await sys.openByHandleAt(mountFd, n.handle.handle, O_PATH);
+      } catch (err) {
+        if (errnoOf(err) !== Errno.ESTALE || !n.name) throw err;
+      }
+    }
+    const via = n.name;
+    const parent = via && this.byNode.get(via.parent);
+    if (!via || !parent) throw new FsError(Errno.ESTALE);
+    // One component relative to the parent's descriptor, as any lookup: confined the same way.
+    const l = await this.withFd(parent, (pfd) => sys.lookup(null, pfd, via.name));
+    if (hostKey(l.st) === n.key) return l.fd;
+    closeNow(l.fd);
+    throw new FsError(Errno.ESTALE);
   }
 
   /** Marks `n` used (a call made with its open descriptor without withFd, at once). */
@@ -398,6 +457,7 @@ export class InodeTable {
     this.byNode.delete(nodeid);
     if (this.byKey.get(n.key) === n) this.byKey.delete(n.key);
     for (const a of n.aliases ?? []) if (this.byName.get(nameKey(a.parent, a.name)) === n) this.byName.delete(nameKey(a.parent, a.name));
+    this.clearName(n);
     this.lru.remove(n);
     if (n.pinned) this.pinnedCount--;
     n.dead = true;

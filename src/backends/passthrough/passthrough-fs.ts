@@ -65,7 +65,7 @@ import {
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, S_ISUID } from '../../util/mode.js';
 import { type NowaitState, type StallBudget, readAt, syncFile, tookAtOnce, writeAt } from './file-io.js';
 import { IdMap, type IdRange } from './id-map.js';
-import { type HostDevice, InodeTable, type PInode, type Via } from './inode-table.js';
+import { type HostDevice, InodeTable, type PInode, type Via, hostKey } from './inode-table.js';
 import { then } from '../../util/maybe-async.js';
 
 export type CacheMode = 'never' | 'metadata' | 'auto' | 'always';
@@ -301,6 +301,7 @@ export class PassthroughFs implements FileSystem {
       local: type !== undefined && LOCAL_FS_TYPES.has(type),
       memory: type !== undefined && MEMORY_FS_TYPES.has(type),
       aliases: type === FUSE_FS_TYPE,
+      weakHandles: type === FUSE_FS_TYPE,
       stalls: undefined,
     });
     return sys.fsType(l.fd).then(
@@ -976,7 +977,8 @@ const RENAME_EXCHANGE = 2;
 
 /**
  * FUSE (statfs f_type): a path-based server (bindfs, sshfs: libfuse's high-level API) gives
- * each name of a hard-linked file a kernel inode of its own, which dies with its name.
+ * each name of a hard-linked file a kernel inode of its own, which dies with its name; and
+ * without export support a handle opens an inode only while the kernel has it cached.
  */
 const FUSE_FS_TYPE = 0x65735546;
 
@@ -989,7 +991,5 @@ const LOCAL_FS_TYPES = new Set([
   ...MEMORY_FS_TYPES,
 ]);
 
-function key(st: Statx): string {
-  return `${st.devMajor}:${st.devMinor}:${st.ino}`;
-}
+const key = hostKey;
 
