@@ -353,8 +353,8 @@ test('passthrough over a FUSE source without POSIX ACLs (a memory-backend mount)
           # objects): the source checks opens itself, so the kernel cannot reopen it for this.
           cd d && ${as(1000, 1000)} /usr/bin/python3 -c 'import os; fd = os.open("ro", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o444); os.write(fd, b"object\\n"); os.close(fd)' && cat ro
           # Supplementary groups come from /proc: a process that used the mount as root, then
-          # took other ids and groups, is known by its new ones; and so are the callers of the
-          # source (our pool threads, which take each caller's groups in turn).
+          # took other ids and groups, is known by its new ones (here and by the source, whose
+          # caller is our pool thread, taking each caller's ids and groups in turn).
           cd .. && touch g && chown 65534:65532 g
           for i in 1 2 3 4; do
             /usr/bin/python3 -c 'import os; os.stat("g"); os.setgroups([65531]); os.setgid(65532); os.setuid(65534); os.chown("g", -1, 65531); os.chown("g", -1, 65532)'

@@ -376,32 +376,29 @@ const groupCache = new Map<number, { groups: number[]; at: number; uid: number; 
 const GROUPS_TTL_MS = 1000;
 
 /**
- * Supplementary groups of a local caller (a thread: the kernel gives its id), from /proc
- * (empty if it is gone). Reading /proc costs more than a request, so a process's main
- * thread's are kept for a second while its uid and gid stay the same (dropping privileges
- * changes those). Other threads' are read each time: servers that switch credentials per
- * call do it on theirs (another passthrough daemon exporting this mount, for one).
+ * Supplementary groups of a local caller (the kernel gives its thread's id), from /proc
+ * (empty if it is gone). Reading /proc costs more than a request, so they are kept for a
+ * second while the caller's uid and gid stay the same: a process that drops privileges
+ * changes those, and is read again. (A thread that changes only its supplementary groups is
+ * seen with its old ones for up to that second.)
  */
 export function procGroups(pid: number, uid: number, gid: number): number[] {
   const now = Date.now();
   const hit = groupCache.get(pid);
   if (hit && hit.uid === uid && hit.gid === gid && now - hit.at < GROUPS_TTL_MS) return hit.groups;
-  const { groups, leader } = readProcGroups(pid);
-  if (leader) {
-    if (groupCache.size >= 4096) groupCache.clear();
-    groupCache.set(pid, { groups, at: now, uid, gid });
-  }
+  const groups = readProcGroups(pid);
+  if (groupCache.size >= 4096) groupCache.clear();
+  groupCache.set(pid, { groups, at: now, uid, gid });
   return groups;
 }
 
-function readProcGroups(pid: number): { groups: number[]; leader: boolean } {
+function readProcGroups(pid: number): number[] {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const line = /^Groups:(.*)$/m.exec(status);
-    const groups = line ? line[1]!.trim().split(/\s+/).filter(Boolean).map(Number) : [];
-    return { groups, leader: /^Tgid:\s*(\d+)$/m.exec(status)?.[1] === String(pid) };
+    return line ? line[1]!.trim().split(/\s+/).filter(Boolean).map(Number) : [];
   } catch {
-    return { groups: [], leader: false };
+    return [];
   }
 }
 
