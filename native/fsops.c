@@ -361,14 +361,14 @@ static int64_t run(fsop_t *r) {
 }
 
 /*
- * a[5] of the calls that make an inode (OPENAT, CREATE, MKDIRAT, MKNODAT): UMASK_GIVEN | the
+ * a[5] of the calls that make an inode (CREATE, MKDIRAT, MKNODAT): UMASK_GIVEN | the
  * caller's umask, for the host kernel to apply as it does for that caller: not where the
  * directory's default ACL takes its place. 0: the daemon's own umask.
  */
 #define UMASK_GIVEN 0x10000
 
 static int takes_umask(const fsop_t *r) {
-  return (r->op == OP_OPENAT || r->op == OP_CREATE || r->op == OP_MKDIRAT || r->op == OP_MKNODAT) && (r->a[5] & UMASK_GIVEN);
+  return (r->op == OP_CREATE || r->op == OP_MKDIRAT || r->op == OP_MKNODAT) && (r->a[5] & UMASK_GIVEN);
 }
 
 /* The umask lives in the fs_struct the process's threads share: a thread that sets one for a

@@ -36,13 +36,13 @@ export interface PInode extends LruLinks<PInode> {
   /** The host device it lives on (shared by all its inodes). */
   dev: HostDevice;
   /**
-   * On a device that aliases (see HostDevice), the names it was looked up by, each with the
+   * A non-directory on a FUSE device (see HostDevice): the names it was looked up by, each with the
    * descriptor that lookup opened, latest first; `fd` is the first one's.
    */
   aliases: Alias[] | undefined;
   /** Descriptors of names gone while the inode was in use: closed when the last user is done. */
   retired: number[] | undefined;
-  /** On a device whose handles are weak (see HostDevice), the last name it was known by. */
+  /** On a FUSE device (see HostDevice), the last name it was looked up by. */
   name: Via | undefined;
 }
 
@@ -95,16 +95,14 @@ export interface HostDevice {
   /** Held wholly in memory (tmpfs, ramfs): no metadata call there waits for a device. */
   memory: boolean;
   /**
-   * One host inode may be open as several kernel inodes, one per name, each of which stops
-   * working when its name goes (FUSE: path-based servers), though the inode lives on under
-   * its other names: an inode keeps a descriptor per name (see PInode.aliases).
+   * A FUSE file system, where names matter twice over. One host inode may be open as several
+   * kernel inodes, one per name, each of which stops working when its name goes (path-based
+   * servers), though the inode lives on under its other names: a file keeps a descriptor per
+   * name (PInode.aliases). And a handle opens an inode only while the file system still has
+   * it cached (without export support): an inode whose descriptor was evicted is reopened by
+   * its last name (PInode.name).
    */
-  aliases: boolean;
-  /**
-   * Its handles open an inode only while the file system still has it cached (FUSE without
-   * export support): an inode whose descriptor was evicted is reopened by its last name.
-   */
-  weakHandles: boolean;
+  fuse: boolean;
   /** How much writes at once have stalled the event loop lately (local disk file systems). */
   stalls?: StallBudget;
 }
@@ -128,7 +126,7 @@ export class InodeTable {
   private readonly byKey = new Map<string, PInode>();
   /** Inodes with aliases, by `${parent}/${name}` of each. */
   private readonly byName = new Map<string, PInode>();
-  /** Inodes on devices with weak handles, by their last name. */
+  /** Inodes on FUSE devices, by their last name. */
   private readonly byLastName = new Map<string, PInode>();
   /** Inodes whose fd is open and may be closed, least recently used first. */
   private readonly lru = new LruList<PInode>();
@@ -170,13 +168,13 @@ export class InodeTable {
    * Adds a freshly looked-up host inode whose O_PATH descriptor is `fd` (ownership passes
    * to the table), found by name `via` if given, or returns the existing one, which keeps
    * `fd` where it has none open (saving a reopen) or as the descriptor of name `via` on a
-   * device that aliases (see HostDevice); else `fd` is closed.
+   * FUSE device (see HostDevice); else `fd` is closed.
    */
   add(fd: number, key: string, ino: number, type: number, handle: FileHandle | undefined, dev: HostDevice, via?: Via): PInode | Promise<PInode> {
     const existing = this.byKey.get(key);
     if (existing) {
       if (!reused(existing, handle)) {
-        if (via && existing.dev.weakHandles) this.setName(existing, via);
+        if (via && existing.dev.fuse) this.setName(existing, via);
         if (existing.fd < 0) this.adopt(existing, fd, via);
         else if (via && aliased(existing)) this.alias(existing, via, fd);
         else closeNow(fd);
@@ -261,7 +259,7 @@ export class InodeTable {
     if (n!.aliases!.length > 1) {
       this.unalias(n!, i);
       const other = n!.aliases![0]!;
-      if (n!.dev.weakHandles && other.parent !== 0) this.setName(n!, other);
+      if (n!.dev.fuse && other.parent !== 0) this.setName(n!, other);
       return;
     }
     this.byName.delete(nameKey(parent, name));
@@ -331,7 +329,7 @@ export class InodeTable {
     this.byNode.set(n.nodeid, n);
     this.byKey.set(key, n);
     if (via && aliased(n)) this.firstAlias(n, via);
-    if (via && dev.weakHandles) this.setName(n, via);
+    if (via && dev.fuse) this.setName(n, via);
     this.publish(n);
     if (dev.memory) this.opts.shared?.names?.publish(ino, SharedNames.deviceWord(dev.major, dev.minor), n.nodeid);
     this.trim();
@@ -402,7 +400,7 @@ export class InodeTable {
     }
   }
 
-  /** A descriptor of `n`, whose own was evicted: by its handle, or by its last name where handles are weak. */
+  /** A descriptor of `n`, whose own was evicted: by its handle, or by its last name on a FUSE device. */
   private async reopen(n: PInode): Promise<number> {
     const mountFd = n.handle && this.mountFds.get(n.handle.mountId);
     if (n.handle && mountFd !== undefined) {
@@ -484,7 +482,7 @@ export class InodeTable {
   }
 }
 
-/** Whether `n` keeps a descriptor per name: a non-directory on a device that aliases (directories have one name). */
+/** Whether `n` keeps a descriptor per name: a non-directory on a FUSE device (directories have one name). */
 function aliased(n: PInode): boolean {
-  return n.dev.aliases && n.type !== S_IFDIR;
+  return n.dev.fuse && n.type !== S_IFDIR;
 }

@@ -198,7 +198,7 @@ export class PassthroughFs implements FileSystem {
     // Calls that make inodes carry the caller's umask (appliesUmask); no other call may mask.
     process.umask(0);
     const root = await sys.lookup(null, AT_FDCWD, this.opts.root, O_DIRECTORY);
-    await this.table.addRoot(root.fd, key(root.st), root.st.ino, root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
+    await this.table.addRoot(root.fd, hostKey(root.st), root.st.ino, root.st.mode & S_IFMT, root.handle, await this.deviceOf(root));
   }
 
   /** Open regular files whose I/O (and attributes) the rings' native data path may serve. */
@@ -300,8 +300,7 @@ export class PassthroughFs implements FileSystem {
       minor: l.st.devMinor,
       local: type !== undefined && LOCAL_FS_TYPES.has(type),
       memory: type !== undefined && MEMORY_FS_TYPES.has(type),
-      aliases: type === FUSE_FS_TYPE,
-      weakHandles: type === FUSE_FS_TYPE,
+      fuse: type === FUSE_FS_TYPE,
       stalls: undefined,
     });
     return sys.fsType(l.fd).then(
@@ -319,7 +318,7 @@ export class PassthroughFs implements FileSystem {
 
   /** Registers a looked-up (or created) host inode and answers with its Entry (at once where nothing waits). */
   private entryFor(l: Looked, via?: Via): Entry | Promise<Entry> {
-    const add = (dev: HostDevice) => this.table.add(l.fd, key(l.st), l.st.ino, l.st.mode & S_IFMT, l.handle, dev, via);
+    const add = (dev: HostDevice) => this.table.add(l.fd, hostKey(l.st), l.st.ino, l.st.mode & S_IFMT, l.handle, dev, via);
     return then(then(this.deviceOf(l), add), (node) => this.entryOf(node, l.st));
   }
 
@@ -342,7 +341,7 @@ export class PassthroughFs implements FileSystem {
           if (st === -Errno.ENOENT && missing) return missing;
           throw new FsError(-st);
         }
-        const known = st.devMajor === dev.major && st.devMinor === dev.minor ? this.table.find(key(st)) : undefined;
+        const known = st.devMajor === dev.major && st.devMinor === dev.minor ? this.table.find(hostKey(st)) : undefined;
         if (known) return this.entryOf(known, st);
       }
       // On the parent's local file system, a name in the kernel's dentry cache (or any name
@@ -352,7 +351,7 @@ export class PassthroughFs implements FileSystem {
       if (l) {
         // A known inode's handle only where its descriptor was evicted: its number may have
         // been freed and given to another inode since (see InodeTable.add).
-        const known = this.table.find(key(l.st));
+        const known = this.table.find(hostKey(l.st));
         if (!known || known.fd < 0) l.handle = sys.handleNow(l.fd);
         return this.entryFor(l, { parent: parent.nodeid, name });
       }
@@ -545,7 +544,7 @@ export class PassthroughFs implements FileSystem {
     return this.table
       .withFd(p, (pfd) => this.io(p).unlinkat(this.creds(ctx), pfd, name, flags))
       .then(() => {
-        if (p.dev.aliases) this.table.unnamed(p.nodeid, name);
+        if (p.dev.fuse) this.table.unnamed(p.nodeid, name);
       });
   }
 
@@ -554,7 +553,7 @@ export class PassthroughFs implements FileSystem {
     const a = this.table.get(parent);
     const b = this.table.get(newParent);
     await this.table.withFd(a, (afd) => this.table.withFd(b, (bfd) => this.io(a, b).renameat2(this.creds(ctx), afd, name, bfd, newName, flags)));
-    if (a.dev.aliases || b.dev.aliases) this.table.renamed(parent, name, newParent, newName, (flags & RENAME_EXCHANGE) !== 0);
+    if (a.dev.fuse || b.dev.fuse) this.table.renamed(parent, name, newParent, newName, (flags & RENAME_EXCHANGE) !== 0);
   }
 
   async link(ctx: RequestContext, ino: number, newParent: number, newName: string): Promise<Entry> {
@@ -991,5 +990,4 @@ const LOCAL_FS_TYPES = new Set([
   ...MEMORY_FS_TYPES,
 ]);
 
-const key = hostKey;
 
